@@ -1,0 +1,455 @@
+//! The runtime configuration: per org (namespace), the objects that passed
+//! validation, with Secrets resolved, conflicts settled and policies sorted.
+//! Building it is pure ([`build`]); one task owns the current snapshot and
+//! publishes it to readers (see `Index` in later modules).
+//!
+//! Alongside the configuration, [`build`] says for every idplane object what
+//! became of it ([`ObjectState`]): that is what status conditions show.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::resources::{
+    DEFAULT_MESSAGE_TEMPLATE, EmailDomain, EmailProvider, EnrollmentPolicy, SecretKeyRef,
+    TelephonyHook, TlsMode, parse_duration_millis, reason,
+};
+use crate::validate::{Checked, Finding, ObjectKey, Report, Rule, SecretData, Typed};
+
+/// A secret value. Never printed, serialized or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(pub Arc<Vec<u8>>);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl SecretValue {
+    /// The value as text (secrets used in headers and SMTP AUTH are text).
+    pub fn as_text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+/// A header sent to a hook.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderConfig {
+    pub name: String,
+    /// Literal header values are shown; values from Secrets are redacted.
+    pub value: HeaderValue,
+}
+
+/// A header's value: literal, or from a Secret.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    Literal(String),
+    Secret(SecretValue),
+}
+
+impl HeaderValue {
+    pub fn as_text(&self) -> String {
+        match self {
+            Self::Literal(s) => s.clone(),
+            Self::Secret(s) => s.as_text(),
+        }
+    }
+}
+
+/// A telephony hook ready to be called.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookConfig {
+    pub name: String,
+    pub url: String,
+    pub insecure_http: bool,
+    pub auth_header: String,
+    pub auth_secret: SecretValue,
+    pub headers: Vec<HeaderConfig>,
+    pub timeout_millis: u64,
+    pub message_template: String,
+    /// Name of the hook tried when this one fails.
+    pub fallback: Option<String>,
+}
+
+/// An enrollment policy, as evaluated.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyConfig {
+    pub name: String,
+    pub priority: i32,
+    pub is_default: bool,
+    pub groups: Vec<String>,
+    pub spec: crate::resources::EnrollmentPolicySpec,
+}
+
+/// The org's SMTP provider.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderConfig {
+    pub name: String,
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: SecretValue,
+    pub tls: TlsMode,
+    pub max_attempts: u32,
+    pub initial_delay_millis: u64,
+    pub multiplier: u32,
+    pub max_delay_millis: u64,
+}
+
+/// A brand's sender.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainConfig {
+    pub name: String,
+    pub brand: String,
+    pub domain: String,
+    pub user_name: String,
+    pub display_name: String,
+    pub validation_subdomain: String,
+}
+
+/// Everything the runtime needs for one org.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgConfig {
+    /// The active hook, if any (the winner when several are active).
+    pub active_hook: Option<String>,
+    /// Every usable hook by name: the active one, fallbacks, and inactive
+    /// ones (for previews).
+    pub hooks: BTreeMap<String, HookConfig>,
+    /// Active policies by priority, the default policy last.
+    pub policies: Vec<PolicyConfig>,
+    pub email_provider: Option<ProviderConfig>,
+    /// Sender domains by brand.
+    pub email_domains: BTreeMap<String, DomainConfig>,
+}
+
+/// The whole runtime configuration: orgs by namespace.
+pub type RuntimeConfig = BTreeMap<String, OrgConfig>;
+
+/// What became of one idplane object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectState {
+    /// The spec passed its own checks and the cross-object rules.
+    pub accepted: bool,
+    /// The runtime uses the object (or could, for an inactive hook).
+    pub ready: bool,
+    /// For hooks: the active one of its org.
+    pub active: Option<bool>,
+    /// CamelCase reason of the decisive condition.
+    pub reason: String,
+    /// What a person needs to know; never secret values.
+    pub message: String,
+}
+
+/// Secrets available to resolve references: (namespace, name) -> data.
+pub type Secrets = BTreeMap<(String, String), SecretData>;
+
+/// Collects the Secrets found among checked objects (manifest mode).
+pub fn secrets_from(checked: &[Checked]) -> Secrets {
+    checked
+        .iter()
+        .filter_map(|c| match &c.typed {
+            Some(Typed::Secret(s)) => {
+                Some(((c.key.namespace.clone(), c.key.name.clone()), s.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn resolve(
+    secrets: &Secrets,
+    namespace: &str,
+    r: &SecretKeyRef,
+    field: &str,
+) -> Result<SecretValue, String> {
+    match secrets.get(&(namespace.to_string(), r.name.clone())) {
+        None => Err(format!("{field}: Secret {namespace}/{} not found", r.name)),
+        Some(s) => match s.keys.get(&r.key) {
+            None => Err(format!(
+                "{field}: Secret {namespace}/{} has no key \"{}\"",
+                r.name, r.key
+            )),
+            Some(v) => Ok(SecretValue(Arc::new(v.clone()))),
+        },
+    }
+}
+
+fn hook_config(
+    h: &TelephonyHook,
+    namespace: &str,
+    secrets: &Secrets,
+) -> Result<HookConfig, String> {
+    let spec = &h.spec;
+    let auth_secret = resolve(
+        secrets,
+        namespace,
+        &spec.auth.secret_ref,
+        "spec.auth.secretRef",
+    )?;
+    let mut headers = Vec::new();
+    for (i, header) in spec.headers.iter().enumerate() {
+        let value = match (&header.value, &header.value_from) {
+            (Some(v), _) => HeaderValue::Literal(v.clone()),
+            (None, Some(from)) => HeaderValue::Secret(resolve(
+                secrets,
+                namespace,
+                &from.secret_key_ref,
+                &format!("spec.headers[{i}].valueFrom.secretKeyRef"),
+            )?),
+            (None, None) => HeaderValue::Literal(String::new()),
+        };
+        headers.push(HeaderConfig {
+            name: header.name.clone(),
+            value,
+        });
+    }
+    Ok(HookConfig {
+        name: h.metadata.name.clone().unwrap_or_default(),
+        url: spec.url.clone(),
+        insecure_http: spec.url.starts_with("http://"),
+        auth_header: spec.auth.header.clone(),
+        auth_secret,
+        headers,
+        timeout_millis: parse_duration_millis(&spec.timeout).unwrap_or(3_000),
+        message_template: spec
+            .message_template
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.to_string()),
+        fallback: spec.fallback.as_ref().map(|f| f.hook_ref.clone()),
+    })
+}
+
+fn provider_config(
+    p: &EmailProvider,
+    namespace: &str,
+    secrets: &Secrets,
+) -> Result<ProviderConfig, String> {
+    let spec = &p.spec;
+    let password = resolve(
+        secrets,
+        namespace,
+        &spec.password_secret_ref,
+        "spec.passwordSecretRef",
+    )?;
+    Ok(ProviderConfig {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        enabled: spec.enabled,
+        host: spec.host.clone(),
+        port: u16::try_from(spec.port).unwrap_or(25),
+        username: spec.username.clone(),
+        password,
+        tls: spec.tls,
+        max_attempts: spec.retry.max_attempts,
+        initial_delay_millis: parse_duration_millis(&spec.retry.initial_delay).unwrap_or(60_000),
+        multiplier: spec.retry.multiplier,
+        max_delay_millis: parse_duration_millis(&spec.retry.max_delay).unwrap_or(3_600_000),
+    })
+}
+
+fn domain_config(d: &EmailDomain) -> DomainConfig {
+    DomainConfig {
+        name: d.metadata.name.clone().unwrap_or_default(),
+        brand: d.spec.brand.clone(),
+        domain: d.spec.domain.clone(),
+        user_name: d.spec.user_name.clone(),
+        display_name: d.spec.display_name.clone(),
+        validation_subdomain: d.spec.validation_subdomain.clone(),
+    }
+}
+
+fn policy_config(p: &EnrollmentPolicy) -> PolicyConfig {
+    PolicyConfig {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        priority: p.spec.priority,
+        is_default: p.spec.is_default,
+        groups: p.spec.groups.clone(),
+        spec: p.spec.clone(),
+    }
+}
+
+fn state(
+    accepted: bool,
+    ready: bool,
+    active: Option<bool>,
+    reason: &str,
+    message: impl Into<String>,
+) -> ObjectState {
+    ObjectState {
+        accepted,
+        ready,
+        active,
+        reason: reason.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Builds the runtime configuration and every object's state from a
+/// validation report. Objects with error findings are left out of the
+/// configuration (the caller keeps their last good version, if any).
+pub fn build(
+    report: &Report,
+    secrets: &Secrets,
+) -> (RuntimeConfig, BTreeMap<ObjectKey, ObjectState>) {
+    let mut config = RuntimeConfig::new();
+    let mut states = BTreeMap::new();
+    for (input, checked) in report.checked.iter().enumerate() {
+        let Some(typed) = &checked.typed else {
+            if let Some(f) = report.findings_for(input).next() {
+                let is_ours = crate::resources::KINDS.contains(&checked.key.kind.as_str());
+                if is_ours {
+                    states.insert(checked.key.clone(), invalid_state(report, input, f));
+                }
+            }
+            continue;
+        };
+        if matches!(typed, Typed::Secret(_)) {
+            continue;
+        }
+        let ns = &checked.key.namespace;
+        let name = checked.key.name.clone();
+        let findings: Vec<&Finding> = report.findings_for(input).collect();
+        if let Some(f) = findings.first() {
+            states.insert(checked.key.clone(), invalid_state(report, input, f));
+            continue;
+        }
+        let org = config.entry(ns.clone()).or_default();
+        let st = match typed {
+            Typed::TelephonyHook(h) => match hook_config(h, ns, secrets) {
+                Err(msg) => state(true, false, Some(false), reason::SECRET_NOT_FOUND, msg),
+                Ok(hc) => {
+                    let insecure = hc.insecure_http;
+                    org.hooks.insert(name.clone(), hc);
+                    if h.spec.active {
+                        org.active_hook = Some(name.clone());
+                        let msg = if insecure {
+                            "in service for the org, over plain http:// (allowInsecureHttp)"
+                        } else {
+                            "in service for the org"
+                        };
+                        let r = if insecure {
+                            reason::INSECURE_HTTP
+                        } else {
+                            reason::ACTIVATED
+                        };
+                        state(true, true, Some(true), r, msg)
+                    } else {
+                        state(
+                            true,
+                            true,
+                            Some(false),
+                            reason::DEACTIVATED,
+                            "active: false; used only as a fallback or for previews",
+                        )
+                    }
+                }
+            },
+            Typed::EnrollmentPolicy(p) => {
+                if p.spec.active {
+                    org.policies.push(policy_config(p));
+                    state(
+                        true,
+                        true,
+                        None,
+                        reason::READY,
+                        "evaluated for the org's users",
+                    )
+                } else {
+                    state(
+                        true,
+                        false,
+                        None,
+                        reason::DEACTIVATED,
+                        "active: false; not evaluated",
+                    )
+                }
+            }
+            Typed::EmailProvider(p) => match provider_config(p, ns, secrets) {
+                Err(msg) => state(true, false, None, reason::SECRET_NOT_FOUND, msg),
+                Ok(pc) => {
+                    let enabled = pc.enabled;
+                    org.email_provider = Some(pc);
+                    if enabled {
+                        state(
+                            true,
+                            true,
+                            None,
+                            reason::READY,
+                            "the org's mail goes through this provider",
+                        )
+                    } else {
+                        state(
+                            true,
+                            true,
+                            None,
+                            reason::DEACTIVATED,
+                            "enabled: false; the org's mail goes through the default provider",
+                        )
+                    }
+                }
+            },
+            Typed::EmailDomain(d) => {
+                org.email_domains
+                    .insert(d.spec.brand.clone(), domain_config(d));
+                state(
+                    true,
+                    true,
+                    None,
+                    reason::READY,
+                    "sender for its brand once the domain is verified",
+                )
+            }
+            Typed::Secret(_) => continue,
+        };
+        states.insert(checked.key.clone(), st);
+    }
+    for org in config.values_mut() {
+        // Default policy last; otherwise by priority, then name.
+        org.policies.sort_by(|a, b| {
+            (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
+        });
+        // A fallback that could not be resolved is dropped from the chain.
+        let names: Vec<String> = org.hooks.keys().cloned().collect();
+        for hook in org.hooks.values_mut() {
+            if hook.fallback.as_ref().is_some_and(|f| !names.contains(f)) {
+                hook.fallback = None;
+            }
+        }
+    }
+    (config, states)
+}
+
+fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState {
+    let all: Vec<String> = report
+        .findings_for(input)
+        .map(|f| {
+            if f.field.is_empty() {
+                f.message.clone()
+            } else {
+                format!("{}: {}", f.field, f.message)
+            }
+        })
+        .collect();
+    let (accepted, r) = match &first.rule {
+        Rule::Conflict { .. } => (true, reason::CONFLICT),
+        _ => (false, reason::INVALID),
+    };
+    let active = (first.object.kind == "TelephonyHook").then_some(false);
+    state(accepted, false, active, r, all.join("; "))
+}

@@ -1,0 +1,11 @@
+//! idplane: a declarative delivery-and-enrollment plane for identity
+//! platforms. Custom resources describe telephony hooks, enrollment policies
+//! and email providers; idplane validates them, builds a per-org runtime
+//! configuration and serves the runtime API.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod index;
+pub mod resources;
+pub mod source;
+pub mod validate;

@@ -1,0 +1,94 @@
+//! The `idplane` binary: parses the command line and hands off to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use idplane::cli::validate::{load, locate};
+use idplane::cli::{Cli, Command, OutputFormat};
+use idplane::validate::Options;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Crds => {
+            print!("{}", idplane::resources::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            paths,
+            strict,
+            namespace,
+            output,
+        } => {
+            let options = Options {
+                default_namespace: namespace,
+                strict,
+            };
+            let (documents, report) = load(&paths, &options)?;
+            let located = locate(&documents, &report);
+            match output {
+                OutputFormat::Text => {
+                    for l in &located {
+                        println!("{l}");
+                    }
+                    let checked = report
+                        .checked
+                        .iter()
+                        .filter(|c| {
+                            c.typed.is_some()
+                                || idplane::resources::KINDS.contains(&c.key.kind.as_str())
+                        })
+                        .count();
+                    eprintln!("{} objects checked, {} problems", checked, located.len());
+                }
+                OutputFormat::Json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&located).context("encoding findings")?
+                    );
+                }
+            }
+            Ok(if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Run {
+            manifests,
+            namespace,
+        } => {
+            let options = Options {
+                default_namespace: namespace,
+                strict: false,
+            };
+            let (documents, report) = load(&[manifests], &options)?;
+            for l in locate(&documents, &report) {
+                eprintln!("{l}");
+            }
+            let secrets = idplane::index::secrets_from(&report.checked);
+            let (config, states) = idplane::index::build(&report, &secrets);
+            let out = serde_json::json!({ "orgs": config, "objects": states.iter().map(|(k, v)| serde_json::json!({"object": k.to_string(), "state": v})).collect::<Vec<_>>() });
+            println!("{}", serde_yaml::to_string(&out)?);
+            Ok(if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

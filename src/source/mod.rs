@@ -1,0 +1,4 @@
+//! Where resources come from: a directory of manifests (`run --manifests`,
+//! `validate`) or, in a cluster, the apiserver's watches.
+
+pub mod manifest;

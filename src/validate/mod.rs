@@ -1,0 +1,401 @@
+//! The one validator of idplane, shared by `idplane validate`, the
+//! controller and `run --manifests`. Pure: it takes parsed objects and
+//! returns typed objects plus findings; reading files, talking to the
+//! apiserver and printing are the callers' business.
+//!
+//! Order of checks for one object: the structural schema (with defaults),
+//! then the CEL rules of the CRD, then the typed decode. Rules that span
+//! objects run per namespace on the objects that passed: see [`cross`].
+
+pub mod cross;
+pub mod schema;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use crate::resources::{
+    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, KINDS, TelephonyHook,
+};
+pub use schema::FieldError;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// What kind of rule produced a finding; the controller maps these to
+/// condition reasons.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase", tag = "rule")]
+pub enum Rule {
+    /// Schema, CEL or decoding: the object alone is wrong.
+    Invalid,
+    /// Another object of the org wins a "one per org" rule.
+    Conflict { winner: String },
+    /// A reference to another object (hook, Secret) does not resolve.
+    Reference,
+    /// The same object appears twice in the input.
+    Duplicate,
+    /// An object of idplane's group that idplane does not serve (`--strict`).
+    UnknownKind,
+}
+
+/// Identifies an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One problem, tied to the input object it was found in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// Index of the object in the input slice.
+    pub input: usize,
+    pub object: ObjectKey,
+    pub field: String,
+    pub message: String,
+    pub severity: Severity,
+    #[serde(flatten)]
+    pub rule: Rule,
+}
+
+/// The content of a Secret, decoded. Kept only in memory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretData {
+    pub keys: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretData {
+    /// Prints key names only, never values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretData")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// An object that passed its own checks, decoded into its type.
+#[derive(Clone, Debug)]
+pub enum Typed {
+    TelephonyHook(Box<TelephonyHook>),
+    EnrollmentPolicy(Box<EnrollmentPolicy>),
+    EmailProvider(Box<EmailProvider>),
+    EmailDomain(Box<EmailDomain>),
+    Secret(SecretData),
+}
+
+/// What validation says about one input object.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub key: ObjectKey,
+    /// `None` when the object is not idplane's (skipped) or is invalid.
+    pub typed: Option<Typed>,
+    /// `metadata.creationTimestamp`, used to pick the winner of conflicts.
+    pub created: Option<String>,
+}
+
+/// Options of a validation run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Namespace of objects that name none.
+    pub default_namespace: String,
+    /// Objects of idplane's group with a kind it does not serve are errors.
+    pub strict: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            default_namespace: "default".into(),
+            strict: false,
+        }
+    }
+}
+
+/// The result of validating a set of objects.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// One entry per input object, in input order.
+    pub checked: Vec<Checked>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// Findings about one input object.
+    pub fn findings_for(&self, input: usize) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.input == input)
+    }
+}
+
+fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut v = value;
+    for p in path {
+        v = v.get(p)?;
+    }
+    v.as_str()
+}
+
+/// Identifies an object, whether or not it is idplane's.
+pub fn object_key(value: &Value, default_namespace: &str) -> ObjectKey {
+    ObjectKey {
+        kind: str_at(value, &["kind"]).unwrap_or("<no kind>").to_string(),
+        namespace: str_at(value, &["metadata", "namespace"])
+            .unwrap_or(default_namespace)
+            .to_string(),
+        name: str_at(value, &["metadata", "name"])
+            .unwrap_or("<no name>")
+            .to_string(),
+    }
+}
+
+/// Replaces the generic "unsupported value" message where a refusal needs
+/// its own explanation.
+fn enum_hint(field: &str, value: &str) -> Option<&'static str> {
+    if field.contains("authenticators[") && field.ends_with(".key") && value == "okta_password" {
+        return Some(
+            "okta_password is not configurable here: the password is always required, unless the user signs in through social auth or inbound federation",
+        );
+    }
+    None
+}
+
+const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+fn check_metadata(value: &Value, errors: &mut Vec<FieldError>) {
+    let Some(meta) = value.get("metadata").and_then(Value::as_object) else {
+        errors.push(FieldError::new("metadata", "required field is missing"));
+        return;
+    };
+    match meta.get("name").and_then(Value::as_str) {
+        None => errors.push(FieldError::new(
+            "metadata.name",
+            "required field is missing",
+        )),
+        Some(name) => {
+            let ok = name.len() <= 253
+                && regex::Regex::new(DNS_SUBDOMAIN).is_ok_and(|r| r.is_match(name));
+            if !ok {
+                errors.push(FieldError::new(
+                    "metadata.name",
+                    format!("\"{name}\" is not a valid name: lower case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit"),
+                ));
+            }
+        }
+    }
+    if let Some(ns) = meta.get("namespace").and_then(Value::as_str) {
+        let ok = ns.len() <= 63 && regex::Regex::new(DNS_LABEL).is_ok_and(|r| r.is_match(ns));
+        if !ok {
+            errors.push(FieldError::new(
+                "metadata.namespace",
+                format!("\"{ns}\" is not a valid namespace: lower case letters, digits and '-', at most 63 characters"),
+            ));
+        }
+    }
+}
+
+fn crd_schema<K: CustomResourceExt>() -> Value {
+    let crd = K::crd();
+    crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null)
+}
+
+/// The schemas, generated once.
+fn schemas() -> &'static BTreeMap<&'static str, Value> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<&'static str, Value>> = std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        BTreeMap::from([
+            ("TelephonyHook", crd_schema::<TelephonyHook>()),
+            ("EnrollmentPolicy", crd_schema::<EnrollmentPolicy>()),
+            ("EmailProvider", crd_schema::<EmailProvider>()),
+            ("EmailDomain", crd_schema::<EmailDomain>()),
+        ])
+    })
+}
+
+/// Checks one idplane object on its own: metadata, schema (filling in
+/// defaults), CEL rules, typed decode. `value` must be of one of [`KINDS`].
+pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
+    let kind = str_at(value, &["kind"]).unwrap_or_default();
+    let Some(schema) = schemas().get(kind) else {
+        return Err(vec![FieldError::new(
+            "kind",
+            format!("idplane does not serve kind {kind}"),
+        )]);
+    };
+    let mut errors = Vec::new();
+    check_metadata(value, &mut errors);
+    // The apiserver ignores status on create and update; so do we.
+    let mut object = value.clone();
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
+    let spec_schema = schema
+        .pointer("/properties/spec")
+        .cloned()
+        .unwrap_or(Value::Null);
+    match object.get_mut("spec") {
+        None => errors.push(FieldError::new("spec", "required field is missing")),
+        Some(spec) => errors.extend(schema::check(&spec_schema, spec, "spec", enum_hint)),
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if let Err(cel) = kube::core::cel::Validator::new().validate(schema, &object, None) {
+        return Err(cel
+            .into_vec()
+            .into_iter()
+            .map(|e| FieldError::new(e.field_path, e.message))
+            .collect());
+    }
+    decode(kind, object).map_err(|e| vec![FieldError::new("spec", format!("cannot decode: {e}"))])
+}
+
+fn decode(kind: &str, object: Value) -> Result<Typed, serde_json::Error> {
+    Ok(match kind {
+        "TelephonyHook" => Typed::TelephonyHook(Box::new(serde_json::from_value(object)?)),
+        "EnrollmentPolicy" => Typed::EnrollmentPolicy(Box::new(serde_json::from_value(object)?)),
+        "EmailProvider" => Typed::EmailProvider(Box::new(serde_json::from_value(object)?)),
+        _ => Typed::EmailDomain(Box::new(serde_json::from_value(object)?)),
+    })
+}
+
+/// Decodes a v1 Secret's `data` (base64) and `stringData`.
+pub fn check_secret(value: &Value) -> Result<SecretData, Vec<FieldError>> {
+    let mut keys = BTreeMap::new();
+    let mut errors = Vec::new();
+    if let Some(data) = value.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let decoded = v.as_str().and_then(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+            });
+            match decoded {
+                Some(bytes) => {
+                    keys.insert(k.clone(), bytes);
+                }
+                None => errors.push(FieldError::new(
+                    format!("data.{k}"),
+                    "must be base64-encoded text",
+                )),
+            }
+        }
+    }
+    if let Some(data) = value.get("stringData").and_then(Value::as_object) {
+        for (k, v) in data {
+            match v.as_str() {
+                Some(s) => {
+                    keys.insert(k.clone(), s.as_bytes().to_vec());
+                }
+                None => errors.push(FieldError::new(
+                    format!("stringData.{k}"),
+                    "must be a string",
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(SecretData { keys })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Validates a set of objects: each on its own, then the rules that span
+/// objects, per namespace.
+pub fn validate(objects: &[Value], options: &Options) -> Report {
+    let mut report = Report::default();
+    let group_prefix = format!("{GROUP}/");
+    for (input, value) in objects.iter().enumerate() {
+        let key = object_key(value, &options.default_namespace);
+        let api_version = str_at(value, &["apiVersion"]).unwrap_or_default();
+        let created = str_at(value, &["metadata", "creationTimestamp"]).map(str::to_string);
+        let mut push = |field: &str, message: String, rule: Rule| {
+            report.findings.push(Finding {
+                input,
+                object: key.clone(),
+                field: field.to_string(),
+                message,
+                severity: Severity::Error,
+                rule,
+            });
+        };
+        let ours = KINDS.contains(&key.kind.as_str());
+        let typed = if api_version == API_VERSION && ours {
+            match check_object(value) {
+                Ok(t) => Some(t),
+                Err(errors) => {
+                    for e in errors {
+                        push(&e.field, e.message, Rule::Invalid);
+                    }
+                    None
+                }
+            }
+        } else if api_version.starts_with(&group_prefix) && (ours || options.strict) {
+            let message = if ours {
+                format!(
+                    "idplane serves {} only as {API_VERSION}, not {api_version}",
+                    key.kind
+                )
+            } else {
+                format!(
+                    "idplane does not serve kind {} (it serves {})",
+                    key.kind,
+                    KINDS.join(", ")
+                )
+            };
+            push(
+                if ours { "apiVersion" } else { "kind" },
+                message,
+                Rule::UnknownKind,
+            );
+            None
+        } else if api_version == "v1" && key.kind == "Secret" {
+            match check_secret(value) {
+                Ok(s) => Some(Typed::Secret(s)),
+                Err(errors) => {
+                    for e in errors {
+                        push(&e.field, e.message, Rule::Invalid);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        report.checked.push(Checked {
+            key,
+            typed,
+            created,
+        });
+    }
+    let cross_findings = cross::check(&report.checked);
+    report.findings.extend(cross_findings);
+    report
+        .findings
+        .sort_by(|a, b| (a.input, &a.field).cmp(&(b.input, &b.field)));
+    report
+}
