@@ -24,8 +24,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds => {
+        Command::Crds { out_dir: None } => {
             print!("{}", idplane::resources::crds_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in idplane::resources::all_crds() {
+                let path = dir.join(idplane::resources::crd_file_name(&crd));
+                std::fs::write(&path, idplane::resources::crd_yaml(&crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate {

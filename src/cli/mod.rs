@@ -25,7 +25,11 @@ pub enum OutputFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print the four CRDs as one multi-document YAML stream.
-    Crds,
+    Crds {
+        /// Write one file per CRD into this directory instead (as committed in crds/).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Validate manifests offline: schema, CEL rules and the rules that span
     /// objects. Exit status 1 when there is any error.
     Validate {

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Regenerates crds/ from the Rust types. tests/crds_sync.rs fails until this is run
+# after a change to src/resources/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -f crds/*.yaml
+cargo run --quiet -- crds --out-dir crds
