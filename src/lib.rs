@@ -5,7 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod controller;
 pub mod index;
 pub mod resources;
 pub mod source;
+pub mod store;
+pub mod telemetry;
 pub mod validate;

@@ -141,6 +141,9 @@ pub struct OrgConfig {
 /// The whole runtime configuration: orgs by namespace.
 pub type RuntimeConfig = BTreeMap<String, OrgConfig>;
 
+pub mod writer;
+pub use writer::{Change, IndexWriter, ObjectView, Snapshot};
+
 /// What became of one idplane object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -324,78 +324,86 @@ pub fn check_secret(value: &Value) -> Result<SecretData, Vec<FieldError>> {
     }
 }
 
+/// A problem found in one object on its own, before cross-object rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnFinding {
+    pub field: String,
+    pub message: String,
+    pub rule: Rule,
+}
+
+/// Checks one object on its own: idplane kinds against their schema and
+/// CEL rules, v1 Secrets for decodable data; anything else is skipped.
+pub fn check_one(value: &Value, options: &Options) -> (Checked, Vec<OwnFinding>) {
+    let key = object_key(value, &options.default_namespace);
+    let api_version = str_at(value, &["apiVersion"]).unwrap_or_default();
+    let created = str_at(value, &["metadata", "creationTimestamp"]).map(str::to_string);
+    let mut findings = Vec::new();
+    let mut push = |field: &str, message: String, rule: Rule| {
+        findings.push(OwnFinding {
+            field: field.to_string(),
+            message,
+            rule,
+        });
+    };
+    let ours = KINDS.contains(&key.kind.as_str());
+    let typed = if api_version == API_VERSION && ours {
+        match check_object(value) {
+            Ok(t) => Some(t),
+            Err(errors) => {
+                for e in errors {
+                    push(&e.field, e.message, Rule::Invalid);
+                }
+                None
+            }
+        }
+    } else if api_version.starts_with(&format!("{GROUP}/")) && (ours || options.strict) {
+        let message = if ours {
+            format!("idplane serves {} only as {API_VERSION}, not {api_version}", key.kind)
+        } else {
+            format!("idplane does not serve kind {} (it serves {})", key.kind, KINDS.join(", "))
+        };
+        push(if ours { "apiVersion" } else { "kind" }, message, Rule::UnknownKind);
+        None
+    } else if api_version == "v1" && key.kind == "Secret" {
+        match check_secret(value) {
+            Ok(s) => Some(Typed::Secret(s)),
+            Err(errors) => {
+                for e in errors {
+                    push(&e.field, e.message, Rule::Invalid);
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    (Checked { key, typed, created }, findings)
+}
+
+/// Combines objects checked on their own with the cross-object rules.
+pub fn finish(checked: Vec<Checked>, own: Vec<Vec<OwnFinding>>) -> Report {
+    let mut findings: Vec<Finding> = Vec::new();
+    for (input, list) in own.into_iter().enumerate() {
+        for f in list {
+            findings.push(Finding {
+                input,
+                object: checked[input].key.clone(),
+                field: f.field,
+                message: f.message,
+                severity: Severity::Error,
+                rule: f.rule,
+            });
+        }
+    }
+    findings.extend(cross::check(&checked));
+    findings.sort_by(|a, b| (a.input, &a.field).cmp(&(b.input, &b.field)));
+    Report { checked, findings }
+}
+
 /// Validates a set of objects: each on its own, then the rules that span
 /// objects, per namespace.
 pub fn validate(objects: &[Value], options: &Options) -> Report {
-    let mut report = Report::default();
-    let group_prefix = format!("{GROUP}/");
-    for (input, value) in objects.iter().enumerate() {
-        let key = object_key(value, &options.default_namespace);
-        let api_version = str_at(value, &["apiVersion"]).unwrap_or_default();
-        let created = str_at(value, &["metadata", "creationTimestamp"]).map(str::to_string);
-        let mut push = |field: &str, message: String, rule: Rule| {
-            report.findings.push(Finding {
-                input,
-                object: key.clone(),
-                field: field.to_string(),
-                message,
-                severity: Severity::Error,
-                rule,
-            });
-        };
-        let ours = KINDS.contains(&key.kind.as_str());
-        let typed = if api_version == API_VERSION && ours {
-            match check_object(value) {
-                Ok(t) => Some(t),
-                Err(errors) => {
-                    for e in errors {
-                        push(&e.field, e.message, Rule::Invalid);
-                    }
-                    None
-                }
-            }
-        } else if api_version.starts_with(&group_prefix) && (ours || options.strict) {
-            let message = if ours {
-                format!(
-                    "idplane serves {} only as {API_VERSION}, not {api_version}",
-                    key.kind
-                )
-            } else {
-                format!(
-                    "idplane does not serve kind {} (it serves {})",
-                    key.kind,
-                    KINDS.join(", ")
-                )
-            };
-            push(
-                if ours { "apiVersion" } else { "kind" },
-                message,
-                Rule::UnknownKind,
-            );
-            None
-        } else if api_version == "v1" && key.kind == "Secret" {
-            match check_secret(value) {
-                Ok(s) => Some(Typed::Secret(s)),
-                Err(errors) => {
-                    for e in errors {
-                        push(&e.field, e.message, Rule::Invalid);
-                    }
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        report.checked.push(Checked {
-            key,
-            typed,
-            created,
-        });
-    }
-    let cross_findings = cross::check(&report.checked);
-    report.findings.extend(cross_findings);
-    report
-        .findings
-        .sort_by(|a, b| (a.input, &a.field).cmp(&(b.input, &b.field)));
-    report
+    let (checked, own): (Vec<_>, Vec<_>) = objects.iter().map(|v| check_one(v, options)).unzip();
+    finish(checked, own)
 }

@@ -1,0 +1,8 @@
+//! The controller half of idplane: from the index's snapshots to status on
+//! the objects (conditions, observedGeneration, runtime numbers), Events on
+//! transitions, and the Lease that decides which replica writes.
+
+pub mod conditions;
+pub mod extras;
+pub mod lease;
+pub mod writer;

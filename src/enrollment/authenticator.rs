@@ -1,0 +1,284 @@
+//! The authenticators an evaluation talks about: the policy's configurable
+//! keys plus the password, in Okta's order, with the facts the rules need
+//! (which ones are possession factors, the phone's methods).
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::AuthenticatorKey;
+
+/// An authenticator as it appears in an evaluation: every
+/// [`AuthenticatorKey`] plus the password (`okta_password`), which policies
+/// cannot configure.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Authenticator {
+    #[serde(rename = "okta_password")]
+    OktaPassword,
+    #[serde(rename = "okta_email")]
+    OktaEmail,
+    #[serde(rename = "phone_number")]
+    PhoneNumber,
+    #[serde(rename = "security_question")]
+    SecurityQuestion,
+    #[serde(rename = "webauthn")]
+    Webauthn,
+    #[serde(rename = "okta_verify")]
+    OktaVerify,
+    #[serde(rename = "google_otp")]
+    GoogleOtp,
+    #[serde(rename = "duo")]
+    Duo,
+    #[serde(rename = "rsa_token")]
+    RsaToken,
+    #[serde(rename = "symantec_vip")]
+    SymantecVip,
+    #[serde(rename = "yubikey_token")]
+    YubikeyToken,
+    #[serde(rename = "external_idp")]
+    ExternalIdp,
+}
+
+/// How many authenticators there are: the size of every per-authenticator
+/// table in this module.
+pub const COUNT: usize = 12;
+
+impl Authenticator {
+    /// Every authenticator in Okta's order, the password first. Every list of
+    /// an evaluation is in this order.
+    pub const ALL: [Authenticator; COUNT] = [
+        Self::OktaPassword,
+        Self::OktaEmail,
+        Self::PhoneNumber,
+        Self::SecurityQuestion,
+        Self::Webauthn,
+        Self::OktaVerify,
+        Self::GoogleOtp,
+        Self::Duo,
+        Self::RsaToken,
+        Self::SymantecVip,
+        Self::YubikeyToken,
+        Self::ExternalIdp,
+    ];
+
+    /// Possession factors: what an app asking for "something the user has"
+    /// accepts. Email, the password, the security question and external
+    /// IdPs are not among them.
+    pub const POSSESSION: [Authenticator; 8] = [
+        Self::PhoneNumber,
+        Self::Webauthn,
+        Self::OktaVerify,
+        Self::GoogleOtp,
+        Self::Duo,
+        Self::RsaToken,
+        Self::SymantecVip,
+        Self::YubikeyToken,
+    ];
+
+    /// Position in [`Authenticator::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// One bit per authenticator, at [`Authenticator::index`].
+    pub const fn bit(self) -> u16 {
+        1 << self.index()
+    }
+
+    /// The key as written in manifests and API calls.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OktaPassword => "okta_password",
+            Self::OktaEmail => "okta_email",
+            Self::PhoneNumber => "phone_number",
+            Self::SecurityQuestion => "security_question",
+            Self::Webauthn => "webauthn",
+            Self::OktaVerify => "okta_verify",
+            Self::GoogleOtp => "google_otp",
+            Self::Duo => "duo",
+            Self::RsaToken => "rsa_token",
+            Self::SymantecVip => "symantec_vip",
+            Self::YubikeyToken => "yubikey_token",
+            Self::ExternalIdp => "external_idp",
+        }
+    }
+
+    /// Parses a key as written in API calls; `None` for an unknown key.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "okta_password" => Self::OktaPassword,
+            "okta_email" => Self::OktaEmail,
+            "phone_number" => Self::PhoneNumber,
+            "security_question" => Self::SecurityQuestion,
+            "webauthn" => Self::Webauthn,
+            "okta_verify" => Self::OktaVerify,
+            "google_otp" => Self::GoogleOtp,
+            "duo" => Self::Duo,
+            "rsa_token" => Self::RsaToken,
+            "symantec_vip" => Self::SymantecVip,
+            "yubikey_token" => Self::YubikeyToken,
+            "external_idp" => Self::ExternalIdp,
+            _ => return None,
+        })
+    }
+
+    /// Whether an app asking for a possession factor accepts it.
+    pub fn is_possession(self) -> bool {
+        Self::POSSESSION.contains(&self)
+    }
+
+    /// The policy key, or `None` for the password (not configurable).
+    pub fn policy_key(self) -> Option<AuthenticatorKey> {
+        AuthenticatorKey::parse(self.as_str())
+    }
+}
+
+impl From<AuthenticatorKey> for Authenticator {
+    fn from(key: AuthenticatorKey) -> Self {
+        // AuthenticatorKey::ALL is in the same order as ALL after the password.
+        let position = AuthenticatorKey::ALL
+            .iter()
+            .position(|k| *k == key)
+            .unwrap_or(0);
+        Self::ALL[position + 1]
+    }
+}
+
+impl std::fmt::Display for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of authenticators, one bit each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AuthenticatorSet(pub(crate) u16);
+
+impl AuthenticatorSet {
+    pub(crate) const fn of(list: &[Authenticator]) -> Self {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < list.len() {
+            bits |= list[i].bit();
+            i += 1;
+        }
+        Self(bits)
+    }
+
+    pub(crate) fn contains(self, a: Authenticator) -> bool {
+        self.0 & a.bit() != 0
+    }
+
+    pub(crate) fn insert(&mut self, a: Authenticator) {
+        self.0 |= a.bit();
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Members in Okta's order.
+    pub(crate) fn iter(self) -> impl Iterator<Item = Authenticator> {
+        Authenticator::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
+    }
+
+    /// Members in Okta's order, as a list.
+    pub(crate) fn to_vec(self) -> Vec<Authenticator> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.iter());
+        out
+    }
+
+    pub(crate) fn and(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    pub(crate) fn minus(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    pub(crate) fn first(self) -> Option<Authenticator> {
+        self.iter().next()
+    }
+}
+
+/// A way to enroll and verify the phone authenticator.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneMethod {
+    Sms,
+    Voice,
+}
+
+impl PhoneMethod {
+    /// The method as written in API calls.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sms => "sms",
+            Self::Voice => "voice",
+        }
+    }
+
+    /// Parses `sms` or `voice`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "sms" => Some(Self::Sms),
+            "voice" => Some(Self::Voice),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_follow_the_policy_keys() {
+        for (i, a) in Authenticator::ALL.into_iter().enumerate() {
+            assert_eq!(a.index(), i);
+            assert_eq!(Authenticator::parse(a.as_str()), Some(a));
+            assert_eq!(
+                serde_json::to_value(a).unwrap(),
+                serde_json::json!(a.as_str())
+            );
+        }
+        for key in AuthenticatorKey::ALL {
+            let a = Authenticator::from(key);
+            assert_eq!(a.as_str(), key.as_str());
+            assert_eq!(a.policy_key(), Some(key));
+        }
+        assert_eq!(Authenticator::OktaPassword.policy_key(), None);
+        assert_eq!(Authenticator::parse("foo"), None);
+    }
+
+    #[test]
+    fn sets_list_members_in_okta_order() {
+        let set = AuthenticatorSet::of(&[
+            Authenticator::Webauthn,
+            Authenticator::OktaPassword,
+            Authenticator::PhoneNumber,
+        ]);
+        assert_eq!(
+            set.to_vec(),
+            vec![
+                Authenticator::OktaPassword,
+                Authenticator::PhoneNumber,
+                Authenticator::Webauthn
+            ]
+        );
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            set.minus(AuthenticatorSet::of(&[Authenticator::OktaPassword]))
+                .first(),
+            Some(Authenticator::PhoneNumber)
+        );
+    }
+}

@@ -1,0 +1,690 @@
+//! [`EnrollmentEngine`]: one org's active policies compiled for evaluation
+//! (a group index, each policy's effective authenticator table, parsed
+//! CIDRs), and the evaluation of one sign-in against them.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use foldhash::{HashMap, HashSet};
+
+use super::EvaluateError;
+use super::authenticator::{Authenticator, AuthenticatorSet, COUNT, PhoneMethod};
+use super::evaluation::{AppOutcome, Evaluation, Reason, RuleId};
+use super::network::Cidr;
+use super::request::{CheckedRequest, EvaluationRequest};
+use crate::index::PolicyConfig;
+use crate::resources::{
+    AuthenticatorKey, AuthenticatorSetting, Enrollment, EnrollmentRule, NetworkConnection,
+    RuleEnroll,
+};
+
+/// One org's enrollment policies, ready to evaluate sign-ins. Build it when
+/// the configuration changes; evaluating is pure and does not scan the
+/// policies.
+#[derive(Clone, Debug)]
+pub struct EnrollmentEngine {
+    /// Active policies in evaluation order: by priority, then name, the
+    /// default policies last.
+    policies: Vec<CompiledPolicy>,
+    /// Position in `policies` of the default policy in use.
+    default: Option<usize>,
+    /// Group name to the position of the first non-default policy listing
+    /// it. Only the first can ever apply through that group, so the later
+    /// candidates are not kept.
+    groups: HashMap<Box<str>, u32>,
+    problems: Vec<String>,
+}
+
+/// What one policy decides before the sign-in is known: rules 1, 3 and 4.
+#[derive(Clone, Debug)]
+struct CompiledPolicy {
+    name: String,
+    priority: i32,
+    /// Indexed by [`Authenticator::index`]; the password slot is unused.
+    table: [Enrollment; COUNT],
+    why: [(RuleId, &'static str); COUNT],
+    rules: Vec<CompiledRule>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    name: String,
+    enroll: RuleEnroll,
+    excluded: HashSet<Box<str>>,
+    /// `None`: any network (no condition, or ANYWHERE).
+    zone: Option<Zone>,
+}
+
+#[derive(Clone, Debug)]
+struct Zone {
+    include: Vec<Cidr>,
+    exclude: Vec<Cidr>,
+    /// A CIDR did not parse: the rule never matches.
+    broken: bool,
+}
+
+/// Which rule decides, and why.
+enum RuleChoice {
+    Matched(usize),
+    NoRules,
+    NoneMatched,
+}
+
+mod message {
+    pub const POLICY_BY_GROUP: &str =
+        "the first active policy in priority order that lists one of the user's groups";
+    pub const POLICY_DEFAULT: &str =
+        "the default policy: no active policy lists any of the user's groups";
+    pub const POLICY_DEFAULT_NO_GROUPS: &str = "the default policy: the user is in no group";
+    pub const POLICY_NONE: &str = "no policy applies: no active policy lists the user's groups and the org has no default policy; only the password rule holds";
+    pub const RULE_MATCHED: &str = "the first rule of the policy whose conditions match";
+    pub const RULE_NONE: &str = "the policy has no rules: it prompts as a LOGIN rule would";
+    pub const RULE_NO_MATCH: &str =
+        "no rule of the policy matches this user and network: the user is not prompted";
+    pub const RULE_NO_POLICY: &str = "no policy, so no rule: the user is not prompted";
+    pub const REQUIRED: &str = "the policy requires it";
+    pub const OPTIONAL: &str = "the policy allows it; the user may skip it";
+    pub const NOT_ALLOWED: &str = "the policy does not allow it";
+    pub const UNLISTED: &str = "the policy does not list it, so it is not allowed";
+    pub const NO_VALUE: &str = "the policy lists it without an enroll value: not allowed";
+    pub const PASSWORD: &str =
+        "always required unless the user signs in through social auth or inbound federation";
+    pub const EMAIL_REQUIRED: &str =
+        "REQUIRED in the policy; the email is enrolled automatically, never by hand";
+    pub const EMAIL_OPTIONAL: &str =
+        "OPTIONAL in the policy counts as REQUIRED for the email; enrolled automatically, never by hand";
+    pub const RECOVERY_REQUIRED: &str = "the password policy recovers with it (SSO-enabled), so it is required whatever the enrollment policy says";
+    pub const RECOVERY_PHONE: &str = "the password policy recovers with the phone (SSO-enabled), so the phone is at least optional";
+    pub const FIRST_SIGN_IN: &str = "first sign-in: the user enrolls the enrollment policy's and the recovery's authenticators together";
+    pub const APP_ONLY_CANDIDATE: &str =
+        "the app needs it: the only allowed authenticator that satisfies the app";
+    pub const APP_NOTHING: &str = "the app asks for no particular authenticator";
+    pub const APP_SATISFIED: &str = "the user has an allowed authenticator the app accepts";
+    pub const APP_BY_REQUIRED: &str = "satisfied once the user enrolls the required authenticator listed, which the app accepts";
+    pub const APP_ONE: &str = "the app needs the authenticator listed, which the user has not enrolled: it is now required";
+    pub const APP_ONE_OF: &str =
+        "the app needs one of these allowed authenticators, which the user has not enrolled";
+    pub const APP_UNMET: &str = "no allowed authenticator satisfies the app: the user cannot meet its needs under this policy";
+    pub const NOTE_FEDERATED: &str = "federated sign-in (social auth or inbound federation): the password is not used (rule 2)";
+    pub const NOTE_NO_IP: &str =
+        "no client IP given: rules with a network zone were skipped as not matching";
+    pub const NOTE_NEVER: &str =
+        "the rule never prompts: missing required authenticators are listed, not enrolled now";
+    pub const NOTE_LATER_SIGN_IN: &str = "not the first sign-in: the recovery's other authenticators are not added to the enrollment policy's (rule 6)";
+    pub const NOTE_NO_POLICY_RECOVERY: &str =
+        "no policy applies: the recovery authenticators change nothing (rules 5 and 6)";
+}
+
+/// The phone's message for its SMS and voice values (rule 4).
+fn phone_message(sms: Enrollment, voice: Enrollment) -> &'static str {
+    use Enrollment::{NotAllowed as N, Optional as O, Required as R};
+    macro_rules! allowed {
+        ($s:literal, $v:literal, $what:literal) => {
+            concat!(
+                "SMS ",
+                $s,
+                ", voice ",
+                $v,
+                ": the stronger applies, so the phone is ",
+                $what,
+                "; it may be enrolled and verified by SMS or voice"
+            )
+        };
+    }
+    match (sms, voice) {
+        (R, R) => allowed!("REQUIRED", "REQUIRED", "required"),
+        (R, O) => allowed!("REQUIRED", "OPTIONAL", "required"),
+        (R, N) => allowed!("REQUIRED", "NOT_ALLOWED", "required"),
+        (O, R) => allowed!("OPTIONAL", "REQUIRED", "required"),
+        (N, R) => allowed!("NOT_ALLOWED", "REQUIRED", "required"),
+        (O, O) => allowed!("OPTIONAL", "OPTIONAL", "optional"),
+        (O, N) => allowed!("OPTIONAL", "NOT_ALLOWED", "optional"),
+        (N, O) => allowed!("NOT_ALLOWED", "OPTIONAL", "optional"),
+        (N, N) => "SMS NOT_ALLOWED, voice NOT_ALLOWED: the phone is not allowed",
+    }
+}
+
+/// REQUIRED > OPTIONAL > NOT_ALLOWED.
+fn strength(e: Enrollment) -> u8 {
+    match e {
+        Enrollment::Required => 2,
+        Enrollment::Optional => 1,
+        Enrollment::NotAllowed => 0,
+    }
+}
+
+fn stronger(a: Enrollment, b: Enrollment) -> Enrollment {
+    if strength(b) > strength(a) { b } else { a }
+}
+
+fn enrollment_message(e: Enrollment) -> &'static str {
+    match e {
+        Enrollment::Required => message::REQUIRED,
+        Enrollment::Optional => message::OPTIONAL,
+        Enrollment::NotAllowed => message::NOT_ALLOWED,
+    }
+}
+
+/// Rules 1, 3 and 4 for one configured key.
+fn setting_decision(
+    key: AuthenticatorKey,
+    setting: Option<&AuthenticatorSetting>,
+) -> (Enrollment, RuleId, &'static str) {
+    let Some(setting) = setting else {
+        return (Enrollment::NotAllowed, RuleId::Policy, message::UNLISTED);
+    };
+    match key {
+        AuthenticatorKey::PhoneNumber => {
+            let (sms, voice) = match (&setting.methods, setting.enroll) {
+                (Some(m), _) => (m.sms, m.voice),
+                (None, Some(e)) => (e, e),
+                (None, None) => {
+                    return (Enrollment::NotAllowed, RuleId::Policy, message::NO_VALUE);
+                }
+            };
+            (stronger(sms, voice), RuleId::Phone, phone_message(sms, voice))
+        }
+        AuthenticatorKey::OktaEmail => match setting.enroll {
+            Some(Enrollment::Required) => {
+                (Enrollment::Required, RuleId::Email, message::EMAIL_REQUIRED)
+            }
+            Some(Enrollment::Optional) => {
+                (Enrollment::Required, RuleId::Email, message::EMAIL_OPTIONAL)
+            }
+            Some(Enrollment::NotAllowed) => {
+                (Enrollment::NotAllowed, RuleId::Policy, message::NOT_ALLOWED)
+            }
+            None => (Enrollment::NotAllowed, RuleId::Policy, message::NO_VALUE),
+        },
+        _ => match setting.enroll {
+            Some(e) => (e, RuleId::Policy, enrollment_message(e)),
+            None => (Enrollment::NotAllowed, RuleId::Policy, message::NO_VALUE),
+        },
+    }
+}
+
+fn compile_cidrs(
+    list: &[String],
+    field: &str,
+    context: &str,
+    problems: &mut Vec<String>,
+) -> (Vec<Cidr>, bool) {
+    let mut broken = false;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        match Cidr::parse(text) {
+            Some(c) => out.push(c),
+            None => {
+                broken = true;
+                problems.push(format!(
+                    "{context}: network.{field}[{i}]: {text:?} is not a CIDR such as 10.0.0.0/8; the rule never matches"
+                ));
+            }
+        }
+    }
+    (out, broken)
+}
+
+fn compile_rule(rule: &EnrollmentRule, policy: &str, problems: &mut Vec<String>) -> CompiledRule {
+    let context = format!("policy {policy}, rule {}", rule.name);
+    let conditions = rule.conditions.as_ref();
+    let excluded = conditions
+        .and_then(|c| c.people.as_ref())
+        .map(|p| p.users.exclude.iter().map(|u| u.as_str().into()).collect())
+        .unwrap_or_default();
+    let zone = conditions
+        .and_then(|c| c.network.as_ref())
+        .filter(|n| n.connection == NetworkConnection::Zone)
+        .map(|n| {
+            let (include, bad_include) = compile_cidrs(&n.include, "include", &context, problems);
+            let (exclude, bad_exclude) = compile_cidrs(&n.exclude, "exclude", &context, problems);
+            Zone {
+                include,
+                exclude,
+                broken: bad_include || bad_exclude,
+            }
+        });
+    CompiledRule {
+        name: rule.name.clone(),
+        enroll: rule.enroll,
+        excluded,
+        zone,
+    }
+}
+
+fn compile_policy(p: &PolicyConfig, problems: &mut Vec<String>) -> CompiledPolicy {
+    let mut table = [Enrollment::NotAllowed; COUNT];
+    let mut why = [(RuleId::Policy, message::UNLISTED); COUNT];
+    for key in AuthenticatorKey::ALL {
+        let mut settings = p.spec.authenticators.iter().filter(|s| s.key == key);
+        let first = settings.next();
+        if settings.next().is_some() {
+            problems.push(format!(
+                "policy {}: {} is listed more than once; the first setting is used",
+                p.name,
+                key.as_str()
+            ));
+        }
+        let (decision, rule, text) = setting_decision(key, first);
+        let i = Authenticator::from(key).index();
+        table[i] = decision;
+        why[i] = (rule, text);
+    }
+    CompiledPolicy {
+        name: p.name.clone(),
+        priority: p.priority,
+        table,
+        why,
+        rules: p
+            .spec
+            .rules
+            .iter()
+            .map(|r| compile_rule(r, &p.name, problems))
+            .collect(),
+    }
+}
+
+impl CompiledRule {
+    /// Whether the rule's conditions hold. `no_ip` is set when a zone rule
+    /// is skipped for want of a client address.
+    fn matches(&self, user_id: &str, ip: Option<IpAddr>, no_ip: &mut bool) -> bool {
+        if !self.excluded.is_empty() && self.excluded.contains(user_id) {
+            return false;
+        }
+        let Some(zone) = &self.zone else {
+            return true;
+        };
+        if zone.broken {
+            return false;
+        }
+        let Some(ip) = ip else {
+            *no_ip = true;
+            return false;
+        };
+        (zone.include.is_empty() || zone.include.iter().any(|c| c.contains(ip)))
+            && !zone.exclude.iter().any(|c| c.contains(ip))
+    }
+}
+
+impl CompiledPolicy {
+    fn choose_rule(&self, user_id: &str, ip: Option<IpAddr>, no_ip: &mut bool) -> RuleChoice {
+        if self.rules.is_empty() {
+            return RuleChoice::NoRules;
+        }
+        match self
+            .rules
+            .iter()
+            .position(|r| r.matches(user_id, ip, no_ip))
+        {
+            Some(i) => RuleChoice::Matched(i),
+            None => RuleChoice::NoneMatched,
+        }
+    }
+}
+
+/// The per-sign-in table: one decision (or none) and its reason per
+/// authenticator.
+struct Table {
+    decision: [Option<Enrollment>; COUNT],
+    why: [(RuleId, &'static str); COUNT],
+}
+
+impl Table {
+    fn set(&mut self, a: Authenticator, e: Enrollment, rule: RuleId, text: &'static str) {
+        self.decision[a.index()] = Some(e);
+        self.why[a.index()] = (rule, text);
+    }
+
+    fn get(&self, a: Authenticator) -> Option<Enrollment> {
+        self.decision[a.index()]
+    }
+
+    fn set_of(&self, e: Enrollment) -> AuthenticatorSet {
+        let mut set = AuthenticatorSet::default();
+        for a in Authenticator::ALL {
+            if self.decision[a.index()] == Some(e) {
+                set.insert(a);
+            }
+        }
+        set
+    }
+}
+
+impl EnrollmentEngine {
+    /// Compiles an org's policies. Policies with `spec.active: false` are
+    /// left out (the index already leaves them out); the order is the
+    /// index's: priority, then name, the default policy last. Problems that
+    /// validation would have refused (an unparsable CIDR, a key listed twice,
+    /// a second default policy) do not stop the build: see
+    /// [`EnrollmentEngine::problems`].
+    pub fn new(policies: &[PolicyConfig]) -> EnrollmentEngine {
+        let mut active: Vec<&PolicyConfig> = policies.iter().filter(|p| p.spec.active).collect();
+        active.sort_by(|a, b| {
+            (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
+        });
+        let mut problems = Vec::new();
+        let mut groups: HashMap<Box<str>, u32> = HashMap::default();
+        let mut default = None;
+        let mut compiled = Vec::with_capacity(active.len());
+        for (position, p) in active.iter().enumerate() {
+            compiled.push(compile_policy(p, &mut problems));
+            if p.is_default {
+                match default {
+                    None => default = Some(position),
+                    Some(_) => problems.push(format!(
+                        "policy {}: a second default policy; it never applies",
+                        p.name
+                    )),
+                }
+                continue;
+            }
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            for g in &p.groups {
+                groups.entry(g.as_str().into()).or_insert(position);
+            }
+        }
+        EnrollmentEngine {
+            policies: compiled,
+            default,
+            groups,
+            problems,
+        }
+    }
+
+    /// What the build found that validation should have refused.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    /// The policy that applies to members of `group` (before the default
+    /// policy), if any.
+    pub fn policy_for_group(&self, group: &str) -> Option<&str> {
+        self.groups
+            .get(group)
+            .map(|&i| self.policies[i as usize].name.as_str())
+    }
+
+    /// The policy that applies to a user in `groups` (any order), and
+    /// through which group (the smallest name on a tie).
+    fn select<'r>(&self, groups: &'r [String]) -> Option<(usize, Option<&'r str>)> {
+        let mut best: Option<(u32, &str)> = None;
+        for g in groups {
+            if let Some(&position) = self.groups.get(g.as_str()) {
+                match best {
+                    Some((p, name)) if p < position || (p == position && name <= g.as_str()) => {}
+                    _ => best = Some((position, g.as_str())),
+                }
+            }
+        }
+        match best {
+            Some((position, group)) => Some((position as usize, Some(group))),
+            None => self.default.map(|d| (d, None)),
+        }
+    }
+
+    /// Decides one sign-in. Fails only on a malformed request, naming the
+    /// field.
+    pub fn evaluate(&self, request: &EvaluationRequest) -> Result<Evaluation, EvaluateError> {
+        let checked = request.check()?;
+        let mut notes: Vec<Cow<'static, str>> = Vec::new();
+        let federated = request.user.federated;
+        if federated {
+            notes.push(message::NOTE_FEDERATED.into());
+        }
+        let selected = self.select(&request.user.groups);
+        let mut table = Table {
+            decision: [None; COUNT],
+            why: [(RuleId::Policy, message::UNLISTED); COUNT],
+        };
+        let mut evaluation = Evaluation {
+            policy: None,
+            priority: None,
+            matched_group: None,
+            policy_reason: message::POLICY_NONE.into(),
+            rule: None,
+            rule_enroll: None,
+            rule_reason: message::RULE_NO_POLICY.into(),
+            prompt: false,
+            required: Vec::new(),
+            optional: Vec::new(),
+            not_allowed: Vec::new(),
+            missing: Vec::new(),
+            enroll_now: Vec::new(),
+            auto_enrolled: Vec::new(),
+            phone_methods: Vec::new(),
+            app_requirement: None,
+            reasons: Vec::new(),
+            notes: Vec::new(),
+        };
+        if let Some((position, group)) = selected {
+            let policy = &self.policies[position];
+            evaluation.policy = Some(policy.name.clone());
+            evaluation.priority = Some(policy.priority);
+            evaluation.matched_group = group.map(str::to_string);
+            evaluation.policy_reason = if group.is_some() {
+                message::POLICY_BY_GROUP
+            } else if request.user.groups.is_empty() {
+                message::POLICY_DEFAULT_NO_GROUPS
+            } else {
+                message::POLICY_DEFAULT
+            }
+            .into();
+            let mut no_ip = false;
+            match policy.choose_rule(&request.user.id, checked.ip, &mut no_ip) {
+                RuleChoice::Matched(i) => {
+                    let rule = &policy.rules[i];
+                    evaluation.rule = Some(rule.name.clone());
+                    evaluation.rule_enroll = Some(rule.enroll);
+                    evaluation.rule_reason = message::RULE_MATCHED.into();
+                    evaluation.prompt = rule.enroll.prompts();
+                    if !evaluation.prompt {
+                        notes.push(message::NOTE_NEVER.into());
+                    }
+                }
+                RuleChoice::NoRules => {
+                    evaluation.rule_reason = message::RULE_NONE.into();
+                    evaluation.prompt = true;
+                }
+                RuleChoice::NoneMatched => {
+                    evaluation.rule_reason = message::RULE_NO_MATCH.into();
+                }
+            }
+            if no_ip {
+                notes.push(message::NOTE_NO_IP.into());
+            }
+            for a in &Authenticator::ALL[1..] {
+                table.decision[a.index()] = Some(policy.table[a.index()]);
+                table.why[a.index()] = policy.why[a.index()];
+            }
+            apply_recovery(&mut table, &checked, request.first_sign_in, &mut notes);
+        } else if !checked.recovery.is_empty() {
+            notes.push(message::NOTE_NO_POLICY_RECOVERY.into());
+        }
+        if !federated {
+            table.set(
+                Authenticator::OktaPassword,
+                Enrollment::Required,
+                RuleId::Password,
+                message::PASSWORD,
+            );
+        }
+        let email = AuthenticatorSet::of(&[Authenticator::OktaEmail]);
+        let mut auto = table
+            .set_of(Enrollment::Required)
+            .and(email)
+            .minus(checked.enrolled);
+        if let Some((possession, accepted)) = checked.app {
+            evaluation.app_requirement = Some(apply_app(
+                &mut table,
+                checked.enrolled,
+                auto,
+                possession,
+                accepted,
+            ));
+            auto = table
+                .set_of(Enrollment::Required)
+                .and(email)
+                .minus(checked.enrolled);
+        }
+        let required = table.set_of(Enrollment::Required);
+        let missing = required.minus(checked.enrolled).minus(email);
+        evaluation.required = required.to_vec();
+        evaluation.optional = table.set_of(Enrollment::Optional).to_vec();
+        evaluation.not_allowed = table.set_of(Enrollment::NotAllowed).to_vec();
+        evaluation.missing = missing.to_vec();
+        if evaluation.prompt {
+            evaluation.enroll_now = evaluation.missing.clone();
+        }
+        evaluation.auto_enrolled = auto.to_vec();
+        if matches!(
+            table.get(Authenticator::PhoneNumber),
+            Some(Enrollment::Required | Enrollment::Optional)
+        ) {
+            evaluation.phone_methods = vec![PhoneMethod::Sms, PhoneMethod::Voice];
+        }
+        let listed = Authenticator::ALL
+            .iter()
+            .filter(|a| table.get(**a).is_some())
+            .count();
+        evaluation.reasons.reserve_exact(listed);
+        for a in Authenticator::ALL {
+            if let Some(decision) = table.get(a) {
+                let (rule, text) = table.why[a.index()];
+                evaluation.reasons.push(Reason {
+                    authenticator: a,
+                    decision,
+                    rule,
+                    message: Cow::Borrowed(text),
+                });
+            }
+        }
+        evaluation.notes = notes;
+        Ok(evaluation)
+    }
+}
+
+/// Rules 5 and 6: the password policy's recovery authenticators.
+fn apply_recovery(
+    table: &mut Table,
+    checked: &CheckedRequest,
+    first_sign_in: bool,
+    notes: &mut Vec<Cow<'static, str>>,
+) {
+    for a in checked.recovery_hidden.iter() {
+        notes.push(format!("recovery {a} is not SSO-enabled: left out of enrollment (rule 5)").into());
+    }
+    for a in checked.recovery.iter() {
+        match a {
+            Authenticator::OktaEmail | Authenticator::SecurityQuestion => {
+                if table.get(a) != Some(Enrollment::Required) {
+                    table.set(
+                        a,
+                        Enrollment::Required,
+                        RuleId::Recovery,
+                        message::RECOVERY_REQUIRED,
+                    );
+                }
+            }
+            Authenticator::PhoneNumber => {
+                if table.get(a) == Some(Enrollment::NotAllowed) {
+                    table.set(
+                        a,
+                        Enrollment::Optional,
+                        RuleId::Recovery,
+                        message::RECOVERY_PHONE,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let others = checked.recovery.minus(AuthenticatorSet::of(&[
+        Authenticator::OktaEmail,
+        Authenticator::SecurityQuestion,
+    ]));
+    if !first_sign_in {
+        if !others.is_empty() {
+            notes.push(message::NOTE_LATER_SIGN_IN.into());
+        }
+        return;
+    }
+    for a in others.iter() {
+        match table.get(a) {
+            Some(Enrollment::Optional) => table.set(
+                a,
+                Enrollment::Required,
+                RuleId::FirstSignIn,
+                message::FIRST_SIGN_IN,
+            ),
+            Some(Enrollment::NotAllowed) => notes.push(
+                format!(
+                    "recovery {a} is NOT_ALLOWED by the enrollment policy: not enrolled at first sign-in (rule 6)"
+                )
+                .into(),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Rule 7: what the app needs. May make the only allowed candidate
+/// required.
+fn apply_app(
+    table: &mut Table,
+    enrolled: AuthenticatorSet,
+    auto: AuthenticatorSet,
+    possession: bool,
+    accepted: AuthenticatorSet,
+) -> AppOutcome {
+    if !possession && accepted.is_empty() {
+        return AppOutcome {
+            satisfied: true,
+            satisfied_by: None,
+            enroll_one_of: Vec::new(),
+            message: message::APP_NOTHING.into(),
+        };
+    }
+    let mut accepted = if accepted.is_empty() {
+        AuthenticatorSet::of(&Authenticator::ALL)
+    } else {
+        accepted
+    };
+    if possession {
+        accepted = accepted.and(AuthenticatorSet::of(&Authenticator::POSSESSION));
+    }
+    let required = table.set_of(Enrollment::Required);
+    let allowed = AuthenticatorSet(required.0 | table.set_of(Enrollment::Optional).0);
+    let have = AuthenticatorSet(enrolled.0 | auto.0);
+    if let Some(a) = have.and(allowed).and(accepted).first() {
+        return AppOutcome {
+            satisfied: true,
+            satisfied_by: Some(a),
+            enroll_one_of: Vec::new(),
+            message: message::APP_SATISFIED.into(),
+        };
+    }
+    let candidates = allowed.and(accepted);
+    let (one_of, text) = if !candidates.and(required).is_empty() {
+        (candidates.and(required), message::APP_BY_REQUIRED)
+    } else if candidates.len() == 1 {
+        if let Some(a) = candidates.first() {
+            table.set(
+                a,
+                Enrollment::Required,
+                RuleId::App,
+                message::APP_ONLY_CANDIDATE,
+            );
+        }
+        (candidates, message::APP_ONE)
+    } else if candidates.is_empty() {
+        (candidates, message::APP_UNMET)
+    } else {
+        (candidates, message::APP_ONE_OF)
+    };
+    AppOutcome {
+        satisfied: false,
+        satisfied_by: None,
+        enroll_one_of: one_of.to_vec(),
+        message: text.into(),
+    }
+}

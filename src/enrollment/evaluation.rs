@@ -1,0 +1,132 @@
+//! The answer to one sign-in: which policy and rule applied, and which
+//! authenticators the user must, may or may not enroll, with the reason
+//! for each.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::authenticator::{Authenticator, PhoneMethod};
+use crate::resources::{Enrollment, RuleEnroll};
+
+/// Which numbered rule of the product document decided something.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleId {
+    /// The applied policy's own setting (or its silence: not allowed).
+    #[serde(rename = "rule-1-policy")]
+    Policy,
+    #[serde(rename = "rule-2-password")]
+    Password,
+    #[serde(rename = "rule-3-email")]
+    Email,
+    #[serde(rename = "rule-4-phone")]
+    Phone,
+    #[serde(rename = "rule-5-recovery")]
+    Recovery,
+    #[serde(rename = "rule-6-first-sign-in")]
+    FirstSignIn,
+    #[serde(rename = "rule-7-app")]
+    App,
+}
+
+impl RuleId {
+    /// The id as serialized, for example `rule-2-password`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "rule-1-policy",
+            Self::Password => "rule-2-password",
+            Self::Email => "rule-3-email",
+            Self::Phone => "rule-4-phone",
+            Self::Recovery => "rule-5-recovery",
+            Self::FirstSignIn => "rule-6-first-sign-in",
+            Self::App => "rule-7-app",
+        }
+    }
+}
+
+/// Why an authenticator got its decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reason {
+    pub authenticator: Authenticator,
+    pub decision: Enrollment,
+    /// The rule that decided last.
+    pub rule: RuleId,
+    pub message: Cow<'static, str>,
+}
+
+/// How the app's needs (rule 7) are met.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppOutcome {
+    /// The user has enrolled (or is auto-enrolled in) an allowed
+    /// authenticator the app accepts.
+    pub satisfied: bool,
+    /// That authenticator, the first in Okta's order.
+    pub satisfied_by: Option<Authenticator>,
+    /// When not satisfied: the allowed authenticators the user may enroll
+    /// to satisfy the app; enrolling any one of them is enough.
+    pub enroll_one_of: Vec<Authenticator>,
+    pub message: Cow<'static, str>,
+}
+
+/// The answer for one sign-in.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// The policy that applies; `None` when no policy lists one of the
+    /// user's groups and the org has no default policy.
+    pub policy: Option<String>,
+    /// That policy's priority.
+    pub priority: Option<i32>,
+    /// The user's group through which the policy applies (the smallest name
+    /// when several do); `None` for the default policy.
+    pub matched_group: Option<String>,
+    /// Why this policy (or none) applies.
+    pub policy_reason: Cow<'static, str>,
+    /// The first rule of the policy whose conditions match.
+    pub rule: Option<String>,
+    /// That rule's setting: LOGIN, CHALLENGE or NEVER.
+    pub rule_enroll: Option<RuleEnroll>,
+    /// Why this rule (or none) decides.
+    pub rule_reason: Cow<'static, str>,
+    /// Whether the user is prompted to enroll missing required
+    /// authenticators at this sign-in.
+    pub prompt: bool,
+    pub required: Vec<Authenticator>,
+    pub optional: Vec<Authenticator>,
+    pub not_allowed: Vec<Authenticator>,
+    /// Required authenticators the user has not enrolled, the
+    /// automatically enrolled email aside, whether or not they are prompted.
+    pub missing: Vec<Authenticator>,
+    /// What the user enrolls now: `missing` when the rule prompts, else
+    /// nothing.
+    pub enroll_now: Vec<Authenticator>,
+    /// Enrolled for the user without a prompt (the email, rule 3).
+    pub auto_enrolled: Vec<Authenticator>,
+    /// How the phone may be enrolled and verified when it is allowed (both
+    /// methods, whatever the policy's per-method values: rule 4).
+    pub phone_methods: Vec<PhoneMethod>,
+    /// The app's needs, when the request names an app.
+    pub app_requirement: Option<AppOutcome>,
+    /// One per authenticator in `required`, `optional` or `notAllowed`.
+    pub reasons: Vec<Reason>,
+    /// Everything else worth knowing: federation, hidden recovery
+    /// authenticators, skipped zone rules.
+    pub notes: Vec<Cow<'static, str>>,
+}
+
+impl Evaluation {
+    /// The decision about one authenticator, if it is in any list.
+    pub fn decision(&self, a: Authenticator) -> Option<Enrollment> {
+        self.reasons
+            .iter()
+            .find(|r| r.authenticator == a)
+            .map(|r| r.decision)
+    }
+
+    /// The reason recorded for one authenticator.
+    pub fn reason(&self, a: Authenticator) -> Option<&Reason> {
+        self.reasons.iter().find(|r| r.authenticator == a)
+    }
+}

@@ -1,0 +1,445 @@
+//! The single writer of the runtime index. It receives changes (objects and
+//! Secrets, from the apiserver or a manifest directory), re-validates only
+//! what changed, rebuilds only the orgs that changed, and publishes an
+//! immutable [`Snapshot`] that readers get through a watch channel.
+//!
+//! An object whose new version is invalid keeps its last valid version in
+//! the configuration; its state says what is wrong with the new one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::{ObjectState, OrgConfig, Secrets, build};
+use crate::resources::reason;
+use crate::validate::{Checked, ObjectKey, Options, OwnFinding, SecretData, Typed, check_one, finish};
+
+/// One change to the world the index describes.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// An idplane object was created or changed (the whole object as JSON).
+    Upsert(Value),
+    /// An idplane object was deleted.
+    Delete(ObjectKey),
+    /// A referenced Secret changed; `None` when it does not exist.
+    Secret {
+        namespace: String,
+        name: String,
+        data: Option<SecretData>,
+    },
+    /// Every source has delivered its first full listing.
+    Synced,
+    /// Replace everything with this set of objects (manifest reloads). Secrets
+    /// among them are taken as the only Secrets.
+    ReplaceAll(Vec<Value>),
+}
+
+/// What readers see of one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectView {
+    pub generation: Option<i64>,
+    pub uid: Option<String>,
+    pub state: ObjectState,
+    /// The status the object carried when last seen (cluster mode), used to
+    /// skip writes that would change nothing.
+    pub observed_status: Option<Value>,
+    /// Whether a last valid version is in use while the current one is invalid.
+    pub serving_last_good: bool,
+}
+
+/// An immutable view of the whole index.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every publication.
+    pub version: u64,
+    /// Whether the first full sync is done (readiness).
+    pub synced: bool,
+    /// Orgs by namespace.
+    pub orgs: BTreeMap<String, Arc<OrgConfig>>,
+    /// Every idplane object's view.
+    pub objects: BTreeMap<ObjectKey, ObjectView>,
+}
+
+impl Snapshot {
+    pub fn org(&self, org: &str) -> Option<&Arc<OrgConfig>> {
+        self.orgs.get(org)
+    }
+}
+
+struct Entry {
+    value: Value,
+    checked: Checked,
+    own: Vec<OwnFinding>,
+    last_good: Option<Checked>,
+}
+
+/// State owned by the writer task.
+pub struct IndexWriter {
+    options: Options,
+    /// Objects by namespace.
+    orgs: BTreeMap<String, BTreeMap<ObjectKey, Entry>>,
+    secrets: Secrets,
+    dirty: BTreeSet<String>,
+    built: BTreeMap<String, (Arc<OrgConfig>, BTreeMap<ObjectKey, ObjectView>)>,
+    synced: bool,
+    version: u64,
+}
+
+fn meta_i64(value: &Value, field: &str) -> Option<i64> {
+    value.get("metadata")?.get(field)?.as_i64()
+}
+
+fn meta_str(value: &Value, field: &str) -> Option<String> {
+    Some(value.get("metadata")?.get(field)?.as_str()?.to_string())
+}
+
+/// The part of an object that decides validation: a status-only change
+/// needs no re-check.
+fn spec_identity(value: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
+    (
+        value.get("spec"),
+        value.get("metadata").and_then(|m| m.get("generation")),
+        value.get("metadata").and_then(|m| m.get("creationTimestamp")),
+    )
+}
+
+impl IndexWriter {
+    pub fn new(options: Options) -> Self {
+        Self {
+            options,
+            orgs: BTreeMap::new(),
+            secrets: Secrets::new(),
+            dirty: BTreeSet::new(),
+            built: BTreeMap::new(),
+            synced: false,
+            version: 0,
+        }
+    }
+
+    /// Applies one change; the affected orgs are rebuilt by [`Self::publish`].
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert(value) => self.upsert(value),
+            Change::Delete(key) => {
+                if let Some(org) = self.orgs.get_mut(&key.namespace) {
+                    org.remove(&key);
+                }
+                self.dirty.insert(key.namespace);
+            }
+            Change::Secret { namespace, name, data } => {
+                let key = (namespace.clone(), name);
+                let changed = match data {
+                    Some(d) => self.secrets.insert(key, d.clone()).as_ref() != Some(&d),
+                    None => self.secrets.remove(&key).is_some(),
+                };
+                if changed {
+                    self.dirty.insert(namespace);
+                }
+            }
+            Change::Synced => self.synced = true,
+            Change::ReplaceAll(values) => {
+                self.dirty.extend(self.orgs.keys().cloned());
+                let previous = std::mem::take(&mut self.orgs);
+                self.secrets.clear();
+                for value in values {
+                    let (checked, _) = check_one(&value, &self.options);
+                    if let Some(Typed::Secret(s)) = checked.typed {
+                        self.secrets.insert((checked.key.namespace.clone(), checked.key.name.clone()), s);
+                        self.dirty.insert(checked.key.namespace);
+                        continue;
+                    }
+                    // Keep each object's last good version across reloads.
+                    let last_good = previous
+                        .get(&checked.key.namespace)
+                        .and_then(|o| o.get(&checked.key))
+                        .and_then(|e| e.last_good.clone());
+                    self.insert_entry(value, last_good);
+                }
+                self.synced = true;
+            }
+        }
+    }
+
+    fn upsert(&mut self, value: Value) {
+        let key = crate::validate::object_key(&value, &self.options.default_namespace);
+        let org = self.orgs.entry(key.namespace.clone()).or_default();
+        if let Some(entry) = org.get_mut(&key)
+            && spec_identity(&entry.value) == spec_identity(&value)
+        {
+            // Only status or bookkeeping changed: keep the validation result.
+            entry.value = value;
+            self.dirty.insert(key.namespace);
+            return;
+        }
+        let last_good = org.get(&key).and_then(|e| e.last_good.clone());
+        self.insert_entry(value, last_good);
+    }
+
+    fn insert_entry(&mut self, value: Value, last_good: Option<Checked>) {
+        let (checked, own) = check_one(&value, &self.options);
+        if !crate::resources::KINDS.contains(&checked.key.kind.as_str()) {
+            return;
+        }
+        let last_good = if checked.typed.is_some() { Some(checked.clone()) } else { last_good };
+        let ns = checked.key.namespace.clone();
+        self.dirty.insert(ns.clone());
+        self.orgs.entry(ns).or_default().insert(
+            checked.key.clone(),
+            Entry {
+                value,
+                checked,
+                own,
+                last_good,
+            },
+        );
+    }
+
+    /// Secrets referenced by the current objects, as (namespace, name).
+    pub fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (ns, org) in &self.orgs {
+            for entry in org.values() {
+                let typed = entry.checked.typed.as_ref().or(entry.last_good.as_ref().and_then(|c| c.typed.as_ref()));
+                for name in secret_names(typed) {
+                    out.insert((ns.clone(), name));
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        self.orgs.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rebuilds the orgs that changed and returns the new snapshot.
+    pub fn publish(&mut self) -> Snapshot {
+        let dirty = std::mem::take(&mut self.dirty);
+        for ns in dirty {
+            match self.orgs.get(&ns) {
+                Some(org) if !org.is_empty() => {
+                    let built = build_org(&ns, org, &self.secrets);
+                    self.built.insert(ns, built);
+                }
+                _ => {
+                    self.orgs.remove(&ns);
+                    self.built.remove(&ns);
+                }
+            }
+        }
+        self.version += 1;
+        let mut snapshot = Snapshot {
+            version: self.version,
+            synced: self.synced,
+            ..Default::default()
+        };
+        for (ns, (config, views)) in &self.built {
+            snapshot.orgs.insert(ns.clone(), config.clone());
+            snapshot.objects.extend(views.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        snapshot
+    }
+}
+
+/// Names of the Secrets an object references.
+pub fn secret_names(typed: Option<&Typed>) -> Vec<String> {
+    match typed {
+        Some(Typed::TelephonyHook(h)) => {
+            let mut names = vec![h.spec.auth.secret_ref.name.clone()];
+            names.extend(
+                h.spec
+                    .headers
+                    .iter()
+                    .filter_map(|x| x.value_from.as_ref().map(|f| f.secret_key_ref.name.clone())),
+            );
+            names
+        }
+        Some(Typed::EmailProvider(p)) => vec![p.spec.password_secret_ref.name.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn build_org(
+    ns: &str,
+    org: &BTreeMap<ObjectKey, Entry>,
+    secrets: &Secrets,
+) -> (Arc<OrgConfig>, BTreeMap<ObjectKey, ObjectView>) {
+    let mut checked = Vec::with_capacity(org.len());
+    let mut own = Vec::with_capacity(org.len());
+    let mut substituted = BTreeMap::new();
+    for (key, entry) in org {
+        match (&entry.checked.typed, &entry.last_good) {
+            (None, Some(good)) => {
+                substituted.insert(key.clone(), &entry.own);
+                checked.push(good.clone());
+                own.push(Vec::new());
+            }
+            _ => {
+                checked.push(entry.checked.clone());
+                own.push(entry.own.clone());
+            }
+        }
+    }
+    let report = finish(checked, own);
+    let secrets_here: Secrets = secrets
+        .range((ns.to_string(), String::new())..)
+        .take_while(|((n, _), _)| n == ns)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (mut config, states) = build(&report, &secrets_here);
+    let org_config = config.remove(ns).unwrap_or_default();
+    let mut views = BTreeMap::new();
+    for (key, entry) in org {
+        let mut state = states.get(key).cloned().unwrap_or_else(|| ObjectState {
+            accepted: false,
+            ready: false,
+            active: None,
+            reason: reason::INVALID.into(),
+            message: "not validated".into(),
+        });
+        let serving_last_good = substituted.contains_key(key);
+        if let Some(problems) = substituted.get(key) {
+            let text: Vec<String> = problems.iter().map(|f| format!("{}: {}", f.field, f.message)).collect();
+            state.accepted = false;
+            state.reason = reason::INVALID.into();
+            state.message = format!(
+                "{}; the last valid version stays in use",
+                text.join("; ")
+            );
+        }
+        views.insert(
+            key.clone(),
+            ObjectView {
+                generation: meta_i64(&entry.value, "generation"),
+                uid: meta_str(&entry.value, "uid"),
+                state,
+                observed_status: entry.value.get("status").cloned(),
+                serving_last_good,
+            },
+        );
+    }
+    (Arc::new(org_config), views)
+}
+
+/// Runs the writer: applies changes as they come (in batches), publishes a
+/// snapshot after each batch, and reports which Secrets are referenced.
+pub async fn run(
+    mut writer: IndexWriter,
+    mut changes: mpsc::Receiver<Change>,
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    referenced: watch::Sender<BTreeSet<(String, String)>>,
+    metrics: Arc<crate::telemetry::Metrics>,
+) {
+    while let Some(first) = changes.recv().await {
+        let started = Instant::now();
+        writer.apply(first);
+        while let Ok(next) = changes.try_recv() {
+            writer.apply(next);
+        }
+        let snapshot = writer.publish();
+        metrics.observe_rebuild(started.elapsed(), &snapshot);
+        referenced.send_if_modified(|current| {
+            let now = writer.referenced_secrets();
+            if *current != now {
+                *current = now;
+                true
+            } else {
+                false
+            }
+        });
+        snapshots.send_replace(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hook(name: &str, generation: i64, url: &str, created: &str) -> Value {
+        json!({
+            "apiVersion": "idplane.dev/v1alpha1", "kind": "TelephonyHook",
+            "metadata": {"name": name, "namespace": "acme", "generation": generation, "creationTimestamp": created},
+            "spec": {"url": url, "auth": {"header": "X-Key", "secretRef": {"name": "s", "key": "k"}}}
+        })
+    }
+
+    fn secret() -> Change {
+        Change::Secret {
+            namespace: "acme".into(),
+            name: "s".into(),
+            data: Some(SecretData {
+                keys: BTreeMap::from([("k".to_string(), b"v1".to_vec())]),
+            }),
+        }
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            kind: "TelephonyHook".into(),
+            namespace: "acme".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn invalid_change_keeps_last_good_configuration() {
+        let mut w = IndexWriter::new(Options::default());
+        w.apply(secret());
+        w.apply(Change::Upsert(hook("a", 1, "https://one.example", "2024-01-01T00:00:00Z")));
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].hooks["a"].url, "https://one.example");
+        w.apply(Change::Upsert(hook("a", 2, "ftp://bad", "2024-01-01T00:00:00Z")));
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].hooks["a"].url, "https://one.example");
+        let view = &s.objects[&key("a")];
+        assert!(!view.state.accepted && view.serving_last_good);
+        assert!(view.state.message.contains("spec.url"), "{}", view.state.message);
+        assert_eq!(view.generation, Some(2));
+    }
+
+    #[test]
+    fn conflict_fails_over_when_the_winner_goes() {
+        let mut w = IndexWriter::new(Options::default());
+        w.apply(secret());
+        w.apply(Change::Upsert(hook("old", 1, "https://old.example", "2024-01-01T00:00:00Z")));
+        w.apply(Change::Upsert(hook("new", 1, "https://new.example", "2024-02-01T00:00:00Z")));
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].active_hook.as_deref(), Some("old"));
+        assert_eq!(s.objects[&key("new")].state.reason, "Conflict");
+        w.apply(Change::Delete(key("old")));
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].active_hook.as_deref(), Some("new"));
+        assert_eq!(s.objects[&key("new")].state.reason, "Activated");
+    }
+
+    #[test]
+    fn missing_secret_then_rotation() {
+        let mut w = IndexWriter::new(Options::default());
+        w.apply(Change::Upsert(hook("a", 1, "https://one.example", "2024-01-01T00:00:00Z")));
+        let s = w.publish();
+        assert_eq!(s.objects[&key("a")].state.reason, "SecretNotFound");
+        assert!(s.objects[&key("a")].state.message.contains("Secret acme/s not found"));
+        assert!(w.referenced_secrets().contains(&("acme".into(), "s".into())));
+        w.apply(secret());
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].hooks["a"].auth_secret.as_text(), "v1");
+        w.apply(Change::Secret {
+            namespace: "acme".into(),
+            name: "s".into(),
+            data: Some(SecretData {
+                keys: BTreeMap::from([("k".to_string(), b"v2".to_vec())]),
+            }),
+        });
+        let s = w.publish();
+        assert_eq!(s.orgs["acme"].hooks["a"].auth_secret.as_text(), "v2");
+    }
+}

@@ -1,0 +1,216 @@
+//! Persistence. The embedded default is one SQLite file (WAL journal,
+//! `synchronous=FULL`: a committed transaction survives a power cut), opened
+//! through sqlx with embedded migrations. The queries are plain SQL that a
+//! PostgreSQL backend can mirror; callers see only [`Store`]'s methods.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+use crate::validate::ObjectKey;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One entry of an org's system log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvent {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub outcome: String,
+    pub time: String,
+    /// What the event is about, e.g. `TelephonyHook/primary` or a message id.
+    pub subject: String,
+    pub detail: Value,
+}
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file and runs migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let display = path.display().to_string();
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{display}"))
+            .map_err(|source| StoreError::Open {
+                path: display.clone(),
+                source,
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open { path: display, source })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// An in-memory store, for tests and `--database :memory:`.
+    pub async fn memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn save_status(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO object_status (kind, namespace, name, status, updated_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (kind, namespace, name) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+        )
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(status.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn load_statuses(&self) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
+        let rows = sqlx::query("SELECT kind, namespace, name, status FROM object_status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let key = ObjectKey {
+                    kind: r.get(0),
+                    namespace: r.get(1),
+                    name: r.get(2),
+                };
+                let status: String = r.get(3);
+                Ok((key, serde_json::from_str(&status)?))
+            })
+            .collect()
+    }
+
+    /// Appends an event to an org's system log.
+    pub async fn log_event(
+        &self,
+        org: &str,
+        type_: &str,
+        outcome: &str,
+        time: &str,
+        subject: &str,
+        detail: &Value,
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query(
+            "INSERT INTO system_log (org, type, outcome, time, subject, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(org)
+        .bind(type_)
+        .bind(outcome)
+        .bind(time)
+        .bind(subject)
+        .bind(detail.to_string())
+        .execute(&self.pool)
+        .await?
+        .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Events of an org, oldest first, after the cursor `after` (an event
+    /// id), optionally of one type; at most `limit`.
+    pub async fn events(
+        &self,
+        org: &str,
+        type_: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, type, outcome, time, subject, detail FROM system_log
+             WHERE org = ? AND id > ? AND (? IS NULL OR type = ?) ORDER BY id LIMIT ?",
+        )
+        .bind(org)
+        .bind(after)
+        .bind(type_)
+        .bind(type_)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.get(5);
+                Ok(LogEvent {
+                    id: r.get(0),
+                    type_: r.get(1),
+                    outcome: r.get(2),
+                    time: r.get(3),
+                    subject: r.get(4),
+                    detail: serde_json::from_str(&detail)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn status_and_events_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let key = ObjectKey {
+            kind: "TelephonyHook".into(),
+            namespace: "acme".into(),
+            name: "a".into(),
+        };
+        store.save_status(&key, &serde_json::json!({"x": 1}), "t").await.unwrap();
+        store.save_status(&key, &serde_json::json!({"x": 2}), "t").await.unwrap();
+        assert_eq!(store.load_statuses().await.unwrap(), vec![(key, serde_json::json!({"x": 2}))]);
+        for i in 0..5 {
+            let t = if i % 2 == 0 { "a.b" } else { "c.d" };
+            store.log_event("acme", t, "SUCCESS", "t", "s", &serde_json::json!({"i": i})).await.unwrap();
+        }
+        store.log_event("other", "a.b", "SUCCESS", "t", "s", &serde_json::json!({})).await.unwrap();
+        let page = store.events("acme", Some("a.b"), 0, 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.detail["i"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 2]);
+        let next = store.events("acme", Some("a.b"), page[1].id, 2).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].detail["i"], 4);
+        assert_eq!(store.events("acme", None, 0, 100).await.unwrap().len(), 5);
+    }
+}
