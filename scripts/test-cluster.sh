@@ -64,7 +64,9 @@ build() {
   local src="$CACHE/src"
   rm -rf "$src" && mkdir -p "$src/dl"
   log "downloading Debian source kubernetes=$K8S_DEB_VERSION"
-  (cd "$src/dl" && apt-get source --download-only "kubernetes=$K8S_DEB_VERSION") >"$src/apt-source.log" 2>&1 \
+  # (fallback: whatever bookworm currently ships, in case a point release replaced deb12u1)
+  (cd "$src/dl" && { apt-get source --download-only "kubernetes=$K8S_DEB_VERSION" \
+     || apt-get source --download-only -t bookworm kubernetes; }) >"$src/apt-source.log" 2>&1 \
     || { tail_log "$src/apt-source.log"; die "apt-get source failed"; }
   local orig; orig=$(ls "$src"/dl/kubernetes_*.orig.tar.* | head -n1)
   log "unpacking $(basename "$orig")"
@@ -95,9 +97,9 @@ build() {
 
 # -------------------------------------------------------------- runtime ----
 readpid() { [ -f "$DIR/$1.pid" ] && cat "$DIR/$1.pid" || true; }
-# pid alive and really ours (guards against stale pid files / pid reuse)
-running() { local p; p=$(readpid "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null \
-  && grep -qa "$1" "/proc/$p/cmdline" 2>/dev/null; }
+# pid alive and really ours (guards against stale pid files, pid reuse and zombies)
+alive() { kill -0 "$1" 2>/dev/null && grep -qa "$2" "/proc/$1/cmdline" 2>/dev/null; }
+running() { local p; p=$(readpid "$1"); [ -n "$p" ] && alive "$p" "$1"; }
 healthy() {
   [ "$(curl -fsk --max-time 3 -H "Authorization: Bearer $ADMIN_TOKEN" \
        "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = ok ]
@@ -106,16 +108,17 @@ port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start NAME CMD...: detached (own session), survives this script, logs to $DIR/NAME.log
 start() {
   local name=$1; shift
-  setsid nohup "$@" >>"$DIR/$name.log" 2>&1 </dev/null &
+  # close lock fds 8/9, or the daemon would hold the flock forever
+  setsid nohup "$@" >>"$DIR/$name.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$DIR/$name.pid"
 }
 stop() {
   local p i; p=$(readpid "$1")
-  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+  if [ -n "$p" ] && alive "$p" "$1"; then
     log "stopping $1 (pid $p)"
     kill "$p" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$p" 2>/dev/null && { kill -9 "$p" 2>/dev/null || true; sleep 0.5; }
+    for i in $(seq 1 50); do alive "$p" "$1" || break; sleep 0.2; done
+    if alive "$p" "$1"; then kill -9 "$p" 2>/dev/null || true; sleep 0.5; fi
   fi
   rm -f "$DIR/$1.pid"
 }

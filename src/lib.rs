@@ -4,8 +4,10 @@
 //! configuration and serves the runtime API.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod enrollment;
 pub mod index;
 pub mod resources;
 pub mod source;

@@ -81,24 +81,91 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             manifests,
             namespace,
+            check,
+            listen,
+            database,
+            tokens,
+            poll_millis,
         } => {
             let options = Options {
                 default_namespace: namespace,
                 strict: false,
             };
-            let (documents, report) = load(&[manifests], &options)?;
-            for l in locate(&documents, &report) {
-                eprintln!("{l}");
+            if check {
+                return check_manifests(&manifests, &options);
             }
-            let secrets = idplane::index::secrets_from(&report.checked);
-            let (config, states) = idplane::index::build(&report, &secrets);
-            let out = serde_json::json!({ "orgs": config, "objects": states.iter().map(|(k, v)| serde_json::json!({"object": k.to_string(), "state": v})).collect::<Vec<_>>() });
-            println!("{}", serde_yaml::to_string(&out)?);
-            Ok(if report.has_errors() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            let settings = idplane::cli::serve::RunSettings {
+                manifests,
+                options,
+                listen,
+                database,
+                tokens,
+                poll: std::time::Duration::from_millis(poll_millis.max(50)),
+            };
+            tokio_runtime()?.block_on(idplane::cli::serve::run(settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator {
+            namespaces,
+            listen,
+            database,
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_seconds,
+            status_writes_per_second,
+            status_concurrency,
+        } => {
+            let identity = identity.unwrap_or_else(|| {
+                let host =
+                    std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "idplane".into());
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let settings = idplane::cli::serve::OperatorSettings {
+                namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                listen,
+                database,
+                lease: idplane::controller::lease::LeaseSettings {
+                    namespace: lease_namespace,
+                    name: lease_name,
+                    identity,
+                    duration: std::time::Duration::from_secs(lease_seconds.max(3)),
+                },
+                writer: idplane::controller::writer::WriterSettings {
+                    writes_per_second: status_writes_per_second.max(1),
+                    concurrency: status_concurrency.max(1),
+                    ..Default::default()
+                },
+            };
+            tokio_runtime()?.block_on(idplane::cli::serve::operator(settings))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `run --check`: load, validate, print each org's configuration, exit.
+fn check_manifests(manifests: &std::path::Path, options: &Options) -> anyhow::Result<ExitCode> {
+    let (documents, report) = load(&[manifests.to_path_buf()], options)?;
+    for l in locate(&documents, &report) {
+        eprintln!("{l}");
+    }
+    let secrets = idplane::index::secrets_from(&report.checked);
+    let (config, states) = idplane::index::build(&report, &secrets);
+    let objects: Vec<serde_json::Value> = states
+        .iter()
+        .map(|(k, v)| serde_json::json!({"object": k.to_string(), "state": v}))
+        .collect();
+    let out = serde_json::json!({ "orgs": config, "objects": objects });
+    println!("{}", serde_yaml::to_string(&out)?);
+    Ok(if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -65,7 +65,11 @@ impl Metrics {
         let status_writes = Family::<ResultLabel, Counter>::default();
         let http_requests = Family::<RequestLabel, Counter>::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Index rebuilds (each applies a batch of changes)", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Index rebuilds (each applies a batch of changes)",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Errors while watching, resolving or writing status, by source",
@@ -76,15 +80,31 @@ impl Metrics {
             "Time to validate and rebuild the index for a batch of changes",
             reconcile_duration.clone(),
         );
-        registry.register("index_objects", "idplane objects in the index, by kind", index_objects.clone());
-        registry.register("index_orgs", "Orgs (namespaces) with at least one object", index_orgs.clone());
+        registry.register(
+            "index_objects",
+            "idplane objects in the index, by kind",
+            index_objects.clone(),
+        );
+        registry.register(
+            "index_orgs",
+            "Orgs (namespaces) with at least one object",
+            index_orgs.clone(),
+        );
         registry.register(
             "status_writes",
             "Status writes by result: ok, error, unchanged (skipped), dropped",
             status_writes.clone(),
         );
-        registry.register("http_requests", "Runtime API requests", http_requests.clone());
-        registry.register("leader", "1 while this replica holds the status-writer Lease", leader.clone());
+        registry.register(
+            "http_requests",
+            "Runtime API requests",
+            http_requests.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the status-writer Lease",
+            leader.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -99,7 +119,12 @@ impl Metrics {
     }
 
     /// Lets other modules add their own metrics to the registry.
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         self.registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -120,13 +145,17 @@ impl Metrics {
 
     pub fn error(&self, source: &str) {
         self.reconcile_errors
-            .get_or_create(&SourceLabel { source: source.into() })
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
             .inc();
     }
 
     pub fn status_write(&self, result: &str) {
         self.status_writes
-            .get_or_create(&ResultLabel { result: result.into() })
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
             .inc();
     }
 

@@ -23,7 +23,10 @@ fn committed_crds_match_the_generated_ones() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(present, expected_files, "crds/ holds files the code does not generate");
+    assert_eq!(
+        present, expected_files,
+        "crds/ holds files the code does not generate"
+    );
 }
 
 #[test]
@@ -32,7 +35,9 @@ fn every_schema_field_has_a_description() {
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
             for (name, prop) in props {
                 let p = format!("{path}.{name}");
-                if prop.get("description").is_none() && !["apiVersion", "kind", "metadata"].contains(&name.as_str()) {
+                if prop.get("description").is_none()
+                    && !["apiVersion", "kind", "metadata"].contains(&name.as_str())
+                {
                     missing.push(p.clone());
                 }
                 walk(prop, &p, missing);
@@ -45,7 +50,14 @@ fn every_schema_field_has_a_description() {
     let mut missing = Vec::new();
     for crd in idplane::resources::all_crds() {
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
-        walk(&schema["openAPIV3Schema"], &crd.spec.names.kind, &mut missing);
+        walk(
+            &schema["openAPIV3Schema"],
+            &crd.spec.names.kind,
+            &mut missing,
+        );
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:?}"
+    );
 }

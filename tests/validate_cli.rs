@@ -33,7 +33,11 @@ fn fixtures(group: &str) -> Vec<(PathBuf, String, String)> {
                 .unwrap_or_else(|| panic!("{} lacks # {key}", path.display()))
                 .to_string()
         };
-        out.push((path.clone(), header("expect-field"), header("expect-message")));
+        out.push((
+            path.clone(),
+            header("expect-field"),
+            header("expect-message"),
+        ));
     }
     out.sort();
     assert!(!out.is_empty(), "no fixtures in {}", dir.display());
@@ -43,7 +47,12 @@ fn fixtures(group: &str) -> Vec<(PathBuf, String, String)> {
 #[test]
 fn the_example_org_is_valid() {
     let out = run(&["validate", "examples/"]);
-    assert!(out.status.success(), "stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert_eq!(text(&out.stdout), "", "no findings expected");
     assert!(text(&out.stderr).contains("0 problems"));
 }
@@ -53,25 +62,41 @@ fn check_invalid(group: &str) {
         let rel = path.strip_prefix(root()).unwrap().display().to_string();
         let out = run(&["validate", &rel]);
         let stdout = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{rel} must fail:\n{stdout}{}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{rel} must fail:\n{stdout}{}",
+            text(&out.stderr)
+        );
         let line = stdout
             .lines()
             .find(|l| l.contains(&format!(": {field}: ")) && l.contains(&message))
-            .unwrap_or_else(|| panic!("{rel}: no finding for {field} saying {message:?} in:\n{stdout}"));
+            .unwrap_or_else(|| {
+                panic!("{rel}: no finding for {field} saying {message:?} in:\n{stdout}")
+            });
         // FILE:LINE:COL: KIND NAMESPACE/NAME: FIELD: message
         let mut parts = line.splitn(4, ':');
         assert_eq!(parts.next(), Some(rel.as_str()), "{line}");
         let line_no: usize = parts.next().unwrap().parse().unwrap();
         let col: usize = parts.next().unwrap().parse().unwrap();
         let body = std::fs::read_to_string(&path).unwrap();
-        let target = body.lines().nth(line_no - 1).unwrap_or_else(|| panic!("{line}: no such line"));
-        assert!(col >= 1 && col <= target.len() + 1, "{line}: column out of range");
+        let target = body
+            .lines()
+            .nth(line_no - 1)
+            .unwrap_or_else(|| panic!("{line}: no such line"));
+        assert!(
+            col >= 1 && col <= target.len() + 1,
+            "{line}: column out of range"
+        );
         // The line pointed at names the field (or its list item, or, for a
         // missing field, the object that lacks it).
         let last = field.rsplit('.').next().unwrap();
         let key = last.split('[').next().unwrap();
         assert!(
-            target.contains(key) || target.trim_start().starts_with('-') || target.starts_with("spec:") || message == "required",
+            target.contains(key)
+                || target.trim_start().starts_with('-')
+                || target.starts_with("spec:")
+                || message == "required",
             "{line}: line {line_no} ({target:?}) does not point at {field}"
         );
     }
@@ -94,12 +119,20 @@ fn cross_object_violations_name_file_line_and_field() {
 
 #[test]
 fn json_output_carries_the_same_findings() {
-    let out = run(&["validate", "-o", "json", "tests/fixtures/invalid/schema/provider-port-string.yaml"]);
+    let out = run(&[
+        "validate",
+        "-o",
+        "json",
+        "tests/fixtures/invalid/schema/provider-port-string.yaml",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let f = &findings[0];
     assert_eq!(f["field"], "spec.port");
-    assert_eq!(f["file"], "tests/fixtures/invalid/schema/provider-port-string.yaml");
+    assert_eq!(
+        f["file"],
+        "tests/fixtures/invalid/schema/provider-port-string.yaml"
+    );
     assert_eq!(f["line"], 10);
     assert_eq!(f["object"]["kind"], "EmailProvider");
     assert_eq!(f["severity"], "error");
@@ -119,32 +152,60 @@ fn reads_stdin_and_skips_foreign_kinds() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("1 objects checked, 0 problems"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 objects checked, 0 problems"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn strict_refuses_unknown_kinds_of_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.yml");
-    std::fs::write(&file, "apiVersion: idplane.dev/v1alpha1\nkind: SmsProvider\nmetadata: {name: x}\nspec: {}\n").unwrap();
+    std::fs::write(
+        &file,
+        "apiVersion: idplane.dev/v1alpha1\nkind: SmsProvider\nmetadata: {name: x}\nspec: {}\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
-    assert!(run(&["validate", f]).status.success(), "unknown kinds are skipped without --strict");
+    assert!(
+        run(&["validate", f]).status.success(),
+        "unknown kinds are skipped without --strict"
+    );
     let out = run(&["validate", "--strict", f]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains(":2:1: SmsProvider default/x: kind: idplane does not serve kind SmsProvider"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains(":2:1: SmsProvider default/x: kind: idplane does not serve kind SmsProvider"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn a_wrong_version_of_a_known_kind_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.yaml");
-    std::fs::write(&file, "apiVersion: idplane.dev/v1\nkind: EmailDomain\nmetadata: {name: x}\nspec: {}\n").unwrap();
+    std::fs::write(
+        &file,
+        "apiVersion: idplane.dev/v1\nkind: EmailDomain\nmetadata: {name: x}\nspec: {}\n",
+    )
+    .unwrap();
     let out = run(&["validate", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("apiVersion: idplane serves EmailDomain only as idplane.dev/v1alpha1"));
+    assert!(
+        text(&out.stdout)
+            .contains("apiVersion: idplane serves EmailDomain only as idplane.dev/v1alpha1")
+    );
 }
 
 #[test]
@@ -154,7 +215,11 @@ fn syntax_errors_and_missing_files_are_reported() {
     std::fs::write(&file, "kind: [unclosed\n").unwrap();
     let out = run(&["validate", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("broken.yaml:"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("broken.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["validate", "does/not/exist.yaml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("does/not/exist.yaml: cannot read"));
@@ -162,10 +227,13 @@ fn syntax_errors_and_missing_files_are_reported() {
 
 #[test]
 fn run_manifests_prints_the_org_configuration_without_secrets() {
-    let out = run(&["run", "--manifests", "examples/", "-n", "acme"]);
+    let out = run(&["run", "--check", "--manifests", "examples/", "-n", "acme"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("activeHook: primary"), "{stdout}");
-    assert!(!stdout.contains("dev-token-change-me") && !stdout.contains("smtp-password-change-me"), "secret leaked:\n{stdout}");
+    assert!(
+        !stdout.contains("dev-token-change-me") && !stdout.contains("smtp-password-change-me"),
+        "secret leaked:\n{stdout}"
+    );
     assert!(stdout.contains("<redacted>"));
 }

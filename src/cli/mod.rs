@@ -1,6 +1,7 @@
 //! The `idplane` command line. Parsing and printing live here; every
 //! decision is made by the library modules.
 
+pub mod serve;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -46,14 +47,65 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Run from a directory of manifests, without a cluster: load, validate,
-    /// build each org's configuration and print it.
+    /// Run without a cluster from a directory of manifests and Secrets: the
+    /// same validator, index, status and runtime API as the operator,
+    /// reloading when a file changes.
     Run {
         /// Directory (or file) of manifests and Secrets.
         #[arg(long)]
         manifests: PathBuf,
-        /// Namespace of objects that name none.
+        /// Namespace (org) of objects that name none.
         #[arg(short = 'n', long = "namespace", default_value = "default")]
         namespace: String,
+        /// Load, validate, print each org's configuration and exit (1 on errors).
+        #[arg(long)]
+        check: bool,
+        /// Address of the runtime API.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "IDPLANE_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// SQLite file for state (`:memory:` for none).
+        #[arg(long, default_value = ".idplane/idplane.db", env = "IDPLANE_DATABASE")]
+        database: PathBuf,
+        /// Token file: `tokens: [{name, token, orgs: [org|*]}]`. Without it a
+        /// development token for every org is written next to the database.
+        #[arg(long, env = "IDPLANE_TOKENS")]
+        tokens: Option<PathBuf>,
+        /// How often to look for changed files, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        poll_millis: u64,
+    },
+    /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
+    Operator {
+        /// Namespaces (orgs) to watch, comma-separated; all when empty.
+        #[arg(long, value_delimiter = ',', env = "IDPLANE_NAMESPACES")]
+        namespaces: Vec<String>,
+        /// Address of the runtime API.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "IDPLANE_LISTEN")]
+        listen: std::net::SocketAddr,
+        /// SQLite file for runtime state.
+        #[arg(
+            long,
+            default_value = "/var/lib/idplane/idplane.db",
+            env = "IDPLANE_DATABASE"
+        )]
+        database: PathBuf,
+        /// Namespace of the status-writer Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the status-writer Lease.
+        #[arg(long, default_value = "idplane-status-writer")]
+        lease_name: String,
+        /// This replica's identity in the Lease (default: POD_NAME or host-pid).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Lease duration in seconds: a dead leader is replaced within it.
+        #[arg(long, default_value_t = 15)]
+        lease_seconds: u64,
+        /// Status writes per second at most.
+        #[arg(long, default_value_t = 200)]
+        status_writes_per_second: u32,
+        /// Status writes in flight at once.
+        #[arg(long, default_value_t = 8)]
+        status_concurrency: usize,
     },
 }

@@ -30,13 +30,22 @@ fn cond(type_: &'static str, ok: bool, reason: &str, message: &str) -> Desired {
 pub fn desired_conditions(key: &ObjectKey, view: &ObjectView) -> Vec<Desired> {
     let s = &view.state;
     let mut out = Vec::new();
-    let accepted_reason = if s.accepted { reason::VALID } else { reason::INVALID };
+    let accepted_reason = if s.accepted {
+        reason::VALID
+    } else {
+        reason::INVALID
+    };
     let accepted_message = if s.accepted {
         "the spec passed validation"
     } else {
         s.message.as_str()
     };
-    out.push(cond(ct::ACCEPTED, s.accepted, accepted_reason, accepted_message));
+    out.push(cond(
+        ct::ACCEPTED,
+        s.accepted,
+        accepted_reason,
+        accepted_message,
+    ));
     if key.kind == "TelephonyHook" {
         let active = s.active.unwrap_or(false);
         let message = if view.serving_last_good {
@@ -69,7 +78,12 @@ pub fn desired_conditions(key: &ObjectKey, view: &ObjectView) -> Vec<Desired> {
 
 /// Turns desired conditions into status conditions, keeping each one's
 /// `lastTransitionTime` from `previous` when its status did not change.
-pub fn settle(desired: &[Desired], previous: Option<&Value>, generation: Option<i64>, now: &str) -> Vec<Value> {
+pub fn settle(
+    desired: &[Desired],
+    previous: Option<&Value>,
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Value> {
     let previous: Vec<&Value> = previous
         .and_then(|p| p.get("conditions"))
         .and_then(Value::as_array)
@@ -156,13 +170,20 @@ fn extra_condition(c: &Value) -> Option<Desired> {
         type_,
         status,
         reason: c.get("reason")?.as_str()?.to_string(),
-        message: c.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
+        message: c
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 
 /// The one-line summary of what changed between two states, for Events;
 /// `None` when nothing worth an Event changed.
-pub fn transition(before: Option<&ObjectView>, after: &ObjectView) -> Option<(String, String, bool)> {
+pub fn transition(
+    before: Option<&ObjectView>,
+    after: &ObjectView,
+) -> Option<(String, String, bool)> {
     let a = &after.state;
     let changed = match before {
         None => true,
@@ -177,7 +198,11 @@ pub fn transition(before: Option<&ObjectView>, after: &ObjectView) -> Option<(St
         return None;
     }
     let warning = !a.accepted || (!a.ready && a.reason != reason::DEACTIVATED);
-    let reason = if !a.accepted { reason::INVALID.to_string() } else { a.reason.clone() };
+    let reason = if !a.accepted {
+        reason::INVALID.to_string()
+    } else {
+        a.reason.clone()
+    };
     Some((reason, a.message.clone(), warning))
 }
 
@@ -216,10 +241,20 @@ mod tests {
         let again = desired_status(&key(), &view(true, "Activated"), None, Some(&first), "T2");
         assert_eq!(first, again, "nothing changed, nothing to write");
         let flipped = desired_status(&key(), &view(false, "Conflict"), None, Some(&again), "T3");
-        let ready = flipped["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        let ready = flipped["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["lastTransitionTime"], "T3");
         assert_eq!(ready["observedGeneration"], 3);
-        let accepted = flipped["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
+        let accepted = flipped["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Accepted")
+            .unwrap();
         assert_eq!(accepted["lastTransitionTime"], "T1");
     }
 
@@ -233,6 +268,12 @@ mod tests {
         );
         let s = desired_status(&key(), &view(true, "Activated"), Some(&extra), None, "T");
         assert_eq!(s["metrics"]["executions"], 4);
-        assert!(s["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Verified" && c["reason"] == "AuthFailed"));
+        assert!(
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Verified" && c["reason"] == "AuthFailed")
+        );
     }
 }

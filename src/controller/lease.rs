@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
 /// Settings of the election.
@@ -27,10 +27,15 @@ pub fn may_acquire(spec: &LeaseSpec, identity: &str, now: DateTime<Utc>) -> bool
     if holder.is_empty() || holder == identity {
         return true;
     }
-    let Some(renewed) = spec.renew_time.as_ref() else { return true };
+    let Some(renewed) = spec.renew_time.as_ref() else {
+        return true;
+    };
     let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed = DateTime::<Utc>::from_timestamp(renewed.0.as_second(), renewed.0.subsec_nanosecond() as u32)
-        .unwrap_or_default();
+    let renewed = DateTime::<Utc>::from_timestamp(
+        renewed.0.as_second(),
+        renewed.0.subsec_nanosecond() as u32,
+    )
+    .unwrap_or_default();
     renewed + chrono::Duration::seconds(seconds) < now
 }
 
@@ -119,7 +124,8 @@ mod tests {
     use super::*;
 
     fn spec(holder: &str, renewed_secs_ago: i64) -> LeaseSpec {
-        let t = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago);
+        let t = k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago);
         LeaseSpec {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),

@@ -68,17 +68,30 @@ impl StatusSink {
         match self {
             Self::Kube { client, .. } => {
                 let ar = api_resource(&key.kind);
-                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &key.namespace, &ar);
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), &key.namespace, &ar);
                 let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});
-                api.patch_status(&key.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
-                    .await?;
+                api.patch_status(
+                    &key.name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(body),
+                )
+                .await?;
                 Ok(())
             }
             Self::Store(store) => Ok(store.save_status(key, status, now).await?),
         }
     }
 
-    async fn event(&self, key: &ObjectKey, view: &ObjectView, reason: &str, message: &str, warning: bool, now: &str) {
+    async fn event(
+        &self,
+        key: &ObjectKey,
+        view: &ObjectView,
+        reason: &str,
+        message: &str,
+        warning: bool,
+        now: &str,
+    ) {
         match self {
             Self::Kube { recorder, .. } => {
                 let reference = k8s_openapi::api::core::v1::ObjectReference {
@@ -90,7 +103,11 @@ impl StatusSink {
                     ..Default::default()
                 };
                 let event = KubeEvent {
-                    type_: if warning { EventType::Warning } else { EventType::Normal },
+                    type_: if warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
                     reason: reason.to_string(),
                     note: Some(message.chars().take(1000).collect()),
                     action: "Reconcile".into(),
@@ -104,7 +121,17 @@ impl StatusSink {
                 let detail = json!({"reason": reason, "message": message, "kind": key.kind, "name": key.name});
                 let outcome = if warning { "WARNING" } else { "INFO" };
                 let subject = format!("{}/{}", key.kind, key.name);
-                if let Err(e) = store.log_event(&key.namespace, "object.transition", outcome, now, &subject, &detail).await {
+                if let Err(e) = store
+                    .log_event(
+                        &key.namespace,
+                        "object.transition",
+                        outcome,
+                        now,
+                        &subject,
+                        &detail,
+                    )
+                    .await
+                {
                     tracing::warn!(object = %key, error = %e, "cannot log event");
                 }
             }
@@ -185,15 +212,29 @@ pub async fn run(
             pending.insert(key.clone());
         }
         last_views.retain(|k, _| snapshot.objects.contains_key(k));
-        written.write().await.retain(|k, _| snapshot.objects.contains_key(k));
+        written
+            .write()
+            .await
+            .retain(|k, _| snapshot.objects.contains_key(k));
         pending.retain(|k| snapshot.objects.contains_key(k));
 
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut batch = Vec::new();
         for key in std::mem::take(&mut pending) {
             let view = &snapshot.objects[&key];
-            let previous = written.read().await.get(&key).cloned().or_else(|| view.observed_status.clone());
-            let desired = desired_status(&key, view, extras.get(&key).as_ref(), previous.as_ref(), &now);
+            let previous = written
+                .read()
+                .await
+                .get(&key)
+                .cloned()
+                .or_else(|| view.observed_status.clone());
+            let desired = desired_status(
+                &key,
+                view,
+                extras.get(&key).as_ref(),
+                previous.as_ref(),
+                &now,
+            );
             let event = transition(last_views.get(&key), view);
             if previous.as_ref() == Some(&desired) {
                 metrics.status_write("unchanged");
@@ -223,7 +264,8 @@ pub async fn run(
                     if result.is_ok()
                         && let Some((reason, message, warning)) = &event
                     {
-                        sink.event(&key, &view, reason, message, *warning, &now).await;
+                        sink.event(&key, &view, reason, message, *warning, &now)
+                            .await;
                     }
                     (key, view, desired, result)
                 }
@@ -255,7 +297,10 @@ pub async fn run(
 
 /// Loads the statuses a previous run stored (run mode), so transition times
 /// survive restarts.
-pub async fn preload(store: &Store, written: &WrittenStatuses) -> Result<(), crate::store::StoreError> {
+pub async fn preload(
+    store: &Store,
+    written: &WrittenStatuses,
+) -> Result<(), crate::store::StoreError> {
     let loaded = store.load_statuses().await?;
     written.write().await.extend(loaded);
     Ok(())

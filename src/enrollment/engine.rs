@@ -91,8 +91,7 @@ mod message {
         "always required unless the user signs in through social auth or inbound federation";
     pub const EMAIL_REQUIRED: &str =
         "REQUIRED in the policy; the email is enrolled automatically, never by hand";
-    pub const EMAIL_OPTIONAL: &str =
-        "OPTIONAL in the policy counts as REQUIRED for the email; enrolled automatically, never by hand";
+    pub const EMAIL_OPTIONAL: &str = "OPTIONAL in the policy counts as REQUIRED for the email; enrolled automatically, never by hand";
     pub const RECOVERY_REQUIRED: &str = "the password policy recovers with it (SSO-enabled), so it is required whatever the enrollment policy says";
     pub const RECOVERY_PHONE: &str = "the password policy recovers with the phone (SSO-enabled), so the phone is at least optional";
     pub const FIRST_SIGN_IN: &str = "first sign-in: the user enrolls the enrollment policy's and the recovery's authenticators together";
@@ -100,12 +99,14 @@ mod message {
         "the app needs it: the only allowed authenticator that satisfies the app";
     pub const APP_NOTHING: &str = "the app asks for no particular authenticator";
     pub const APP_SATISFIED: &str = "the user has an allowed authenticator the app accepts";
-    pub const APP_BY_REQUIRED: &str = "satisfied once the user enrolls the required authenticator listed, which the app accepts";
+    pub const APP_BY_REQUIRED: &str =
+        "satisfied once the user enrolls the required authenticator listed, which the app accepts";
     pub const APP_ONE: &str = "the app needs the authenticator listed, which the user has not enrolled: it is now required";
     pub const APP_ONE_OF: &str =
         "the app needs one of these allowed authenticators, which the user has not enrolled";
     pub const APP_UNMET: &str = "no allowed authenticator satisfies the app: the user cannot meet its needs under this policy";
-    pub const NOTE_FEDERATED: &str = "federated sign-in (social auth or inbound federation): the password is not used (rule 2)";
+    pub const NOTE_FEDERATED: &str =
+        "federated sign-in (social auth or inbound federation): the password is not used (rule 2)";
     pub const NOTE_NO_IP: &str =
         "no client IP given: rules with a network zone were skipped as not matching";
     pub const NOTE_NEVER: &str =
@@ -182,7 +183,11 @@ fn setting_decision(
                     return (Enrollment::NotAllowed, RuleId::Policy, message::NO_VALUE);
                 }
             };
-            (stronger(sms, voice), RuleId::Phone, phone_message(sms, voice))
+            (
+                stronger(sms, voice),
+                RuleId::Phone,
+                phone_message(sms, voice),
+            )
         }
         AuthenticatorKey::OktaEmail => match setting.enroll {
             Some(Enrollment::Required) => {
@@ -571,29 +576,29 @@ fn apply_recovery(
     notes: &mut Vec<Cow<'static, str>>,
 ) {
     for a in checked.recovery_hidden.iter() {
-        notes.push(format!("recovery {a} is not SSO-enabled: left out of enrollment (rule 5)").into());
+        notes.push(
+            format!("recovery {a} is not SSO-enabled: left out of enrollment (rule 5)").into(),
+        );
     }
     for a in checked.recovery.iter() {
         match a {
-            Authenticator::OktaEmail | Authenticator::SecurityQuestion => {
-                if table.get(a) != Some(Enrollment::Required) {
-                    table.set(
-                        a,
-                        Enrollment::Required,
-                        RuleId::Recovery,
-                        message::RECOVERY_REQUIRED,
-                    );
-                }
+            Authenticator::OktaEmail | Authenticator::SecurityQuestion
+                if table.get(a) != Some(Enrollment::Required) =>
+            {
+                table.set(
+                    a,
+                    Enrollment::Required,
+                    RuleId::Recovery,
+                    message::RECOVERY_REQUIRED,
+                );
             }
-            Authenticator::PhoneNumber => {
-                if table.get(a) == Some(Enrollment::NotAllowed) {
-                    table.set(
-                        a,
-                        Enrollment::Optional,
-                        RuleId::Recovery,
-                        message::RECOVERY_PHONE,
-                    );
-                }
+            Authenticator::PhoneNumber if table.get(a) == Some(Enrollment::NotAllowed) => {
+                table.set(
+                    a,
+                    Enrollment::Optional,
+                    RuleId::Recovery,
+                    message::RECOVERY_PHONE,
+                );
             }
             _ => {}
         }
@@ -603,7 +608,11 @@ fn apply_recovery(
         Authenticator::SecurityQuestion,
     ]));
     if !first_sign_in {
-        if !others.is_empty() {
+        // Say so only where the first sign-in would have added something.
+        if others
+            .iter()
+            .any(|a| table.get(a) == Some(Enrollment::Optional))
+        {
             notes.push(message::NOTE_LATER_SIGN_IN.into());
         }
         return;
@@ -686,5 +695,111 @@ fn apply_app(
         satisfied_by: None,
         enroll_one_of: one_of.to_vec(),
         message: text.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::EnrollmentPolicySpec;
+
+    fn policy(name: &str, priority: i32, groups: &[&str], is_default: bool) -> PolicyConfig {
+        let spec = EnrollmentPolicySpec {
+            priority,
+            description: None,
+            active: true,
+            is_default,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            authenticators: Vec::new(),
+            rules: Vec::new(),
+        };
+        PolicyConfig {
+            name: name.to_string(),
+            priority,
+            is_default,
+            groups: spec.groups.clone(),
+            spec,
+        }
+    }
+
+    fn groups(list: &[&str]) -> Vec<String> {
+        list.iter().map(|g| g.to_string()).collect()
+    }
+
+    #[test]
+    fn group_index_keeps_the_first_policy_per_group() {
+        let mut inactive = policy("inactive", 1, &["staff", "ops"], false);
+        inactive.spec.active = false;
+        // Given out of order on purpose: the engine sorts.
+        let engine = EnrollmentEngine::new(&[
+            policy("everyone", 100, &[], true),
+            policy("staff-late", 5, &["staff", "ops"], false),
+            inactive,
+            policy("admins", 2, &["admins", "staff"], false),
+        ]);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("staff", Some("admins")),
+            ("admins", Some("admins")),
+            ("ops", Some("staff-late")),
+            ("nobody", None),
+            ("", None),
+        ];
+        for (group, expected) in cases {
+            assert_eq!(engine.policy_for_group(group), *expected, "group {group:?}");
+        }
+        assert!(engine.problems().is_empty(), "{:?}", engine.problems());
+    }
+
+    #[test]
+    fn selection_takes_the_lowest_priority_whatever_the_group_order() {
+        let engine = EnrollmentEngine::new(&[
+            policy("a", 1, &["g1", "g2"], false),
+            policy("b", 2, &["g3"], false),
+            policy("everyone", 9, &[], true),
+        ]);
+        let cases: &[(&[&str], Option<(&str, Option<&str>)>)] = &[
+            (&["g3", "g2"], Some(("a", Some("g2")))),
+            (&["g2", "g3"], Some(("a", Some("g2")))),
+            (&["g2", "g1"], Some(("a", Some("g1")))),
+            (&["g1", "g2"], Some(("a", Some("g1")))),
+            (&["g3"], Some(("b", Some("g3")))),
+            (&["x", "y"], Some(("everyone", None))),
+            (&[], Some(("everyone", None))),
+        ];
+        for (user_groups, expected) in cases {
+            let user_groups = groups(user_groups);
+            let got = engine
+                .select(&user_groups)
+                .map(|(i, g)| (engine.policies[i].name.as_str(), g));
+            assert_eq!(got, *expected, "groups {user_groups:?}");
+        }
+        let no_default = EnrollmentEngine::new(&[policy("a", 1, &["g1"], false)]);
+        assert_eq!(no_default.select(&groups(&["g2"])).map(|(i, _)| i), None);
+    }
+
+    #[test]
+    fn build_problems_are_reported_not_fatal() {
+        let mut zoned = policy("zoned", 1, &["g"], false);
+        zoned.spec.rules = serde_yaml::from_str(
+            "- name: office\n  enroll: NEVER\n  conditions:\n    network:\n      connection: ZONE\n      include: [10.0.0.0/33]\n",
+        )
+        .unwrap();
+        let engine = EnrollmentEngine::new(&[
+            zoned,
+            policy("d1", 50, &[], true),
+            policy("d2", 60, &[], true),
+        ]);
+        assert_eq!(
+            engine.problems(),
+            [
+                "policy zoned, rule office: network.include[0]: \"10.0.0.0/33\" is not a CIDR such as 10.0.0.0/8; the rule never matches",
+                "policy d2: a second default policy; it never applies",
+            ]
+        );
+        let mut no_ip = false;
+        let rule = &engine.policies[0].rules[0];
+        let ip = super::super::client_address("10.0.0.1");
+        assert!(!rule.matches("u", ip, &mut no_ip));
+        assert_eq!(engine.default, Some(1));
     }
 }

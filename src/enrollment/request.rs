@@ -185,11 +185,12 @@ impl EvaluationRequest {
             checked.app = Some((app.possession, accepted));
         }
         if let Some(network) = &self.network {
-            checked.ip = Some(client_address(&network.ip).ok_or_else(|| {
-                EvaluateError::InvalidIp {
-                    value: network.ip.clone(),
-                }
-            })?);
+            checked.ip =
+                Some(
+                    client_address(&network.ip).ok_or_else(|| EvaluateError::InvalidIp {
+                        value: network.ip.clone(),
+                    })?,
+                );
         }
         Ok(checked)
     }

@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::{ObjectState, OrgConfig, Secrets, build};
 use crate::resources::reason;
-use crate::validate::{Checked, ObjectKey, Options, OwnFinding, SecretData, Typed, check_one, finish};
+use crate::validate::{
+    Checked, ObjectKey, Options, OwnFinding, SecretData, Typed, check_one, finish,
+};
 
 /// One change to the world the index describes.
 #[derive(Clone, Debug)]
@@ -30,7 +32,10 @@ pub enum Change {
         name: String,
         data: Option<SecretData>,
     },
-    /// Every source has delivered its first full listing.
+    /// The watches of idplane's kinds delivered their first full listing
+    /// (Secrets follow; see [`Referenced::complete`]).
+    Listed,
+    /// Every source, Secrets included, has delivered its first full listing.
     Synced,
     /// Replace everything with this set of objects (manifest reloads). Secrets
     /// among them are taken as the only Secrets.
@@ -85,7 +90,18 @@ pub struct IndexWriter {
     dirty: BTreeSet<String>,
     built: BTreeMap<String, (Arc<OrgConfig>, BTreeMap<ObjectKey, ObjectView>)>,
     synced: bool,
+    listed: bool,
     version: u64,
+}
+
+/// The Secrets the objects reference, for the Secret watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Referenced {
+    /// Whether the objects' first full listing is in: only then is the set
+    /// complete enough to declare the first sync done.
+    pub complete: bool,
+    /// (namespace, name) pairs.
+    pub secrets: BTreeSet<(String, String)>,
 }
 
 fn meta_i64(value: &Value, field: &str) -> Option<i64> {
@@ -102,7 +118,9 @@ fn spec_identity(value: &Value) -> (Option<&Value>, Option<&Value>, Option<&Valu
     (
         value.get("spec"),
         value.get("metadata").and_then(|m| m.get("generation")),
-        value.get("metadata").and_then(|m| m.get("creationTimestamp")),
+        value
+            .get("metadata")
+            .and_then(|m| m.get("creationTimestamp")),
     )
 }
 
@@ -115,6 +133,7 @@ impl IndexWriter {
             dirty: BTreeSet::new(),
             built: BTreeMap::new(),
             synced: false,
+            listed: false,
             version: 0,
         }
     }
@@ -129,7 +148,11 @@ impl IndexWriter {
                 }
                 self.dirty.insert(key.namespace);
             }
-            Change::Secret { namespace, name, data } => {
+            Change::Secret {
+                namespace,
+                name,
+                data,
+            } => {
                 let key = (namespace.clone(), name);
                 let changed = match data {
                     Some(d) => self.secrets.insert(key, d.clone()).as_ref() != Some(&d),
@@ -139,6 +162,7 @@ impl IndexWriter {
                     self.dirty.insert(namespace);
                 }
             }
+            Change::Listed => self.listed = true,
             Change::Synced => self.synced = true,
             Change::ReplaceAll(values) => {
                 self.dirty.extend(self.orgs.keys().cloned());
@@ -147,17 +171,20 @@ impl IndexWriter {
                 for value in values {
                     let (checked, _) = check_one(&value, &self.options);
                     if let Some(Typed::Secret(s)) = checked.typed {
-                        self.secrets.insert((checked.key.namespace.clone(), checked.key.name.clone()), s);
+                        self.secrets
+                            .insert((checked.key.namespace.clone(), checked.key.name.clone()), s);
                         self.dirty.insert(checked.key.namespace);
                         continue;
                     }
                     // Keep each object's last good version across reloads.
-                    let last_good = previous
+                    let before = previous
                         .get(&checked.key.namespace)
-                        .and_then(|o| o.get(&checked.key))
-                        .and_then(|e| e.last_good.clone());
+                        .and_then(|o| o.get(&checked.key));
+                    let last_good = before.and_then(|e| e.last_good.clone());
+                    let value = with_file_generation(value, before.map(|e| &e.value));
                     self.insert_entry(value, last_good);
                 }
+                self.listed = true;
                 self.synced = true;
             }
         }
@@ -183,7 +210,11 @@ impl IndexWriter {
         if !crate::resources::KINDS.contains(&checked.key.kind.as_str()) {
             return;
         }
-        let last_good = if checked.typed.is_some() { Some(checked.clone()) } else { last_good };
+        let last_good = if checked.typed.is_some() {
+            Some(checked.clone())
+        } else {
+            last_good
+        };
         let ns = checked.key.namespace.clone();
         self.dirty.insert(ns.clone());
         self.orgs.entry(ns).or_default().insert(
@@ -202,7 +233,11 @@ impl IndexWriter {
         let mut out = BTreeSet::new();
         for (ns, org) in &self.orgs {
             for entry in org.values() {
-                let typed = entry.checked.typed.as_ref().or(entry.last_good.as_ref().and_then(|c| c.typed.as_ref()));
+                let typed = entry
+                    .checked
+                    .typed
+                    .as_ref()
+                    .or(entry.last_good.as_ref().and_then(|c| c.typed.as_ref()));
                 for name in secret_names(typed) {
                     out.insert((ns.clone(), name));
                 }
@@ -243,10 +278,35 @@ impl IndexWriter {
         };
         for (ns, (config, views)) in &self.built {
             snapshot.orgs.insert(ns.clone(), config.clone());
-            snapshot.objects.extend(views.iter().map(|(k, v)| (k.clone(), v.clone())));
+            snapshot
+                .objects
+                .extend(views.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         snapshot
     }
+}
+
+/// Files carry no `metadata.generation`; give them one that grows by one
+/// whenever the spec changes, so status can say which version it describes.
+fn with_file_generation(mut value: Value, before: Option<&Value>) -> Value {
+    if meta_i64(&value, "generation").is_some() {
+        return value;
+    }
+    let generation = match before {
+        None => 1,
+        Some(b) => {
+            let g = meta_i64(b, "generation").unwrap_or(1);
+            if b.get("spec") == value.get("spec") {
+                g
+            } else {
+                g + 1
+            }
+        }
+    };
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("generation".into(), Value::from(generation));
+    }
+    value
 }
 
 /// Names of the Secrets an object references.
@@ -307,13 +367,13 @@ fn build_org(
         });
         let serving_last_good = substituted.contains_key(key);
         if let Some(problems) = substituted.get(key) {
-            let text: Vec<String> = problems.iter().map(|f| format!("{}: {}", f.field, f.message)).collect();
+            let text: Vec<String> = problems
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.message))
+                .collect();
             state.accepted = false;
             state.reason = reason::INVALID.into();
-            state.message = format!(
-                "{}; the last valid version stays in use",
-                text.join("; ")
-            );
+            state.message = format!("{}; the last valid version stays in use", text.join("; "));
         }
         views.insert(
             key.clone(),
@@ -335,7 +395,7 @@ pub async fn run(
     mut writer: IndexWriter,
     mut changes: mpsc::Receiver<Change>,
     snapshots: watch::Sender<Arc<Snapshot>>,
-    referenced: watch::Sender<BTreeSet<(String, String)>>,
+    referenced: watch::Sender<Referenced>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
     while let Some(first) = changes.recv().await {
@@ -347,7 +407,10 @@ pub async fn run(
         let snapshot = writer.publish();
         metrics.observe_rebuild(started.elapsed(), &snapshot);
         referenced.send_if_modified(|current| {
-            let now = writer.referenced_secrets();
+            let now = Referenced {
+                complete: writer.listed,
+                secrets: writer.referenced_secrets(),
+            };
             if *current != now {
                 *current = now;
                 true
@@ -394,15 +457,29 @@ mod tests {
     fn invalid_change_keeps_last_good_configuration() {
         let mut w = IndexWriter::new(Options::default());
         w.apply(secret());
-        w.apply(Change::Upsert(hook("a", 1, "https://one.example", "2024-01-01T00:00:00Z")));
+        w.apply(Change::Upsert(hook(
+            "a",
+            1,
+            "https://one.example",
+            "2024-01-01T00:00:00Z",
+        )));
         let s = w.publish();
         assert_eq!(s.orgs["acme"].hooks["a"].url, "https://one.example");
-        w.apply(Change::Upsert(hook("a", 2, "ftp://bad", "2024-01-01T00:00:00Z")));
+        w.apply(Change::Upsert(hook(
+            "a",
+            2,
+            "ftp://bad",
+            "2024-01-01T00:00:00Z",
+        )));
         let s = w.publish();
         assert_eq!(s.orgs["acme"].hooks["a"].url, "https://one.example");
         let view = &s.objects[&key("a")];
         assert!(!view.state.accepted && view.serving_last_good);
-        assert!(view.state.message.contains("spec.url"), "{}", view.state.message);
+        assert!(
+            view.state.message.contains("spec.url"),
+            "{}",
+            view.state.message
+        );
         assert_eq!(view.generation, Some(2));
     }
 
@@ -410,8 +487,18 @@ mod tests {
     fn conflict_fails_over_when_the_winner_goes() {
         let mut w = IndexWriter::new(Options::default());
         w.apply(secret());
-        w.apply(Change::Upsert(hook("old", 1, "https://old.example", "2024-01-01T00:00:00Z")));
-        w.apply(Change::Upsert(hook("new", 1, "https://new.example", "2024-02-01T00:00:00Z")));
+        w.apply(Change::Upsert(hook(
+            "old",
+            1,
+            "https://old.example",
+            "2024-01-01T00:00:00Z",
+        )));
+        w.apply(Change::Upsert(hook(
+            "new",
+            1,
+            "https://new.example",
+            "2024-02-01T00:00:00Z",
+        )));
         let s = w.publish();
         assert_eq!(s.orgs["acme"].active_hook.as_deref(), Some("old"));
         assert_eq!(s.objects[&key("new")].state.reason, "Conflict");
@@ -424,11 +511,24 @@ mod tests {
     #[test]
     fn missing_secret_then_rotation() {
         let mut w = IndexWriter::new(Options::default());
-        w.apply(Change::Upsert(hook("a", 1, "https://one.example", "2024-01-01T00:00:00Z")));
+        w.apply(Change::Upsert(hook(
+            "a",
+            1,
+            "https://one.example",
+            "2024-01-01T00:00:00Z",
+        )));
         let s = w.publish();
         assert_eq!(s.objects[&key("a")].state.reason, "SecretNotFound");
-        assert!(s.objects[&key("a")].state.message.contains("Secret acme/s not found"));
-        assert!(w.referenced_secrets().contains(&("acme".into(), "s".into())));
+        assert!(
+            s.objects[&key("a")]
+                .state
+                .message
+                .contains("Secret acme/s not found")
+        );
+        assert!(
+            w.referenced_secrets()
+                .contains(&("acme".into(), "s".into()))
+        );
         w.apply(secret());
         let s = w.publish();
         assert_eq!(s.orgs["acme"].hooks["a"].auth_secret.as_text(), "v1");

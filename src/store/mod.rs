@@ -8,8 +8,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::validate::ObjectKey;
 
@@ -72,7 +74,10 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Open { path: display, source })?;
+            .map_err(|source| StoreError::Open {
+                path: display,
+                source,
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -92,7 +97,12 @@ impl Store {
         &self.pool
     }
 
-    pub async fn save_status(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), StoreError> {
+    pub async fn save_status(
+        &self,
+        key: &ObjectKey,
+        status: &Value,
+        now: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO object_status (kind, namespace, name, status, updated_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (kind, namespace, name) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
@@ -198,17 +208,40 @@ mod tests {
             namespace: "acme".into(),
             name: "a".into(),
         };
-        store.save_status(&key, &serde_json::json!({"x": 1}), "t").await.unwrap();
-        store.save_status(&key, &serde_json::json!({"x": 2}), "t").await.unwrap();
-        assert_eq!(store.load_statuses().await.unwrap(), vec![(key, serde_json::json!({"x": 2}))]);
+        store
+            .save_status(&key, &serde_json::json!({"x": 1}), "t")
+            .await
+            .unwrap();
+        store
+            .save_status(&key, &serde_json::json!({"x": 2}), "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load_statuses().await.unwrap(),
+            vec![(key, serde_json::json!({"x": 2}))]
+        );
         for i in 0..5 {
             let t = if i % 2 == 0 { "a.b" } else { "c.d" };
-            store.log_event("acme", t, "SUCCESS", "t", "s", &serde_json::json!({"i": i})).await.unwrap();
+            store
+                .log_event("acme", t, "SUCCESS", "t", "s", &serde_json::json!({"i": i}))
+                .await
+                .unwrap();
         }
-        store.log_event("other", "a.b", "SUCCESS", "t", "s", &serde_json::json!({})).await.unwrap();
+        store
+            .log_event("other", "a.b", "SUCCESS", "t", "s", &serde_json::json!({}))
+            .await
+            .unwrap();
         let page = store.events("acme", Some("a.b"), 0, 2).await.unwrap();
-        assert_eq!(page.iter().map(|e| e.detail["i"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 2]);
-        let next = store.events("acme", Some("a.b"), page[1].id, 2).await.unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|e| e.detail["i"].as_i64().unwrap())
+                .collect::<Vec<_>>(),
+            [0, 2]
+        );
+        let next = store
+            .events("acme", Some("a.b"), page[1].id, 2)
+            .await
+            .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].detail["i"], 4);
         assert_eq!(store.events("acme", None, 0, 100).await.unwrap().len(), 5);

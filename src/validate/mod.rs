@@ -359,11 +359,22 @@ pub fn check_one(value: &Value, options: &Options) -> (Checked, Vec<OwnFinding>)
         }
     } else if api_version.starts_with(&format!("{GROUP}/")) && (ours || options.strict) {
         let message = if ours {
-            format!("idplane serves {} only as {API_VERSION}, not {api_version}", key.kind)
+            format!(
+                "idplane serves {} only as {API_VERSION}, not {api_version}",
+                key.kind
+            )
         } else {
-            format!("idplane does not serve kind {} (it serves {})", key.kind, KINDS.join(", "))
+            format!(
+                "idplane does not serve kind {} (it serves {})",
+                key.kind,
+                KINDS.join(", ")
+            )
         };
-        push(if ours { "apiVersion" } else { "kind" }, message, Rule::UnknownKind);
+        push(
+            if ours { "apiVersion" } else { "kind" },
+            message,
+            Rule::UnknownKind,
+        );
         None
     } else if api_version == "v1" && key.kind == "Secret" {
         match check_secret(value) {
@@ -378,7 +389,14 @@ pub fn check_one(value: &Value, options: &Options) -> (Checked, Vec<OwnFinding>)
     } else {
         None
     };
-    (Checked { key, typed, created }, findings)
+    (
+        Checked {
+            key,
+            typed,
+            created,
+        },
+        findings,
+    )
 }
 
 /// Combines objects checked on their own with the cross-object rules.

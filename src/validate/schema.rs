@@ -121,7 +121,12 @@ fn walk(
             None => format!(
                 "unsupported value {}: supported values are {}",
                 show(value),
-                allowed.iter().filter(|v| !v.is_null()).map(show).collect::<Vec<_>>().join(", ")
+                allowed
+                    .iter()
+                    .filter(|v| !v.is_null())
+                    .map(show)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         errors.push(FieldError::new(path, message));

@@ -1,0 +1,220 @@
+//! The runtime HTTP API (axum): health, readiness, metrics, the OpenAPI
+//! document, and `/v1/orgs/{org}/...` for identity services. Every `/v1`
+//! call is authenticated and authorized for its org. Handlers read the
+//! index's newest snapshot; none calls the apiserver for configuration.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::controller::conditions::desired_status;
+use crate::controller::extras::StatusExtras;
+use crate::controller::writer::WrittenStatuses;
+use crate::index::Snapshot;
+use crate::store::Store;
+use crate::telemetry::{Metrics, RequestLabel};
+pub use auth::Authenticator;
+pub use error::{ApiError, JsonBody};
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub written: WrittenStatuses,
+    pub extras: Arc<StatusExtras>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// The newest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Checks the caller for `org`.
+    pub async fn authorize(&self, headers: &HeaderMap, org: &str) -> Result<String, ApiError> {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.auth.authorize(header, org).await
+    }
+}
+
+/// The router with every route; later modules merge theirs in `app`.
+pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/v1/orgs/{org}/config", get(org_config))
+        .route("/v1/orgs/{org}/status", get(org_status))
+        .route("/v1/orgs/{org}/events", get(org_events))
+        .merge(extra)
+        .fallback(|| async {
+            ApiError::not_found("not_found", "no such endpoint; see /openapi.json")
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn count_requests(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabel {
+            method,
+            route,
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    if state.snapshot().synced {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the first full sync is not done yet",
+        )
+        .into_response()
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn org_config(
+    State(state): State<SharedState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    let snapshot = state.snapshot();
+    let config = snapshot
+        .org(&org)
+        .map(|c| serde_json::to_value(c.as_ref()).unwrap_or(Value::Null))
+        .unwrap_or_else(|| json!({}));
+    Ok(Json(
+        json!({"org": org, "snapshotVersion": snapshot.version, "config": config}),
+    ))
+}
+
+/// Every object of the org with the status idplane gives it.
+async fn org_status(
+    State(state): State<SharedState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    let snapshot = state.snapshot();
+    let written = state.written.read().await;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let objects: Vec<Value> = snapshot
+        .objects
+        .iter()
+        .filter(|(k, _)| k.namespace == org)
+        .map(|(k, view)| {
+            let status = written.get(k).cloned().unwrap_or_else(|| {
+                desired_status(
+                    k,
+                    view,
+                    state.extras.get(k).as_ref(),
+                    view.observed_status.as_ref(),
+                    &now,
+                )
+            });
+            json!({"kind": k.kind, "name": k.name, "generation": view.generation, "status": status})
+        })
+        .collect();
+    Ok(Json(json!({"org": org, "objects": objects})))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The org's system log, oldest first, with cursor pagination.
+async fn org_events(
+    State(state): State<SharedState>,
+    Path(org): Path<String>,
+    Query(q): Query<EventQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "after must be a cursor returned as nextCursor",
+            )
+        })?,
+    };
+    let events = state
+        .store
+        .events(&org, q.type_.as_deref(), after, limit)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let next = if events.len() as i64 == limit {
+        events.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({"events": events, "nextCursor": next})))
+}

@@ -1,0 +1,81 @@
+//! The OpenAPI 3 document of the runtime API, written by hand from one table
+//! of endpoints so that `/openapi.json` and the router are checked against
+//! each other by a test.
+
+use serde_json::{Map, Value, json};
+
+/// One endpoint: method, path, summary, request schema, answers.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub request: Option<fn() -> Value>,
+}
+
+fn error_schema() -> Value {
+    json!({"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "string", "description": "Stable machine-readable code"},
+        "message": {"type": "string", "description": "What went wrong, for a person"}}})
+}
+
+/// Every `/v1` endpoint.
+pub fn endpoints() -> Vec<Endpoint> {
+    let mut list = vec![
+        Endpoint {
+            method: "get",
+            path: "/v1/orgs/{org}/config",
+            summary: "The org's effective runtime configuration, secrets redacted",
+            request: None,
+        },
+        Endpoint {
+            method: "get",
+            path: "/v1/orgs/{org}/status",
+            summary: "Every idplane object of the org with its status",
+            request: None,
+        },
+        Endpoint {
+            method: "get",
+            path: "/v1/orgs/{org}/events",
+            summary: "The org's system log; query: type, after (cursor), limit (1-1000)",
+            request: None,
+        },
+    ];
+    list.extend(extra_endpoints());
+    list
+}
+
+/// Endpoints of the runtime modules, registered here so the document stays whole.
+fn extra_endpoints() -> Vec<Endpoint> {
+    Vec::new()
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for e in endpoints() {
+        let mut op = json!({
+            "summary": e.summary,
+            "security": [{"bearer": []}],
+            "parameters": [{"name": "org", "in": "path", "required": true, "schema": {"type": "string"},
+                            "description": "The org (Kubernetes namespace)"}],
+            "responses": {
+                "200": {"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "400": {"description": "Invalid request", "content": {"application/json": {"schema": error_schema()}}},
+                "401": {"description": "No or invalid bearer token", "content": {"application/json": {"schema": error_schema()}}},
+                "403": {"description": "The token may not call this org", "content": {"application/json": {"schema": error_schema()}}}
+            }
+        });
+        if let Some(schema) = e.request {
+            op["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema()}}});
+        }
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        entry[e.method] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "idplane runtime API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    })
+}

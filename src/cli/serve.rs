@@ -1,0 +1,218 @@
+//! Assembling the long-running modes: `idplane operator` (in a cluster) and
+//! `idplane run --manifests DIR` (from files). Both run the same index
+//! writer, status writer and API; they differ in where objects come from
+//! and where status goes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{AppState, Authenticator, SharedState};
+use crate::controller::extras::StatusExtras;
+use crate::controller::lease::{self, LeaseSettings};
+use crate::controller::writer::{self, StatusSink, WriterSettings, WrittenStatuses};
+use crate::index::{self, Change, IndexWriter, Referenced, Snapshot};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::validate::Options;
+
+/// The parts both modes share.
+pub struct Core {
+    pub changes: mpsc::Sender<Change>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub referenced: watch::Receiver<Referenced>,
+    pub metrics: Arc<Metrics>,
+    pub extras: Arc<StatusExtras>,
+    pub written: WrittenStatuses,
+    pub store: Store,
+}
+
+/// Starts the index writer.
+pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Core> {
+    let store = if database.as_os_str() == ":memory:" {
+        Store::memory().await?
+    } else {
+        Store::open(database).await?
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (changes, changes_rx) = mpsc::channel(4096);
+    let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    let (ref_tx, referenced) = watch::channel(Referenced::default());
+    tokio::spawn(index::writer::run(
+        IndexWriter::new(options),
+        changes_rx,
+        snap_tx,
+        ref_tx,
+        metrics.clone(),
+    ));
+    Ok(Core {
+        changes,
+        snapshots,
+        referenced,
+        metrics,
+        extras: Arc::new(StatusExtras::default()),
+        written: WrittenStatuses::default(),
+        store,
+    })
+}
+
+/// Binds the API and serves it until the process ends.
+pub async fn serve_api(
+    core: &Core,
+    auth: Authenticator,
+    listen: SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let state: SharedState = Arc::new(AppState {
+        snapshots: core.snapshots.clone(),
+        auth,
+        metrics: core.metrics.clone(),
+        store: core.store.clone(),
+        written: core.written.clone(),
+        extras: core.extras.clone(),
+    });
+    let app = crate::api::router(state, axum::Router::new());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    eprintln!("listening on {bound}");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    }))
+}
+
+/// Settings of `idplane operator`.
+pub struct OperatorSettings {
+    pub namespaces: Vec<String>,
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub lease: LeaseSettings,
+    pub writer: WriterSettings,
+}
+
+/// Runs the operator until killed.
+pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
+    let core = start_core(Options::default(), &settings.database).await?;
+    crate::source::kube::watch_resources(
+        client.clone(),
+        &settings.namespaces,
+        core.changes.clone(),
+        core.metrics.clone(),
+    );
+    tokio::spawn(crate::source::kube::watch_secrets(
+        client.clone(),
+        core.referenced.clone(),
+        core.changes.clone(),
+        core.metrics.clone(),
+    ));
+    let (leader_tx, leader_rx) = watch::channel(false);
+    tokio::spawn(lease::run(
+        client.clone(),
+        settings.lease.clone(),
+        leader_tx,
+    ));
+    tokio::spawn(writer::run(
+        core.snapshots.clone(),
+        core.extras.clone(),
+        leader_rx,
+        StatusSink::kube(client.clone(), &settings.lease.identity),
+        settings.writer.clone(),
+        core.written.clone(),
+        core.metrics.clone(),
+    ));
+    let server = serve_api(&core, Authenticator::kube(client), settings.listen).await?;
+    server.await.context("API server task")?;
+    Ok(())
+}
+
+/// Settings of `idplane run`.
+pub struct RunSettings {
+    pub manifests: PathBuf,
+    pub options: Options,
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub tokens: Option<PathBuf>,
+    pub poll: Duration,
+}
+
+/// Loads the token file, or makes a development token bound to every org and
+/// writes it (mode 0600) next to the database; the token itself is never logged.
+fn standalone_auth(tokens: Option<&Path>, database: &Path) -> anyhow::Result<Authenticator> {
+    if let Some(path) = tokens {
+        return Ok(Authenticator::Tokens(crate::api::auth::TokenFile::load(
+            path,
+        )?));
+    }
+    let dir = database
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("dev-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => t.trim().to_string(),
+        _ => {
+            use rand::Rng;
+            let t: String = rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(40)
+                .map(char::from)
+                .collect();
+            std::fs::write(&path, &t)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            t
+        }
+    };
+    eprintln!(
+        "no --tokens file: API token for every org written to {}",
+        path.display()
+    );
+    Ok(Authenticator::Tokens(crate::api::auth::TokenFile {
+        tokens: vec![crate::api::auth::TokenEntry {
+            name: "dev".into(),
+            token,
+            orgs: vec!["*".into()],
+        }],
+    }))
+}
+
+/// Runs from a directory of manifests until killed.
+pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
+    let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
+    let core = start_core(settings.options.clone(), &settings.database).await?;
+    writer::preload(&core.store, &core.written).await?;
+    tokio::spawn(crate::source::directory::watch_directory(
+        settings.manifests.clone(),
+        settings.options.clone(),
+        core.changes.clone(),
+        settings.poll,
+    ));
+    let (_leader_tx, leader_rx) = watch::channel(true);
+    tokio::spawn(writer::run(
+        core.snapshots.clone(),
+        core.extras.clone(),
+        leader_rx,
+        StatusSink::Store(core.store.clone()),
+        WriterSettings::default(),
+        core.written.clone(),
+        core.metrics.clone(),
+    ));
+    let server = serve_api(&core, auth, settings.listen).await?;
+    // Keep the leader channel's sender alive for the life of the process.
+    let _keep = _leader_tx;
+    server.await.context("API server task")?;
+    Ok(())
+}
