@@ -223,8 +223,8 @@ struct Case {
     name: &'static str,
     org: String,
     request: Value,
-    /// Fields the answer must have. Objects match as subsets; arrays and
-    /// scalars exactly. `reason:KEY` matches the reason of one
+    /// Fields the answer must have. Objects match as subsets, arrays
+    /// element by element (same length, same order), scalars exactly. `reason:KEY` matches the reason of one
     /// authenticator (or `null`: no reason for it).
     expect: Value,
 }
@@ -264,6 +264,9 @@ fn subset(expected: &Value, actual: &Value) -> bool {
         (Value::Object(e), Value::Object(a)) => e
             .iter()
             .all(|(k, v)| a.get(k).is_some_and(|av| subset(v, av))),
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(ev, av)| subset(ev, av))
+        }
         _ => expected == actual,
     }
 }

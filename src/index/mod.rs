@@ -17,9 +17,10 @@ use crate::resources::{
 };
 use crate::validate::{Checked, Finding, ObjectKey, Report, Rule, SecretData, Typed};
 
-/// A secret value. Never printed, serialized or logged.
+/// A secret value. Never printed, serialized or logged: only the version of
+/// the Secret it came from is shown.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(pub Arc<Vec<u8>>);
+pub struct SecretValue(pub Arc<Vec<u8>>, pub Arc<str>);
 
 impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -29,7 +30,7 @@ impl std::fmt::Debug for SecretValue {
 
 impl Serialize for SecretValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        s.serialize_str(&format!("<redacted; Secret version {}>", self.1))
     }
 }
 
@@ -189,7 +190,7 @@ fn resolve(
                 "{field}: Secret {namespace}/{} has no key \"{}\"",
                 r.name, r.key
             )),
-            Some(v) => Ok(SecretValue(Arc::new(v.clone()))),
+            Some(v) => Ok(SecretValue(Arc::new(v.clone()), Arc::from(s.version.as_str()))),
         },
     }
 }

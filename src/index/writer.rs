@@ -441,6 +441,7 @@ mod tests {
             name: "s".into(),
             data: Some(SecretData {
                 keys: BTreeMap::from([("k".to_string(), b"v1".to_vec())]),
+                version: "1".into(),
             }),
         }
     }
@@ -537,6 +538,7 @@ mod tests {
             name: "s".into(),
             data: Some(SecretData {
                 keys: BTreeMap::from([("k".to_string(), b"v2".to_vec())]),
+                version: "2".into(),
             }),
         });
         let s = w.publish();

@@ -40,13 +40,11 @@ pub struct Condition {
     /// One CamelCase word saying why the condition has this status.
     pub reason: String,
     /// A human readable explanation; never contains secret values.
-    #[serde(default)]
     pub message: String,
     /// The `metadata.generation` this condition was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// When `status` last changed (RFC 3339). Unchanged while the status stays the same.
-    #[serde(default)]
     pub last_transition_time: String,
 }
 

@@ -25,11 +25,31 @@ pub const KINDS: [&str; 4] = [
 /// Every CRD, in [`KINDS`] order.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![
-        TelephonyHook::crd(),
-        EnrollmentPolicy::crd(),
-        EmailProvider::crd(),
-        EmailDomain::crd(),
+        portable(TelephonyHook::crd()),
+        portable(EnrollmentPolicy::crd()),
+        portable(EmailProvider::crd()),
+        portable(EmailDomain::crd()),
     ]
+}
+
+/// Removes `null` from enum lists (optional enums are already `nullable`):
+/// apiservers before 1.22 cannot convert a CRD whose enum lists `null`.
+fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|x| !x.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a CRD deserializes")
 }
 
 /// The CRD of one kind.

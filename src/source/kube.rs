@@ -144,7 +144,10 @@ fn secret_data(secret: &Secret) -> SecretData {
     for (k, v) in secret.string_data.iter().flatten() {
         keys.insert(k.clone(), v.as_bytes().to_vec());
     }
-    SecretData { keys }
+    SecretData {
+        keys,
+        version: secret.metadata.resource_version.clone().unwrap_or_default(),
+    }
 }
 
 /// Keeps one watch per referenced Secret, starting and stopping them as

@@ -74,9 +74,12 @@ pub struct Finding {
 }
 
 /// The content of a Secret, decoded. Kept only in memory.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct SecretData {
     pub keys: BTreeMap<String, Vec<u8>>,
+    /// The Secret's resourceVersion (or `manifest`), shown in place of values
+    /// so that a rotation can be seen without revealing anything.
+    pub version: String,
 }
 
 impl std::fmt::Debug for SecretData {
@@ -318,7 +321,8 @@ pub fn check_secret(value: &Value) -> Result<SecretData, Vec<FieldError>> {
         }
     }
     if errors.is_empty() {
-        Ok(SecretData { keys })
+        let version = str_at(value, &["metadata", "resourceVersion"]).unwrap_or("manifest").to_string();
+        Ok(SecretData { keys, version })
     } else {
         Err(errors)
     }
