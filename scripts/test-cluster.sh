@@ -81,7 +81,7 @@ build() {
   rm -f "$k"/vendor/github.com/modern-go/reflect2/*_test.go
 
   mkdir -p "$k/.go/src/k8s.io" && ln -sfn ../../.. "$k/.go/src/k8s.io/kubernetes"
-  log "building kube-apiserver + kubectl (takes ~10 min on 2 cores), log: $src/build.log"
+  log "building kube-apiserver + kubectl (~6 min on 2 cores), log: $src/build.log"
   local t0=$SECONDS
   if ! (cd "$k/.go/src/k8s.io/kubernetes" && \
         GOPATH="$k/.go" GOCACHE="$src/gocache" CGO_ENABLED=0 GOFLAGS= \

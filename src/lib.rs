@@ -10,6 +10,7 @@ pub mod controller;
 pub mod enrollment;
 pub mod index;
 pub mod resources;
+pub mod runtime;
 pub mod source;
 pub mod store;
 pub mod telemetry;

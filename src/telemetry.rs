@@ -92,7 +92,7 @@ impl Metrics {
         );
         registry.register(
             "status_writes",
-            "Status writes by result: ok, error, unchanged (skipped), dropped",
+            "Status writes by result: ok, error, unchanged (skipped), gone (object deleted meanwhile)",
             status_writes.clone(),
         );
         registry.register(
@@ -105,6 +105,13 @@ impl Metrics {
             "1 while this replica holds the status-writer Lease",
             leader.clone(),
         );
+        // Publish the usual series from the start, at zero.
+        for result in ["ok", "unchanged", "error", "gone"] {
+            status_writes.get_or_create(&ResultLabel { result: result.into() });
+        }
+        for source in ["watch", "secret_watch", "status_write"] {
+            reconcile_errors.get_or_create(&SourceLabel { source: source.into() });
+        }
         Self {
             registry: Mutex::new(registry),
             reconciles,

@@ -1106,6 +1106,56 @@ note: federated sign-in (social auth or inbound federation): the password is not
     );
 }
 
+/// The fields of an `Evaluation` in the order it serializes them.
+const ANSWER_FIELDS: [&str; 18] = [
+    "policy",
+    "priority",
+    "matchedGroup",
+    "policyReason",
+    "rule",
+    "ruleEnroll",
+    "ruleReason",
+    "prompt",
+    "required",
+    "optional",
+    "notAllowed",
+    "missing",
+    "enrollNow",
+    "autoEnrolled",
+    "phoneMethods",
+    "appRequirement",
+    "reasons",
+    "notes",
+];
+
+/// An answer as the docs show it: one field a line, in the struct's order,
+/// one reason or note a line.
+fn render_answer(answer: &Value) -> String {
+    let map = answer.as_object().expect("answer object");
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by_key(|k| {
+        ANSWER_FIELDS
+            .iter()
+            .position(|f| f == k)
+            .unwrap_or(usize::MAX)
+    });
+    let lines: Vec<String> = keys
+        .iter()
+        .map(|k| match &map[*k] {
+            Value::Array(items) if k.as_str() == "reasons" || k.as_str() == "notes" => {
+                if items.is_empty() {
+                    format!("  \"{k}\": []")
+                } else {
+                    let inner: Vec<String> = items.iter().map(|i| format!("    {i}")).collect();
+                    format!("  \"{k}\": [\n{}\n  ]", inner.join(",\n"))
+                }
+            }
+            v => format!("  \"{k}\": {v}"),
+        })
+        .collect();
+    format!("{{\n{}\n}}\n", lines.join(",\n"))
+}
+
 /// The answers in docs/enrollment.md are what the engine says. Each
 /// example is a `json` block after `<!-- request -->` and one after
 /// `<!-- answer -->`; the policies are the `yaml` block after
@@ -1151,8 +1201,7 @@ fn documented_examples_are_what_the_engine_answers() {
             ));
         }
         rewritten.push_str(&doc[copied..as_]);
-        rewritten.push_str(&serde_json::to_string_pretty(&kept).unwrap());
-        rewritten.push('\n');
+        rewritten.push_str(&render_answer(&kept));
         copied = ae;
         at = ae;
         examples += 1;

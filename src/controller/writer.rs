@@ -196,7 +196,9 @@ pub async fn run(
             // Another replica may have written meanwhile: compare everything
             // against what the cluster shows.
             last_views.clear();
-            written.write().await.clear();
+            if matches!(sink, StatusSink::Kube { .. }) {
+                written.write().await.clear();
+            }
             was_leader = true;
         }
         let snapshot = snapshots.borrow_and_update().clone();
