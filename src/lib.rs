@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod email;
 pub mod enrollment;
 pub mod index;
 pub mod resources;
@@ -14,4 +15,5 @@ pub mod runtime;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod telephony;
 pub mod validate;

@@ -86,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             database,
             tokens,
             poll_millis,
+            modules,
         } => {
             let options = Options {
                 default_namespace: namespace,
@@ -101,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 database,
                 tokens,
                 poll: std::time::Duration::from_millis(poll_millis.max(50)),
+                modules,
             };
             tokio_runtime()?.block_on(idplane::cli::serve::run(settings))?;
             Ok(ExitCode::SUCCESS)
@@ -115,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lease_seconds,
             status_writes_per_second,
             status_concurrency,
+            modules,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 let host =
@@ -136,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     concurrency: status_concurrency.max(1),
                     ..Default::default()
                 },
+                modules,
             };
             tokio_runtime()?.block_on(idplane::cli::serve::operator(settings))?;
             Ok(ExitCode::SUCCESS)

@@ -23,3 +23,11 @@ pub struct ModuleContext {
     /// Where modules publish status fields (metrics, test results...).
     pub extras: Arc<StatusExtras>,
 }
+
+/// A module could not start (bad settings, store unavailable...).
+#[derive(Debug, thiserror::Error)]
+#[error("{module}: {message}")]
+pub struct StartError {
+    pub module: &'static str,
+    pub message: String,
+}

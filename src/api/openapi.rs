@@ -46,7 +46,9 @@ pub fn endpoints() -> Vec<Endpoint> {
 
 /// Endpoints of the runtime modules, registered here so the document stays whole.
 fn extra_endpoints() -> Vec<Endpoint> {
-    Vec::new()
+    let mut list = crate::telephony::openapi_endpoints();
+    list.extend(crate::email::openapi_endpoints());
+    list
 }
 
 /// The OpenAPI document.

@@ -73,6 +73,8 @@ pub enum Command {
         /// How often to look for changed files, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_millis: u64,
+        #[command(flatten)]
+        modules: serve::ModuleSettings,
     },
     /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
     Operator {
@@ -107,5 +109,7 @@ pub enum Command {
         /// Status writes in flight at once.
         #[arg(long, default_value_t = 8)]
         status_concurrency: usize,
+        #[command(flatten)]
+        modules: serve::ModuleSettings,
     },
 }

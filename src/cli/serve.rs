@@ -60,11 +60,34 @@ pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Cor
     })
 }
 
+/// Settings of the runtime modules, shared by `run` and `operator`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModuleSettings {
+    #[command(flatten)]
+    pub telephony: crate::telephony::Settings,
+    #[command(flatten)]
+    pub email: crate::email::Settings,
+}
+
+/// Starts the runtime modules; returns their routes.
+pub async fn start_modules(core: &Core, settings: &ModuleSettings) -> anyhow::Result<axum::Router<SharedState>> {
+    let ctx = crate::runtime::ModuleContext {
+        snapshots: core.snapshots.clone(),
+        store: core.store.clone(),
+        metrics: core.metrics.clone(),
+        extras: core.extras.clone(),
+    };
+    let telephony = crate::telephony::start(ctx.clone(), settings.telephony.clone()).await?;
+    let email = crate::email::start(ctx, settings.email.clone()).await?;
+    Ok(telephony.merge(email))
+}
+
 /// Binds the API and serves it until the process ends.
 pub async fn serve_api(
     core: &Core,
     auth: Authenticator,
     listen: SocketAddr,
+    routes: axum::Router<SharedState>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let state: SharedState = Arc::new(AppState {
         snapshots: core.snapshots.clone(),
@@ -74,7 +97,7 @@ pub async fn serve_api(
         written: core.written.clone(),
         extras: core.extras.clone(),
     });
-    let app = crate::api::router(state, axum::Router::new());
+    let app = crate::api::router(state, routes);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -94,6 +117,7 @@ pub struct OperatorSettings {
     pub database: PathBuf,
     pub lease: LeaseSettings,
     pub writer: WriterSettings,
+    pub modules: ModuleSettings,
 }
 
 /// Runs the operator until killed.
@@ -129,7 +153,8 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         core.written.clone(),
         core.metrics.clone(),
     ));
-    let server = serve_api(&core, Authenticator::kube(client), settings.listen).await?;
+    let routes = start_modules(&core, &settings.modules).await?;
+    let server = serve_api(&core, Authenticator::kube(client), settings.listen, routes).await?;
     server.await.context("API server task")?;
     Ok(())
 }
@@ -142,6 +167,7 @@ pub struct RunSettings {
     pub database: PathBuf,
     pub tokens: Option<PathBuf>,
     pub poll: Duration,
+    pub modules: ModuleSettings,
 }
 
 /// Loads the token file, or makes a development token bound to every org and
@@ -210,7 +236,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         core.written.clone(),
         core.metrics.clone(),
     ));
-    let server = serve_api(&core, auth, settings.listen).await?;
+    let routes = start_modules(&core, &settings.modules).await?;
+    let server = serve_api(&core, auth, settings.listen, routes).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = _leader_tx;
     server.await.context("API server task")?;
