@@ -64,9 +64,9 @@ pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Cor
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ModuleSettings {
     #[command(flatten)]
-    pub telephony: crate::telephony::Settings,
+    pub telephony: crate::telephony::TelephonySettings,
     #[command(flatten)]
-    pub email: crate::email::Settings,
+    pub email: crate::email::EmailSettings,
 }
 
 /// Starts the runtime modules; returns their routes.

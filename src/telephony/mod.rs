@@ -8,10 +8,10 @@ use crate::runtime::{ModuleContext, StartError};
 
 /// Command-line settings of the telephony module (flattened into `run` and `operator`).
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct Settings {}
+pub struct TelephonySettings {}
 
 /// Starts the module's background work and returns its routes.
-pub async fn start(_ctx: ModuleContext, _settings: Settings) -> Result<Router<SharedState>, StartError> {
+pub async fn start(_ctx: ModuleContext, _settings: TelephonySettings) -> Result<Router<SharedState>, StartError> {
     Ok(Router::new())
 }
 
