@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates crds/ from the Rust types. tests/crds_sync.rs fails until this is run
+# Regenerates crds/ and docs/crd-reference.md from the Rust types. tests/crds_sync.rs fails until this is run
 # after a change to src/resources/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -f crds/*.yaml
 cargo run --quiet -- crds --out-dir crds
+mkdir -p docs
+cargo run --quiet -- crds --reference > docs/crd-reference.md

@@ -24,11 +24,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { out_dir: None } => {
+        Command::Crds { reference: true, .. } => {
+            print!("{}", idplane::resources::reference::markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds { out_dir: None, .. } => {
             print!("{}", idplane::resources::crds_yaml()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Crds { out_dir: Some(dir) } => {
+        Command::Crds {
+            out_dir: Some(dir), ..
+        } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for crd in idplane::resources::all_crds() {
                 let path = dir.join(idplane::resources::crd_file_name(&crd));

@@ -61,3 +61,13 @@ fn every_schema_field_has_a_description() {
         "fields without a description: {missing:?}"
     );
 }
+
+#[test]
+fn the_crd_reference_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/crd-reference.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == idplane::resources::reference::markdown(),
+        "docs/crd-reference.md is stale; run scripts/gen-crds.sh"
+    );
+}

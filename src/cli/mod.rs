@@ -1,7 +1,9 @@
 //! The `idplane` command line. Parsing and printing live here; every
 //! decision is made by the library modules.
 
+pub mod preview;
 pub mod serve;
+pub mod test_email;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ pub enum Command {
         /// Write one file per CRD into this directory instead (as committed in crds/).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Print the CRD reference in Markdown instead (docs/crd-reference.md).
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: bool,
     },
     /// Validate manifests offline: schema, CEL rules and the rules that span
     /// objects. Exit status 1 when there is any error.

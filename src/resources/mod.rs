@@ -4,6 +4,7 @@
 pub mod common;
 pub mod email_provider;
 pub mod enrollment_policy;
+pub mod reference;
 pub mod telephony_hook;
 
 pub use common::*;
