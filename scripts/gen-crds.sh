@@ -5,5 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -f crds/*.yaml
 cargo run --quiet -- crds --out-dir crds
+rm -f charts/idplane/crds/*.yaml
+cp crds/*.yaml charts/idplane/crds/
 mkdir -p docs
 cargo run --quiet -- crds --reference > docs/crd-reference.md
