@@ -130,7 +130,7 @@ pub fn desired_status(
 ) -> Value {
     let mut desired = desired_conditions(key, view);
     let mut status = Map::new();
-    if let Some(extra) = extra {
+    for extra in [Some(&view.state.extra), extra].into_iter().flatten() {
         for (k, v) in extra {
             if k == "conditions" {
                 // Extra conditions (Verified, Shadowed, ...) come as a list.
@@ -216,6 +216,7 @@ mod tests {
             generation: Some(3),
             uid: None,
             state: ObjectState {
+                extra: Map::new(),
                 accepted: true,
                 ready,
                 active: Some(ready),

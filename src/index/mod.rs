@@ -159,6 +159,52 @@ pub struct ObjectState {
     pub reason: String,
     /// What a person needs to know; never secret values.
     pub message: String,
+    /// Extra status fields computed from the configuration (a policy's
+    /// `summary`, a `Shadowed` condition), merged into the status.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The one-line summary of a policy, e.g. `required: email, phone; optional: webauthn`.
+/// It states the effect, so an optional email reads as required (the email
+/// authenticator is always enrolled automatically).
+pub fn policy_summary(spec: &crate::resources::EnrollmentPolicySpec) -> String {
+    use crate::resources::Enrollment;
+    let mut groups: [Vec<&str>; 3] = Default::default();
+    for a in &spec.authenticators {
+        let value = match (&a.enroll, &a.methods) {
+            (Some(e), _) => *e,
+            (None, Some(m)) => match (m.sms, m.voice) {
+                (Enrollment::Required, _) | (_, Enrollment::Required) => Enrollment::Required,
+                (Enrollment::Optional, _) | (_, Enrollment::Optional) => Enrollment::Optional,
+                _ => Enrollment::NotAllowed,
+            },
+            (None, None) => continue,
+        };
+        // Email set to optional is required in effect (enrolled automatically).
+        let value = if a.key == crate::resources::AuthenticatorKey::OktaEmail && value == Enrollment::Optional {
+            Enrollment::Required
+        } else {
+            value
+        };
+        let slot = match value {
+            Enrollment::Required => 0,
+            Enrollment::Optional => 1,
+            Enrollment::NotAllowed => 2,
+        };
+        groups[slot].push(a.key.short_name());
+    }
+    let parts: Vec<String> = ["required", "optional", "not allowed"]
+        .iter()
+        .zip(groups.iter())
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(label, names)| format!("{label}: {}", names.join(", ")))
+        .collect();
+    if parts.is_empty() {
+        "no authenticators (password only)".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// Secrets available to resolve references: (namespace, name) -> data.
@@ -296,6 +342,7 @@ fn state(
     message: impl Into<String>,
 ) -> ObjectState {
     ObjectState {
+        extra: serde_json::Map::new(),
         accepted,
         ready,
         active,
@@ -365,24 +412,17 @@ pub fn build(
                 }
             },
             Typed::EnrollmentPolicy(p) => {
-                if p.spec.active {
+                let mut st = if p.spec.active {
                     org.policies.push(policy_config(p));
-                    state(
-                        true,
-                        true,
-                        None,
-                        reason::READY,
-                        "evaluated for the org's users",
-                    )
+                    state(true, true, None, reason::READY, "evaluated for the org's users")
                 } else {
-                    state(
-                        true,
-                        false,
-                        None,
-                        reason::DEACTIVATED,
-                        "active: false; not evaluated",
-                    )
-                }
+                    state(true, false, None, reason::DEACTIVATED, "active: false; not evaluated")
+                };
+                st.extra.insert(
+                    "summary".into(),
+                    serde_json::Value::String(policy_summary(&p.spec)),
+                );
+                st
             }
             Typed::EmailProvider(p) => match provider_config(p, ns, secrets) {
                 Err(msg) => state(true, false, None, reason::SECRET_NOT_FOUND, msg),
@@ -456,4 +496,24 @@ fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState 
     };
     let active = (first.object.kind == "TelephonyHook").then_some(false);
     state(accepted, false, active, r, all.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::policy_summary;
+    use crate::resources::EnrollmentPolicySpec;
+
+    #[test]
+    fn summary_groups_authenticators_by_value() {
+        let spec: EnrollmentPolicySpec = serde_yaml::from_str(
+            "priority: 1\ngroups: [a]\nauthenticators:\n- {key: okta_email, enroll: REQUIRED}\n\
+             - {key: phone_number, methods: {sms: REQUIRED, voice: NOT_ALLOWED}}\n- {key: webauthn, enroll: OPTIONAL}\n\
+             - {key: duo, enroll: NOT_ALLOWED}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            policy_summary(&spec),
+            "required: email, phone; optional: webauthn; not allowed: duo"
+        );
+    }
 }

@@ -359,6 +359,7 @@ fn build_org(
     let mut views = BTreeMap::new();
     for (key, entry) in org {
         let mut state = states.get(key).cloned().unwrap_or_else(|| ObjectState {
+            extra: serde_json::Map::new(),
             accepted: false,
             ready: false,
             active: None,
