@@ -113,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio_runtime()?.block_on(idplane::cli::serve::run(settings))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain { what } => tokio_runtime()?.block_on(idplane::cli::explain::run(what)),
         Command::Operator {
             namespaces,
             listen,

@@ -68,6 +68,7 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/orgs/{org}/config", get(org_config))
         .route("/v1/orgs/{org}/status", get(org_status))
         .route("/v1/orgs/{org}/events", get(org_events))
+        .route("/v1/orgs/{org}/enrollment/evaluate", axum::routing::post(evaluate_enrollment))
         .merge(extra)
         .fallback(|| async {
             ApiError::not_found("not_found", "no such endpoint; see /openapi.json")
@@ -217,4 +218,26 @@ async fn org_events(
         None
     };
     Ok(Json(json!({"events": events, "nextCursor": next})))
+}
+
+/// Which authenticators a user must, may or may not enroll at this sign-in.
+async fn evaluate_enrollment(
+    State(state): State<SharedState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<crate::enrollment::EvaluationRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    let snapshot = state.snapshot();
+    let engine = match snapshot.org(&org).and_then(|o| o.enrollment.clone()) {
+        Some(e) => e,
+        // An org without policies: only the password rule applies.
+        None => Arc::new(crate::enrollment::EnrollmentEngine::new(&[])),
+    };
+    let evaluation = engine
+        .evaluate(&request)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    serde_json::to_value(&evaluation)
+        .map(Json)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -40,8 +40,31 @@ pub fn endpoints() -> Vec<Endpoint> {
             request: None,
         },
     ];
+    list.push(Endpoint {
+        method: "post",
+        path: "/v1/orgs/{org}/enrollment/evaluate",
+        summary: "Which authenticators the user must, may or may not enroll at this sign-in, and why",
+        request: Some(evaluation_request_schema),
+    });
     list.extend(extra_endpoints());
     list
+}
+
+fn evaluation_request_schema() -> Value {
+    let keys = json!({"type": "string", "description": "An authenticator key, e.g. okta_email, phone_number, webauthn"});
+    json!({"type": "object", "required": ["user"], "properties": {
+        "user": {"type": "object", "required": ["id"], "properties": {
+            "id": {"type": "string"},
+            "groups": {"type": "array", "items": {"type": "string"}},
+            "enrolled": {"type": "array", "items": {"oneOf": [keys, {"type": "object", "properties": {
+                "key": {"type": "string"}, "methods": {"type": "array", "items": {"type": "string", "enum": ["sms", "voice"]}}}}]}},
+            "federated": {"type": "boolean", "description": "Signed in through social auth or an inbound identity provider"}}},
+        "firstSignIn": {"type": "boolean"},
+        "recovery": {"type": "array", "items": {"type": "object", "properties": {
+            "key": {"type": "string"}, "ssoEnabled": {"type": "boolean"}}}},
+        "app": {"type": "object", "properties": {
+            "possession": {"type": "boolean"}, "authenticators": {"type": "array", "items": {"type": "string"}}}},
+        "network": {"type": "object", "properties": {"ip": {"type": "string"}}}}})
 }
 
 /// Endpoints of the runtime modules, registered here so the document stays whole.

@@ -2,6 +2,7 @@
 //! decision is made by the library modules.
 
 pub mod preview;
+pub mod explain;
 pub mod serve;
 pub mod test_email;
 pub mod validate;
@@ -80,6 +81,11 @@ pub enum Command {
         poll_millis: u64,
         #[command(flatten)]
         modules: serve::ModuleSettings,
+    },
+    /// Explain a runtime decision: which policy and rule apply, and why.
+    Explain {
+        #[command(subcommand)]
+        what: explain::ExplainCommand,
     },
     /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
     Operator {

@@ -137,6 +137,9 @@ pub struct OrgConfig {
     pub email_provider: Option<ProviderConfig>,
     /// Sender domains by brand.
     pub email_domains: BTreeMap<String, DomainConfig>,
+    /// The enrollment engine over `policies`, built once per change.
+    #[serde(skip)]
+    pub enrollment: Option<Arc<crate::enrollment::EnrollmentEngine>>,
 }
 
 /// The whole runtime configuration: orgs by namespace.
@@ -463,11 +466,13 @@ pub fn build(
         };
         states.insert(checked.key.clone(), st);
     }
-    for org in config.values_mut() {
+    for (ns, org) in config.iter_mut() {
         // Default policy last; otherwise by priority, then name.
         org.policies.sort_by(|a, b| {
             (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
         });
+        org.enrollment = Some(Arc::new(crate::enrollment::EnrollmentEngine::new(&org.policies)));
+        mark_shadowed(ns, &org.policies, &mut states);
         // A fallback that could not be resolved is dropped from the chain.
         let names: Vec<String> = org.hooks.keys().cloned().collect();
         for hook in org.hooks.values_mut() {
@@ -477,6 +482,28 @@ pub fn build(
         }
     }
     (config, states)
+}
+
+/// Gives every active policy a `Shadowed` condition: True, naming the
+/// policies that hide it, when it can never apply.
+fn mark_shadowed(ns: &str, policies: &[PolicyConfig], states: &mut BTreeMap<ObjectKey, ObjectState>) {
+    let hidden: BTreeMap<String, String> = crate::enrollment::shadowed(policies)
+        .into_iter()
+        .map(|s| (s.policy, s.message))
+        .collect();
+    for p in policies {
+        let key = ObjectKey {
+            kind: "EnrollmentPolicy".into(),
+            namespace: ns.to_string(),
+            name: p.name.clone(),
+        };
+        let Some(st) = states.get_mut(&key) else { continue };
+        let condition = match hidden.get(&p.name) {
+            Some(message) => serde_json::json!({"type": "Shadowed", "status": "True", "reason": "Shadowed", "message": message}),
+            None => serde_json::json!({"type": "Shadowed", "status": "False", "reason": "Reachable", "message": "some users can match this policy"}),
+        };
+        st.extra.insert("conditions".into(), serde_json::Value::Array(vec![condition]));
+    }
 }
 
 fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState {
