@@ -128,6 +128,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Kills the operator however the benchmark ends, so no process outlives it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn kubectl(args: &[&str]) {
     let home = std::env::var("HOME").unwrap_or_default();
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| format!("{home}/.cache/idplane/k8s-1.20.2/bin/kubectl"));
@@ -167,10 +177,12 @@ async fn main() {
             "6",
         ])
         .env("KUBECONFIG", kubeconfig_path())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("operator");
     let stderr = operator.stderr.take().unwrap();
+    let operator = KillOnDrop(operator);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -181,7 +193,7 @@ async fn main() {
     });
     rx.recv_timeout(Duration::from_secs(60)).expect("operator listening");
     tokio::time::sleep(Duration::from_secs(8)).await; // lease acquired, idle
-    let idle_kib = rss_kib(operator.id());
+    let idle_kib = rss_kib(operator.0.id());
 
     // 1,000 mixed objects: apply and wait for convergence.
     let start = Instant::now();
@@ -198,7 +210,7 @@ async fn main() {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &kinds[kind].1);
         let name = body["metadata"]["name"].as_str().unwrap().to_string();
         let status = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": kinds[kind].0,
-            "status": {"observedGeneration": 1, "conditions": [{"type": "Bench", "status": "True", "reason": "Bench", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+            "status": {"observedGeneration": 1, "conditions": [{"type": "Bench", "status": "True", "reason": "Bench", "message": "bare loop", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
         api.patch_status(&name, &PatchParams::apply("bench-bare").force(), &Patch::Apply(status)).await.expect("status patch");
     }
     let bare = bare_start.elapsed();
@@ -209,8 +221,8 @@ async fn main() {
     wait_converged(&client, &run, 10_000, Duration::from_secs(900)).await;
     let big = big_start.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let loaded_kib = rss_kib(operator.id());
-    let _ = operator.kill();
+    let loaded_kib = rss_kib(operator.0.id());
+    drop(operator);
 
     let ratio = convergence.as_secs_f64() / bare.as_secs_f64();
     let report = format!(

@@ -179,10 +179,22 @@ fn unchanged_status_is_not_written_again() {
     kubectl_ok(&["annotate", "-n", &ns, "telephonyhook/quiet", "note=hello"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(writes(), settled, "status was rewritten although nothing changed");
+    // A status someone else overwrote is repaired.
+    let mut obj = get_json(&ns, "telephonyhook/quiet").unwrap();
+    obj["status"] = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "Tampered",
+        "message": "written by hand", "lastTransitionTime": "2020-01-01T00:00:00Z"}]});
+    let out = kubectl_stdin(
+        &["replace", "--raw", &format!("/apis/idplane.dev/v1alpha1/namespaces/{ns}/telephonyhooks/quiet/status"), "-f", "-"],
+        &obj.to_string(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_condition(&ns, "telephonyhook/quiet", "Ready", "True", Some("Ready"));
+    let repaired = writes();
+    assert!(repaired > settled, "the tampered status was not rewritten");
     // A real change is written.
     apply_yaml(&ns, &hook("quiet", "  timeout: 5s\n"));
     wait_condition(&ns, "telephonyhook/quiet", "Ready", "True", None);
-    assert!(writes() > settled);
+    assert!(writes() > repaired);
 }
 
 #[test]

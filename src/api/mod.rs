@@ -157,8 +157,7 @@ async fn org_status(
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let objects: Vec<Value> = snapshot
         .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == org)
+        .org(&org)
         .map(|(k, view)| {
             let status = written.get(k).cloned().unwrap_or_else(|| {
                 desired_status(

@@ -206,7 +206,7 @@ pub async fn run(
             continue;
         }
         let dirty_extras = extras.take_dirty();
-        for (key, view) in &snapshot.objects {
+        for (key, view) in snapshot.objects.iter() {
             let before = last_views.get(key);
             if before == Some(view) && !dirty_extras.contains(key) {
                 continue;
@@ -224,12 +224,8 @@ pub async fn run(
         let mut batch = Vec::new();
         for key in std::mem::take(&mut pending) {
             let view = &snapshot.objects[&key];
-            let previous = written
-                .read()
-                .await
-                .get(&key)
-                .cloned()
-                .or_else(|| view.observed_status.clone());
+            let mine = written.read().await.get(&key).cloned();
+            let previous = mine.clone().or_else(|| view.observed_status.clone());
             let desired = desired_status(
                 &key,
                 view,
@@ -238,7 +234,16 @@ pub async fn run(
                 &now,
             );
             let event = transition(last_views.get(&key), view);
-            if previous.as_ref() == Some(&desired) {
+            // The cluster is the truth: skip when it already shows the
+            // status, or when we wrote it and nobody changed it since (the
+            // echo of our write may still be on its way).
+            let observed = view.observed_status.as_ref();
+            let observed_agrees = observed == Some(&desired);
+            let observed_seen = last_views
+                .get(&key)
+                .is_some_and(|v| v.observed_status.as_ref() == observed);
+            let mine_agrees = mine.as_ref() == Some(&desired);
+            if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
                 metrics.status_write("unchanged");
                 last_views.insert(key.clone(), view.clone());
                 continue;

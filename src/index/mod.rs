@@ -146,7 +146,7 @@ pub struct OrgConfig {
 pub type RuntimeConfig = BTreeMap<String, OrgConfig>;
 
 pub mod writer;
-pub use writer::{Change, IndexWriter, ObjectView, Referenced, Snapshot};
+pub use writer::{Change, IndexWriter, ObjectView, ObjectViews, Referenced, Snapshot};
 
 /// What became of one idplane object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

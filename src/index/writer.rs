@@ -65,7 +65,51 @@ pub struct Snapshot {
     /// Orgs by namespace.
     pub orgs: BTreeMap<String, Arc<OrgConfig>>,
     /// Every idplane object's view.
-    pub objects: BTreeMap<ObjectKey, ObjectView>,
+    pub objects: ObjectViews,
+}
+
+/// Object views by org, shared between snapshots: publishing a snapshot
+/// copies pointers to unchanged orgs, not their objects.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectViews(BTreeMap<String, Arc<BTreeMap<ObjectKey, ObjectView>>>);
+
+impl ObjectViews {
+    pub fn get(&self, key: &ObjectKey) -> Option<&ObjectView> {
+        self.0.get(&key.namespace)?.get(key)
+    }
+
+    pub fn contains_key(&self, key: &ObjectKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &ObjectView)> {
+        self.0.values().flat_map(|org| org.iter())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The views of one org.
+    pub fn org(&self, org: &str) -> impl Iterator<Item = (&ObjectKey, &ObjectView)> {
+        self.0.get(org).into_iter().flat_map(|o| o.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(|o| o.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::ops::Index<&ObjectKey> for ObjectViews {
+    type Output = ObjectView;
+
+    fn index(&self, key: &ObjectKey) -> &ObjectView {
+        self.get(key).expect("no such object in the snapshot")
+    }
 }
 
 impl Snapshot {
@@ -88,7 +132,7 @@ pub struct IndexWriter {
     orgs: BTreeMap<String, BTreeMap<ObjectKey, Entry>>,
     secrets: Secrets,
     dirty: BTreeSet<String>,
-    built: BTreeMap<String, (Arc<OrgConfig>, BTreeMap<ObjectKey, ObjectView>)>,
+    built: BTreeMap<String, (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>)>,
     synced: bool,
     listed: bool,
     version: u64,
@@ -278,9 +322,7 @@ impl IndexWriter {
         };
         for (ns, (config, views)) in &self.built {
             snapshot.orgs.insert(ns.clone(), config.clone());
-            snapshot
-                .objects
-                .extend(views.iter().map(|(k, v)| (k.clone(), v.clone())));
+            snapshot.objects.0.insert(ns.clone(), views.clone());
         }
         snapshot
     }
@@ -331,7 +373,7 @@ fn build_org(
     ns: &str,
     org: &BTreeMap<ObjectKey, Entry>,
     secrets: &Secrets,
-) -> (Arc<OrgConfig>, BTreeMap<ObjectKey, ObjectView>) {
+) -> (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>) {
     let mut checked = Vec::with_capacity(org.len());
     let mut own = Vec::with_capacity(org.len());
     let mut substituted = BTreeMap::new();
@@ -387,7 +429,7 @@ fn build_org(
             },
         );
     }
-    (Arc::new(org_config), views)
+    (Arc::new(org_config), Arc::new(views))
 }
 
 /// Runs the writer: applies changes as they come (in batches), publishes a

@@ -42,6 +42,13 @@ fn to_value(kind: &str, obj: &DynamicObject) -> Value {
         map.insert("apiVersion".into(), Value::String(API_VERSION.into()));
         map.insert("kind".into(), Value::String(kind.into()));
     }
+    // Bookkeeping the index never reads; dropping it keeps memory flat.
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
     v
 }
 
