@@ -85,13 +85,10 @@ async fn apply_range(client: &Client, prefix: &str, range: std::ops::Range<usize
 /// Counts objects whose status is current and has its final Ready condition.
 async fn converged(client: &Client, prefix: &str) -> usize {
     let mut n = 0;
-    for (_, ar) in kinds() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    for (ns, (_, ar)) in (0..NAMESPACES).flat_map(|i| kinds().into_iter().map(move |k| (format!("{prefix}-{i}"), k))) {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         let list = api.list(&ListParams::default()).await.unwrap();
         for o in list.items {
-            if !o.metadata.namespace.as_deref().unwrap_or("").starts_with(prefix) {
-                continue;
-            }
             let generation = o.metadata.generation;
             let status = &o.data["status"];
             let current = status["observedGeneration"].as_i64() == generation;
@@ -223,6 +220,10 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let loaded_kib = rss_kib(operator.0.id());
     drop(operator);
+    // Leave the cluster as we found it (namespaces stay: no namespace controller).
+    for ns in &namespaces {
+        kubectl(&["delete", "telephonyhooks,enrollmentpolicies,emailproviders,emaildomains", "--all", "-n", ns, "--wait=false"]);
+    }
 
     let ratio = convergence.as_secs_f64() / bare.as_secs_f64();
     let report = format!(

@@ -164,7 +164,7 @@ async fn org_status(
                     k,
                     view,
                     state.extras.get(k).as_ref(),
-                    view.observed_status.as_ref(),
+                    view.observed_status.as_deref(),
                     &now,
                 )
             });

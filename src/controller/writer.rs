@@ -225,7 +225,7 @@ pub async fn run(
         for key in std::mem::take(&mut pending) {
             let view = &snapshot.objects[&key];
             let mine = written.read().await.get(&key).cloned();
-            let previous = mine.clone().or_else(|| view.observed_status.clone());
+            let previous = mine.clone().or_else(|| view.observed_status.as_deref().cloned());
             let desired = desired_status(
                 &key,
                 view,
@@ -237,11 +237,11 @@ pub async fn run(
             // The cluster is the truth: skip when it already shows the
             // status, or when we wrote it and nobody changed it since (the
             // echo of our write may still be on its way).
-            let observed = view.observed_status.as_ref();
+            let observed = view.observed_status.as_deref();
             let observed_agrees = observed == Some(&desired);
             let observed_seen = last_views
                 .get(&key)
-                .is_some_and(|v| v.observed_status.as_ref() == observed);
+                .is_some_and(|v| v.observed_status.as_deref() == observed);
             let mine_agrees = mine.as_ref() == Some(&desired);
             if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
                 metrics.status_write("unchanged");

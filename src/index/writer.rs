@@ -50,7 +50,7 @@ pub struct ObjectView {
     pub state: ObjectState,
     /// The status the object carried when last seen (cluster mode), used to
     /// skip writes that would change nothing.
-    pub observed_status: Option<Value>,
+    pub observed_status: Option<Arc<Value>>,
     /// Whether a last valid version is in use while the current one is invalid.
     pub serving_last_good: bool,
 }
@@ -118,11 +118,27 @@ impl Snapshot {
     }
 }
 
+/// What the writer keeps of an object: the validation result and a few
+/// fields, not the object itself (memory stays small with many objects).
 struct Entry {
-    value: Value,
-    checked: Checked,
+    /// Hash of what decides validation (spec, generation, creation time).
+    identity: u64,
+    /// Hash of the spec alone (file generations).
+    spec_hash: u64,
+    generation: Option<i64>,
+    uid: Option<String>,
+    status: Option<Arc<Value>>,
+    checked: Arc<Checked>,
     own: Vec<OwnFinding>,
-    last_good: Option<Checked>,
+    /// The last valid version; the same allocation as `checked` while valid.
+    last_good: Option<Arc<Checked>>,
+}
+
+fn hash_of(value: Option<&Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.map(Value::to_string).hash(&mut h);
+    h.finish()
 }
 
 /// State owned by the writer task.
@@ -158,14 +174,14 @@ fn meta_str(value: &Value, field: &str) -> Option<String> {
 
 /// The part of an object that decides validation: a status-only change
 /// needs no re-check.
-fn spec_identity(value: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
-    (
-        value.get("spec"),
-        value.get("metadata").and_then(|m| m.get("generation")),
-        value
-            .get("metadata")
-            .and_then(|m| m.get("creationTimestamp")),
-    )
+fn spec_identity(value: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let meta = value.get("metadata");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    hash_of(value.get("spec")).hash(&mut h);
+    meta.and_then(|m| m.get("generation")).and_then(Value::as_i64).hash(&mut h);
+    meta.and_then(|m| m.get("creationTimestamp")).and_then(Value::as_str).hash(&mut h);
+    h.finish()
 }
 
 impl IndexWriter {
@@ -225,7 +241,7 @@ impl IndexWriter {
                         .get(&checked.key.namespace)
                         .and_then(|o| o.get(&checked.key));
                     let last_good = before.and_then(|e| e.last_good.clone());
-                    let value = with_file_generation(value, before.map(|e| &e.value));
+                    let value = with_file_generation(value, before.map(|e| (e.generation, e.spec_hash)));
                     self.insert_entry(value, last_good);
                 }
                 self.listed = true;
@@ -238,10 +254,11 @@ impl IndexWriter {
         let key = crate::validate::object_key(&value, &self.options.default_namespace);
         let org = self.orgs.entry(key.namespace.clone()).or_default();
         if let Some(entry) = org.get_mut(&key)
-            && spec_identity(&entry.value) == spec_identity(&value)
+            && entry.identity == spec_identity(&value)
         {
             // Only status or bookkeeping changed: keep the validation result.
-            entry.value = value;
+            entry.status = value.get("status").cloned().map(Arc::new);
+            entry.uid = meta_str(&value, "uid");
             self.dirty.insert(key.namespace);
             return;
         }
@@ -249,11 +266,12 @@ impl IndexWriter {
         self.insert_entry(value, last_good);
     }
 
-    fn insert_entry(&mut self, value: Value, last_good: Option<Checked>) {
+    fn insert_entry(&mut self, value: Value, last_good: Option<Arc<Checked>>) {
         let (checked, own) = check_one(&value, &self.options);
         if !crate::resources::KINDS.contains(&checked.key.kind.as_str()) {
             return;
         }
+        let checked = Arc::new(checked);
         let last_good = if checked.typed.is_some() {
             Some(checked.clone())
         } else {
@@ -264,7 +282,11 @@ impl IndexWriter {
         self.orgs.entry(ns).or_default().insert(
             checked.key.clone(),
             Entry {
-                value,
+                identity: spec_identity(&value),
+                spec_hash: hash_of(value.get("spec")),
+                generation: meta_i64(&value, "generation"),
+                uid: meta_str(&value, "uid"),
+                status: value.get("status").cloned().map(Arc::new),
                 checked,
                 own,
                 last_good,
@@ -330,15 +352,15 @@ impl IndexWriter {
 
 /// Files carry no `metadata.generation`; give them one that grows by one
 /// whenever the spec changes, so status can say which version it describes.
-fn with_file_generation(mut value: Value, before: Option<&Value>) -> Value {
+fn with_file_generation(mut value: Value, before: Option<(Option<i64>, u64)>) -> Value {
     if meta_i64(&value, "generation").is_some() {
         return value;
     }
     let generation = match before {
         None => 1,
-        Some(b) => {
-            let g = meta_i64(b, "generation").unwrap_or(1);
-            if b.get("spec") == value.get("spec") {
+        Some((g, spec_hash)) => {
+            let g = g.unwrap_or(1);
+            if spec_hash == hash_of(value.get("spec")) {
                 g
             } else {
                 g + 1
@@ -381,11 +403,11 @@ fn build_org(
         match (&entry.checked.typed, &entry.last_good) {
             (None, Some(good)) => {
                 substituted.insert(key.clone(), &entry.own);
-                checked.push(good.clone());
+                checked.push((**good).clone());
                 own.push(Vec::new());
             }
             _ => {
-                checked.push(entry.checked.clone());
+                checked.push((*entry.checked).clone());
                 own.push(entry.own.clone());
             }
         }
@@ -421,10 +443,10 @@ fn build_org(
         views.insert(
             key.clone(),
             ObjectView {
-                generation: meta_i64(&entry.value, "generation"),
-                uid: meta_str(&entry.value, "uid"),
+                generation: entry.generation,
+                uid: entry.uid.clone(),
                 state,
-                observed_status: entry.value.get("status").cloned(),
+                observed_status: entry.status.clone(),
                 serving_last_good,
             },
         );
