@@ -8,6 +8,11 @@ use idplane::cli::validate::{load, locate};
 use idplane::cli::{Cli, Command, OutputFormat};
 use idplane::validate::Options;
 
+/// jemalloc returns memory to the system under the churn of many watch
+/// events far better than glibc's allocator with many threads.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
