@@ -18,6 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
+log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, aiosmtpd in a virtualenv)"
+eval "$(scripts/test-tools.sh)"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
