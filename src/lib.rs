@@ -3,6 +3,8 @@
 //! and email providers; idplane validates them, builds a per-org runtime
 //! configuration and serves the runtime API.
 #![forbid(unsafe_code)]
+// kube's `printcolumn(...)` repeats `type_ =` by design; the lint misreads it.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod api;
 pub mod cli;

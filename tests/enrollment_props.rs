@@ -204,10 +204,11 @@ fn request() -> impl Strategy<Value = EvaluationRequest> {
         )
 }
 
-fn evaluate(policies: &[PolicyConfig], request: &EvaluationRequest) -> Evaluation {
+fn evaluate(policies: &[PolicyConfig], request: &EvaluationRequest) -> Evaluation<'static> {
     EnrollmentEngine::new(policies)
         .evaluate(request)
         .expect("generated requests are valid")
+        .into_owned()
 }
 
 fn enrolled(request: &EvaluationRequest) -> Vec<Authenticator> {
@@ -243,12 +244,12 @@ proptest! {
         let e = evaluate(&policies, &request);
         let p = Authenticator::OktaPassword;
         if request.user.federated {
-            prop_assert!(!e.required.contains(&p));
-            prop_assert!(!e.optional.contains(&p));
-            prop_assert!(!e.not_allowed.contains(&p));
+            prop_assert!(!e.required.contains(p));
+            prop_assert!(!e.optional.contains(p));
+            prop_assert!(!e.not_allowed.contains(p));
             prop_assert!(e.reason(p).is_none());
         } else {
-            prop_assert_eq!(e.required.first(), Some(&p));
+            prop_assert_eq!(e.required.first(), Some(p));
         }
     }
 
@@ -272,7 +273,7 @@ proptest! {
         request.user.groups.clear();
         let e = evaluate(&policies, &request);
         let default = policies.iter().find(|p| p.is_default).map(|p| p.name.clone());
-        prop_assert_eq!(&e.policy, &default);
+        prop_assert_eq!(e.policy.as_deref(), default.as_deref());
         prop_assert_eq!(e.matched_group, None);
         if default.is_none() {
             let password_only: Vec<Authenticator> = if request.user.federated {
@@ -280,7 +281,7 @@ proptest! {
             } else {
                 vec![Authenticator::OktaPassword]
             };
-            prop_assert_eq!(e.required, password_only);
+            prop_assert_eq!(e.required.to_vec(), password_only);
             prop_assert!(e.optional.is_empty() && e.not_allowed.is_empty());
             prop_assert!(e.enroll_now.is_empty() && e.auto_enrolled.is_empty());
             prop_assert!(!e.prompt);
@@ -293,20 +294,20 @@ proptest! {
         let have = enrolled(&request);
         for a in &e.enroll_now {
             prop_assert!(e.required.contains(a), "{a} enrolled now but not required");
-            prop_assert!(!have.contains(a), "{a} enrolled now but already enrolled");
+            prop_assert!(!have.contains(&a), "{a} enrolled now but already enrolled");
             prop_assert!(!e.auto_enrolled.contains(a), "{a} enrolled now and auto-enrolled");
         }
         if !e.prompt {
             prop_assert!(e.enroll_now.is_empty());
         }
         for a in &e.auto_enrolled {
-            prop_assert_eq!(*a, Authenticator::OktaEmail);
-            prop_assert!(e.required.contains(a) && !have.contains(a));
+            prop_assert_eq!(a, Authenticator::OktaEmail);
+            prop_assert!(e.required.contains(a) && !have.contains(&a));
         }
         // Every required authenticator is enrolled, auto-enrolled or missing.
         for a in &e.required {
             prop_assert!(
-                have.contains(a) || e.auto_enrolled.contains(a) || e.missing.contains(a),
+                have.contains(&a) || e.auto_enrolled.contains(a) || e.missing.contains(a),
                 "{a} required but neither enrolled nor missing"
             );
         }
@@ -319,7 +320,7 @@ proptest! {
     ) {
         let e = evaluate(&policies, &request);
         if let Some(app) = &e.app_requirement {
-            for a in app.enroll_one_of.iter().chain(app.satisfied_by.iter()) {
+            for a in app.enroll_one_of.iter().chain(app.satisfied_by) {
                 prop_assert!(e.required.contains(a) || e.optional.contains(a), "{a} offered");
             }
         }

@@ -271,11 +271,14 @@ fn subset(expected: &Value, actual: &Value) -> bool {
     }
 }
 
-fn evaluate(org_yaml: &str, request: &Value) -> Evaluation {
+fn evaluate(org_yaml: &str, request: &Value) -> Evaluation<'static> {
     let engine = EnrollmentEngine::new(&org(org_yaml));
     let request: EvaluationRequest =
         serde_json::from_value(request.clone()).expect("request deserializes");
-    engine.evaluate(&request).expect("request evaluates")
+    engine
+        .evaluate(&request)
+        .expect("request evaluates")
+        .into_owned()
 }
 
 fn check(cases: Vec<Case>) {
@@ -817,7 +820,7 @@ fn rule_7_app_needs() {
                    "app": {"possession": true}}),
             json!({"enrollNow": ["webauthn"],
                    "appRequirement": {"satisfied": false, "enrollOneOf": ["webauthn"],
-                       "message": "satisfied once the user enrolls the required authenticator listed, which the app accepts"}}),
+                       "message": "satisfied once the user enrolls a required authenticator listed here, which the app accepts"}}),
         ),
         case(
             "app needs a specific unenrolled authenticator",
@@ -1219,25 +1222,36 @@ fn documented_examples_are_what_the_engine_answers() {
 fn lists_are_in_okta_order_with_the_password_first() {
     let evaluation = evaluate(
         SHAPES,
-        &json!({"user": {"id": "u", "groups": ["locked-down"]}, "firstSignIn": true}),
+        &json!({"user": {"id": "u", "groups": ["locked-down"]}, "firstSignIn": true,
+                "recovery": [{"key": "security_question", "ssoEnabled": true}]}),
     );
-    let all: Vec<Authenticator> = evaluation
-        .required
-        .iter()
-        .chain(&evaluation.optional)
-        .chain(&evaluation.not_allowed)
-        .copied()
-        .collect();
-    assert_eq!(all.len(), Authenticator::ALL.len());
-    for list in [
-        &evaluation.required,
-        &evaluation.optional,
-        &evaluation.not_allowed,
-    ] {
-        assert!(list.windows(2).all(|w| w[0] < w[1]), "{list:?}");
+    let answer = serde_json::to_value(&evaluation).unwrap();
+    let order: Vec<&str> = Authenticator::ALL.iter().map(|a| a.as_str()).collect();
+    let mut seen = Vec::new();
+    for list in ["required", "optional", "notAllowed"] {
+        let keys: Vec<&str> = answer[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| order.iter().position(|o| o == k).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{list}: {keys:?}"
+        );
+        seen.extend(keys);
     }
+    seen.sort_unstable();
+    let mut all = order.clone();
+    all.sort_unstable();
+    assert_eq!(seen, all, "every authenticator in exactly one list");
+    assert_eq!(answer["required"][0], "okta_password");
     assert_eq!(
-        evaluation.required.first(),
-        Some(&Authenticator::OktaPassword)
+        answer["required"],
+        json!(["okta_password", "security_question"])
     );
 }

@@ -88,12 +88,15 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Recent decisions by (token, org), with when they were made.
+type DecisionCache = HashMap<(String, String), (Result<String, ApiError>, Instant)>;
+
 /// Checks callers.
 pub enum Authenticator {
     Tokens(TokenFile),
     Kube {
         client: Client,
-        cache: Mutex<HashMap<(String, String), (Result<String, ApiError>, Instant)>>,
+        cache: Mutex<DecisionCache>,
         ttl: Duration,
     },
 }

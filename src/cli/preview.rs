@@ -253,7 +253,9 @@ fn origin(args: &TelephonyPreview) -> anyhow::Result<Origin> {
         )?)));
     }
     let Some(server) = &args.server else {
-        bail!("give --manifests DIR, or --server URL and --token TOKEN (IDPLANE_SERVER, IDPLANE_TOKEN)");
+        bail!(
+            "give --manifests DIR, or --server URL and --token TOKEN (IDPLANE_SERVER, IDPLANE_TOKEN)"
+        );
     };
     let Some(token) = &args.token else {
         bail!("--server needs --token (or IDPLANE_TOKEN)");
@@ -340,8 +342,8 @@ async fn call(origin: &Origin, body: &Value) -> anyhow::Result<Value> {
 fn read_json(path: &Path) -> anyhow::Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     if !value.is_object() {
         bail!("{} must hold a JSON object", path.display());
     }

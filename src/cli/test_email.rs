@@ -102,7 +102,11 @@ async fn through_server(args: &TestEmailArgs, server: &str) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(1));
     }
-    bail!("{url} answered {status}: {}: {}", field("code"), field("message"))
+    bail!(
+        "{url} answered {status}: {}: {}",
+        field("code"),
+        field("message")
+    )
 }
 
 async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -38,7 +38,10 @@ pub enum WriteError {
 #[derive(Clone)]
 pub enum StatusSink {
     /// The status subresource (server-side apply) and `events.k8s.io/v1`.
-    Kube { client: Client, recorder: Recorder },
+    Kube {
+        client: Client,
+        recorder: Box<Recorder>,
+    },
     /// The SQLite store and the org's system log (`run --manifests`).
     Store(Store),
 }
@@ -59,7 +62,7 @@ impl StatusSink {
             instance: Some(instance.to_string()),
         };
         Self::Kube {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Box::new(Recorder::new(client.clone(), reporter)),
             client,
         }
     }

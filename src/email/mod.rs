@@ -1,21 +1,384 @@
-//! Placeholder: the email runtime module is being built (see its issue).
+//! The email runtime module: identity services hand idplane an email
+//! (`POST /v1/orgs/{org}/emails`); idplane commits it to a durable queue,
+//! delivers it through the org's EmailProvider (or the installation's
+//! default provider) with growing retry delays, and records a SUCCESS or
+//! FAILURE delivery event. It also verifies providers, sends test emails and
+//! validates brand sender domains in DNS.
+//!
+//! Submodules: `message` (request checks, MIME), `retry` (the retry rule),
+//! `queue` (all SQL), `worker` (dispatch and attempts), `smtp` (lettre),
+//! `verify` (the `Verified` condition), `dns` (brand domains), `stats`
+//! (metrics), `api` (routes). Not here: the index (configuration) and the
+//! status writer, which this module feeds through the status extras.
+
+pub mod api;
+pub mod dns;
+pub mod message;
+pub mod queue;
+pub mod retry;
+pub mod smtp;
+pub mod stats;
+pub mod verify;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use tokio::sync::Notify;
 
 use crate::api::SharedState;
 use crate::api::openapi::Endpoint;
+use crate::resources::TlsMode;
 use crate::runtime::{ModuleContext, StartError};
 
+/// A duration flag: `500ms`, `30s`, `5m`, `24h`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::resources::parse_duration_millis(text)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 24h"))
+}
+
+/// A TLS mode flag: `starttls`, `implicit` or `none`.
+pub fn parse_tls(text: &str) -> Result<TlsMode, String> {
+    match text {
+        "starttls" => Ok(TlsMode::Starttls),
+        "implicit" => Ok(TlsMode::Implicit),
+        "none" => Ok(TlsMode::None),
+        _ => Err(format!("{text:?} is not starttls, implicit or none")),
+    }
+}
+
 /// Command-line settings of the email module (flattened into `run` and `operator`).
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct EmailSettings {}
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Email")]
+pub struct EmailSettings {
+    /// Default provider: SMTP host for orgs without an enabled EmailProvider.
+    /// Without it (and without an EmailProvider) an org's emails are refused
+    /// with 503.
+    #[arg(long = "smtp-host", env = "IDPLANE_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// Default provider: port.
+    #[arg(long = "smtp-port", env = "IDPLANE_SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+    /// Default provider: starttls, implicit or none (none needs --smtp-allow-insecure).
+    #[arg(long = "smtp-tls", env = "IDPLANE_SMTP_TLS", default_value = "starttls", value_parser = parse_tls)]
+    pub smtp_tls: TlsMode,
+    /// Default provider: accept --smtp-tls none (test servers on loopback).
+    #[arg(long = "smtp-allow-insecure")]
+    pub smtp_allow_insecure: bool,
+    /// Default provider: AUTH username (no AUTH without it).
+    #[arg(long = "smtp-username", env = "IDPLANE_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// Default provider: file holding the password (else the environment
+    /// variable IDPLANE_SMTP_PASSWORD).
+    #[arg(long = "smtp-password-file", env = "IDPLANE_SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Default provider: attempts in all, the first included.
+    #[arg(long = "smtp-max-attempts", default_value_t = 5)]
+    pub smtp_max_attempts: u32,
+    /// Default provider: wait before the first retry.
+    #[arg(long = "smtp-initial-delay", default_value = "1m", value_parser = parse_duration)]
+    pub smtp_initial_delay: Duration,
+    /// Default provider: growth of the wait from one retry to the next.
+    #[arg(long = "smtp-multiplier", default_value_t = 4)]
+    pub smtp_multiplier: u32,
+    /// Default provider: longest wait between attempts.
+    #[arg(long = "smtp-max-delay", default_value = "1h", value_parser = parse_duration)]
+    pub smtp_max_delay: Duration,
+    /// Sender of mail without a verified brand domain, e.g. "Acme <noreply@acme.example>".
+    #[arg(long = "email-default-sender", env = "IDPLANE_EMAIL_DEFAULT_SENDER")]
+    pub email_default_sender: Option<String>,
+    /// Each SMTP network step (connect, command, reply) at most.
+    #[arg(long = "smtp-timeout", default_value = "30s", value_parser = parse_duration)]
+    pub smtp_timeout: Duration,
+    /// Pooled connections kept per SMTP server.
+    #[arg(long = "smtp-pool-size", default_value_t = 4)]
+    pub smtp_pool_size: u32,
+    /// PEM file of certificate authorities trusted for SMTP besides the public ones.
+    #[arg(long = "smtp-ca-file", env = "IDPLANE_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Delivery attempts in flight at once.
+    #[arg(long = "email-concurrency", default_value_t = 16)]
+    pub email_concurrency: usize,
+    /// How long an attempt holds a message: a message whose process died
+    /// while sending is taken up again after this (at-least-once).
+    #[arg(long = "email-lease", default_value = "2m", value_parser = parse_duration)]
+    pub email_lease: Duration,
+    /// Sent and failed messages are deleted after this.
+    #[arg(long = "email-retention", default_value = "168h", value_parser = parse_duration)]
+    pub email_retention: Duration,
+    /// DNS servers (IP:PORT, comma-separated) for brand-domain checks; the
+    /// system's resolver when empty.
+    #[arg(
+        long = "dns-nameserver",
+        value_delimiter = ',',
+        env = "IDPLANE_DNS_NAMESERVER"
+    )]
+    pub dns_nameservers: Vec<SocketAddr>,
+    /// Between two DNS lookups of a domain not yet verified.
+    #[arg(long = "dns-poll-interval", default_value = "1m", value_parser = parse_duration)]
+    pub dns_poll_interval: Duration,
+    /// Between two DNS lookups of a verified domain.
+    #[arg(long = "dns-recheck-interval", default_value = "24h", value_parser = parse_duration)]
+    pub dns_recheck_interval: Duration,
+    /// A record still missing after this long makes the domain ERROR (polling goes on).
+    #[arg(long = "dns-poll-timeout", default_value = "72h", value_parser = parse_duration)]
+    pub dns_poll_timeout: Duration,
+}
+
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            smtp_host: None,
+            smtp_port: 587,
+            smtp_tls: TlsMode::Starttls,
+            smtp_allow_insecure: false,
+            smtp_username: None,
+            smtp_password_file: None,
+            smtp_max_attempts: 5,
+            smtp_initial_delay: Duration::from_secs(60),
+            smtp_multiplier: 4,
+            smtp_max_delay: Duration::from_secs(3600),
+            email_default_sender: None,
+            smtp_timeout: Duration::from_secs(30),
+            smtp_pool_size: 4,
+            smtp_ca_file: None,
+            email_concurrency: 16,
+            email_lease: Duration::from_secs(120),
+            email_retention: Duration::from_secs(168 * 3600),
+            dns_nameservers: Vec::new(),
+            dns_poll_interval: Duration::from_secs(60),
+            dns_recheck_interval: Duration::from_secs(86_400),
+            dns_poll_timeout: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+fn start_error(message: impl Into<String>) -> StartError {
+    StartError {
+        module: "email",
+        message: message.into(),
+    }
+}
+
+/// Reads the default provider's settings; `None` without `--smtp-host`.
+fn default_provider(s: &EmailSettings) -> Result<Option<worker::DefaultProvider>, StartError> {
+    let Some(host) = s.smtp_host.clone().filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    if s.smtp_tls == TlsMode::None && !s.smtp_allow_insecure {
+        return Err(start_error(
+            "--smtp-tls none sends mail (and any password) in clear text; add --smtp-allow-insecure",
+        ));
+    }
+    let password = match (
+        &s.smtp_password_file,
+        std::env::var("IDPLANE_SMTP_PASSWORD"),
+    ) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| start_error(format!("cannot read {}: {e}", path.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        ),
+        (None, Ok(p)) => Some(p),
+        (None, Err(_)) => None,
+    };
+    let credentials = match (&s.smtp_username, password) {
+        (Some(user), Some(pw)) => Some((user.clone(), smtp::Secret::new(&pw))),
+        (Some(_), None) => {
+            return Err(start_error(
+                "--smtp-username needs a password: --smtp-password-file or IDPLANE_SMTP_PASSWORD",
+            ));
+        }
+        (None, _) => None,
+    };
+    if s.smtp_initial_delay > s.smtp_max_delay {
+        return Err(start_error(
+            "--smtp-initial-delay may not be longer than --smtp-max-delay",
+        ));
+    }
+    Ok(Some(worker::DefaultProvider {
+        endpoint: smtp::Endpoint {
+            host,
+            port: s.smtp_port,
+            tls: s.smtp_tls,
+            credentials,
+        },
+        policy: retry::RetryPolicy {
+            max_attempts: s.smtp_max_attempts.max(1),
+            initial_delay: s.smtp_initial_delay,
+            multiplier: s.smtp_multiplier.max(1),
+            max_delay: s.smtp_max_delay,
+        },
+    }))
+}
+
+/// What the routes reach.
+pub struct EmailService {
+    pub queue: queue::Queue,
+    pub smtp: Arc<smtp::SmtpClient>,
+    pub default: Option<worker::DefaultProvider>,
+    pub default_sender: Option<String>,
+    pub stats: Arc<stats::DeliveryStats>,
+    pub domains: Arc<dns::DomainBook>,
+    pub extras: Arc<crate::controller::extras::StatusExtras>,
+    pub wake: Arc<Notify>,
+}
 
 /// Starts the module's background work and returns its routes.
-pub async fn start(_ctx: ModuleContext, _settings: EmailSettings) -> Result<Router<SharedState>, StartError> {
-    Ok(Router::new())
+pub async fn start(
+    ctx: ModuleContext,
+    settings: EmailSettings,
+) -> Result<Router<SharedState>, StartError> {
+    let default = default_provider(&settings)?;
+    if let Some(sender) = &settings.email_default_sender {
+        message::parse_mailbox(sender)
+            .map_err(|e| start_error(format!("--email-default-sender: {e}")))?;
+    }
+    if settings.email_lease < Duration::from_secs(1) {
+        return Err(start_error("--email-lease must be at least 1s"));
+    }
+    let extra_roots = match &settings.smtp_ca_file {
+        Some(path) => smtp::load_roots(path).map_err(start_error)?,
+        None => Vec::new(),
+    };
+    let smtp = Arc::new(smtp::SmtpClient::new(smtp::SmtpOptions {
+        timeout: settings.smtp_timeout,
+        pool_size: settings.smtp_pool_size,
+        extra_roots,
+    }));
+    let resolver =
+        dns::resolver(&settings.dns_nameservers, Duration::from_secs(5)).map_err(start_error)?;
+
+    let (queue, committer) = queue::Queue::new(ctx.store.pool().clone());
+    tokio::spawn(committer.run());
+    let pending = queue
+        .pending_by_org()
+        .await
+        .map_err(|e| start_error(e.to_string()))?;
+    let totals = queue
+        .provider_totals()
+        .await
+        .map_err(|e| start_error(e.to_string()))?;
+    let stats = Arc::new(stats::DeliveryStats::new(&ctx.metrics, pending, totals));
+    tokio::spawn(
+        stats
+            .clone()
+            .publish(ctx.snapshots.clone(), ctx.extras.clone()),
+    );
+
+    let wake = Arc::new(Notify::new());
+    let deliverer = Arc::new(worker::Deliverer {
+        queue: queue.clone(),
+        smtp: smtp.clone(),
+        snapshots: ctx.snapshots.clone(),
+        default: default.clone(),
+        stats: stats.clone(),
+        wake: wake.clone(),
+        concurrency: settings.email_concurrency.max(1),
+        lease: settings.email_lease,
+    });
+    tokio::spawn(deliverer.run());
+    tokio::spawn(verify::run(
+        ctx.snapshots.clone(),
+        smtp.clone(),
+        default.clone(),
+        ctx.extras.clone(),
+        queue.clone(),
+        stats.clone(),
+    ));
+    let domains = Arc::new(dns::DomainBook::default());
+    let watch = dns::DomainWatch {
+        queue: queue.clone(),
+        extras: ctx.extras.clone(),
+        book: domains.clone(),
+        resolver: Arc::new(resolver),
+        timing: dns::DnsTiming {
+            poll_interval: settings.dns_poll_interval,
+            recheck_interval: settings.dns_recheck_interval,
+            poll_timeout: settings.dns_poll_timeout,
+        },
+    };
+    tokio::spawn(watch.run(ctx.snapshots.clone()));
+    tokio::spawn(purge(queue.clone(), settings.email_retention));
+
+    let service = Arc::new(EmailService {
+        queue,
+        smtp,
+        default,
+        default_sender: settings.email_default_sender.clone(),
+        stats,
+        domains,
+        extras: ctx.extras.clone(),
+        wake,
+    });
+    Ok(api::routes(service))
+}
+
+/// Deletes finished messages past the retention, hourly.
+async fn purge(queue: queue::Queue, retention: Duration) {
+    let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let before = worker::now_millis().saturating_sub(retention);
+        match queue.purge_finished(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged finished emails"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge finished emails"),
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 /// The module's endpoints, for `/openapi.json`.
 pub fn openapi_endpoints() -> Vec<Endpoint> {
-    Vec::new()
+    api::endpoints()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        email: EmailSettings,
+    }
+
+    #[test]
+    fn flags_parse_and_defaults_match() {
+        let parsed = Cli::try_parse_from(["x"]).unwrap().email;
+        let default = EmailSettings::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+        let cli = Cli::try_parse_from([
+            "x",
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-tls",
+            "none",
+            "--smtp-allow-insecure",
+            "--smtp-initial-delay",
+            "200ms",
+            "--dns-nameserver",
+            "127.0.0.1:5353,127.0.0.2:53",
+        ])
+        .unwrap()
+        .email;
+        assert_eq!(cli.smtp_initial_delay, Duration::from_millis(200));
+        assert_eq!(cli.dns_nameservers.len(), 2);
+        assert!(default_provider(&cli).unwrap().is_some());
+        assert!(Cli::try_parse_from(["x", "--smtp-tls", "tls"]).is_err());
+        let mut insecure = cli.clone();
+        insecure.smtp_allow_insecure = false;
+        assert!(
+            default_provider(&insecure)
+                .unwrap_err()
+                .message
+                .contains("--smtp-allow-insecure")
+        );
+    }
 }

@@ -102,20 +102,23 @@ impl Authenticator {
     }
 
     /// Parses a key as written in API calls; `None` for an unknown key.
+    /// Every request key goes through here, so it picks the one candidate
+    /// by length and first byte before comparing.
     pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "okta_password" => Self::OktaPassword,
-            "okta_email" => Self::OktaEmail,
-            "phone_number" => Self::PhoneNumber,
-            "security_question" => Self::SecurityQuestion,
-            "webauthn" => Self::Webauthn,
-            "okta_verify" => Self::OktaVerify,
-            "google_otp" => Self::GoogleOtp,
-            "duo" => Self::Duo,
-            "rsa_token" => Self::RsaToken,
-            "symantec_vip" => Self::SymantecVip,
-            "yubikey_token" => Self::YubikeyToken,
-            "external_idp" => Self::ExternalIdp,
+        // Each arm compares with a constant of known length: no call.
+        Some(match (text.len(), text.as_bytes().first()?) {
+            (13, b'o') if text == "okta_password" => Self::OktaPassword,
+            (10, b'o') if text == "okta_email" => Self::OktaEmail,
+            (12, b'p') if text == "phone_number" => Self::PhoneNumber,
+            (17, b's') if text == "security_question" => Self::SecurityQuestion,
+            (8, b'w') if text == "webauthn" => Self::Webauthn,
+            (11, b'o') if text == "okta_verify" => Self::OktaVerify,
+            (10, b'g') if text == "google_otp" => Self::GoogleOtp,
+            (3, b'd') if text == "duo" => Self::Duo,
+            (9, b'r') if text == "rsa_token" => Self::RsaToken,
+            (12, b's') if text == "symantec_vip" => Self::SymantecVip,
+            (13, b'y') if text == "yubikey_token" => Self::YubikeyToken,
+            (12, b'e') if text == "external_idp" => Self::ExternalIdp,
             _ => return None,
         })
     }
@@ -148,12 +151,18 @@ impl std::fmt::Display for Authenticator {
     }
 }
 
-/// A set of authenticators, one bit each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct AuthenticatorSet(pub(crate) u16);
+/// A set of authenticators, kept as one bit each and always listed in
+/// Okta's order (the password first). Serialized as a JSON array of keys.
+/// Every list of an [`Evaluation`](super::Evaluation) is one: no allocation.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Authenticators(u16);
 
-impl AuthenticatorSet {
-    pub(crate) const fn of(list: &[Authenticator]) -> Self {
+impl Authenticators {
+    /// No authenticator.
+    pub const EMPTY: Authenticators = Authenticators(0);
+
+    /// The set of the listed authenticators.
+    pub const fn of(list: &[Authenticator]) -> Self {
         let mut bits = 0;
         let mut i = 0;
         while i < list.len() {
@@ -163,49 +172,122 @@ impl AuthenticatorSet {
         Self(bits)
     }
 
-    pub(crate) fn contains(self, a: Authenticator) -> bool {
-        self.0 & a.bit() != 0
+    /// Takes an authenticator or a reference to one.
+    pub fn contains(&self, a: impl std::borrow::Borrow<Authenticator>) -> bool {
+        self.0 & a.borrow().bit() != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// Members in Okta's order.
+    pub fn iter(&self) -> AuthenticatorsIter {
+        AuthenticatorsIter(self.0)
+    }
+
+    /// The first member in Okta's order.
+    pub fn first(&self) -> Option<Authenticator> {
+        self.iter().next()
+    }
+
+    /// Members in Okta's order, as a list.
+    pub fn to_vec(&self) -> Vec<Authenticator> {
+        self.iter().collect()
     }
 
     pub(crate) fn insert(&mut self, a: Authenticator) {
         self.0 |= a.bit();
     }
 
-    pub(crate) fn is_empty(self) -> bool {
-        self.0 == 0
+    pub(crate) fn remove(&mut self, a: Authenticator) {
+        self.0 &= !a.bit();
     }
 
-    pub(crate) fn len(self) -> usize {
-        self.0.count_ones() as usize
-    }
-
-    /// Members in Okta's order.
-    pub(crate) fn iter(self) -> impl Iterator<Item = Authenticator> {
-        Authenticator::ALL
-            .into_iter()
-            .filter(move |a| self.contains(*a))
-    }
-
-    /// Members in Okta's order, as a list.
-    pub(crate) fn to_vec(self) -> Vec<Authenticator> {
-        if self.is_empty() {
-            return Vec::new();
-        }
-        let mut out = Vec::with_capacity(self.len());
-        out.extend(self.iter());
-        out
-    }
-
-    pub(crate) fn and(self, other: Self) -> Self {
+    pub(crate) const fn and(self, other: Self) -> Self {
         Self(self.0 & other.0)
     }
 
-    pub(crate) fn minus(self, other: Self) -> Self {
-        Self(self.0 & !other.0)
+    pub(crate) const fn or(self, other: Self) -> Self {
+        Self(self.0 | other.0)
     }
 
-    pub(crate) fn first(self) -> Option<Authenticator> {
-        self.iter().next()
+    pub(crate) const fn minus(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+}
+
+/// The members of an [`Authenticators`] set, in Okta's order.
+#[derive(Clone, Debug)]
+pub struct AuthenticatorsIter(u16);
+
+impl Iterator for AuthenticatorsIter {
+    type Item = Authenticator;
+
+    fn next(&mut self) -> Option<Authenticator> {
+        if self.0 == 0 {
+            return None;
+        }
+        let i = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(Authenticator::ALL[i])
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.0.count_ones() as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for AuthenticatorsIter {}
+
+impl IntoIterator for Authenticators {
+    type Item = Authenticator;
+    type IntoIter = AuthenticatorsIter;
+
+    fn into_iter(self) -> AuthenticatorsIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for &Authenticators {
+    type Item = Authenticator;
+    type IntoIter = AuthenticatorsIter;
+
+    fn into_iter(self) -> AuthenticatorsIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<Authenticator> for Authenticators {
+    fn from_iter<I: IntoIterator<Item = Authenticator>>(iter: I) -> Self {
+        let mut set = Self::EMPTY;
+        for a in iter {
+            set.insert(a);
+        }
+        set
+    }
+}
+
+impl std::fmt::Debug for Authenticators {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Authenticators {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Authenticators {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<Authenticator>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -256,12 +338,14 @@ mod tests {
             assert_eq!(a.policy_key(), Some(key));
         }
         assert_eq!(Authenticator::OktaPassword.policy_key(), None);
-        assert_eq!(Authenticator::parse("foo"), None);
+        for unknown in ["foo", "", "okta_passwore", "Okta_email", "duo ", "d"] {
+            assert_eq!(Authenticator::parse(unknown), None, "{unknown:?}");
+        }
     }
 
     #[test]
     fn sets_list_members_in_okta_order() {
-        let set = AuthenticatorSet::of(&[
+        let set = Authenticators::of(&[
             Authenticator::Webauthn,
             Authenticator::OktaPassword,
             Authenticator::PhoneNumber,
@@ -276,7 +360,18 @@ mod tests {
         );
         assert_eq!(set.len(), 3);
         assert_eq!(
-            set.minus(AuthenticatorSet::of(&[Authenticator::OktaPassword]))
+            serde_json::to_value(set).unwrap(),
+            serde_json::json!(["okta_password", "phone_number", "webauthn"])
+        );
+        let back: Authenticators = serde_json::from_value(serde_json::json!([
+            "webauthn",
+            "phone_number",
+            "okta_password"
+        ]))
+        .unwrap();
+        assert_eq!(back, set);
+        assert_eq!(
+            set.minus(Authenticators::of(&[Authenticator::OktaPassword]))
                 .first(),
             Some(Authenticator::PhoneNumber)
         );

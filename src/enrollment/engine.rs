@@ -5,11 +5,12 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashSet;
 
 use super::EvaluateError;
-use super::authenticator::{Authenticator, AuthenticatorSet, COUNT, PhoneMethod};
+use super::authenticator::{Authenticator, Authenticators, COUNT, PhoneMethod};
 use super::evaluation::{AppOutcome, Evaluation, Reason, RuleId};
+use super::group_index::GroupIndex;
 use super::network::Cidr;
 use super::request::{CheckedRequest, EvaluationRequest};
 use crate::index::PolicyConfig;
@@ -31,7 +32,7 @@ pub struct EnrollmentEngine {
     /// Group name to the position of the first non-default policy listing
     /// it. Only the first can ever apply through that group, so the later
     /// candidates are not kept.
-    groups: HashMap<Box<str>, u32>,
+    groups: GroupIndex,
     problems: Vec<String>,
 }
 
@@ -40,9 +41,9 @@ pub struct EnrollmentEngine {
 struct CompiledPolicy {
     name: String,
     priority: i32,
-    /// Indexed by [`Authenticator::index`]; the password slot is unused.
-    table: [Enrollment; COUNT],
-    why: [(RuleId, &'static str); COUNT],
+    /// Every configurable authenticator's decision; the password is not
+    /// in it.
+    table: Table,
     rules: Vec<CompiledRule>,
 }
 
@@ -99,8 +100,7 @@ mod message {
         "the app needs it: the only allowed authenticator that satisfies the app";
     pub const APP_NOTHING: &str = "the app asks for no particular authenticator";
     pub const APP_SATISFIED: &str = "the user has an allowed authenticator the app accepts";
-    pub const APP_BY_REQUIRED: &str =
-        "satisfied once the user enrolls the required authenticator listed, which the app accepts";
+    pub const APP_BY_REQUIRED: &str = "satisfied once the user enrolls a required authenticator listed here, which the app accepts";
     pub const APP_ONE: &str = "the app needs the authenticator listed, which the user has not enrolled: it is now required";
     pub const APP_ONE_OF: &str =
         "the app needs one of these allowed authenticators, which the user has not enrolled";
@@ -258,8 +258,7 @@ fn compile_rule(rule: &EnrollmentRule, policy: &str, problems: &mut Vec<String>)
 }
 
 fn compile_policy(p: &PolicyConfig, problems: &mut Vec<String>) -> CompiledPolicy {
-    let mut table = [Enrollment::NotAllowed; COUNT];
-    let mut why = [(RuleId::Policy, message::UNLISTED); COUNT];
+    let mut table = Table::EMPTY;
     for key in AuthenticatorKey::ALL {
         let mut settings = p.spec.authenticators.iter().filter(|s| s.key == key);
         let first = settings.next();
@@ -271,15 +270,12 @@ fn compile_policy(p: &PolicyConfig, problems: &mut Vec<String>) -> CompiledPolic
             ));
         }
         let (decision, rule, text) = setting_decision(key, first);
-        let i = Authenticator::from(key).index();
-        table[i] = decision;
-        why[i] = (rule, text);
+        table.set(Authenticator::from(key), decision, rule, text);
     }
     CompiledPolicy {
         name: p.name.clone(),
         priority: p.priority,
         table,
-        why,
         rules: p
             .spec
             .rules
@@ -327,31 +323,51 @@ impl CompiledPolicy {
     }
 }
 
-/// The per-sign-in table: one decision (or none) and its reason per
-/// authenticator.
+/// One decision (or none) and its reason per authenticator: a policy's
+/// own table, then the one built for a sign-in.
+#[derive(Clone, Copy, Debug)]
 struct Table {
-    decision: [Option<Enrollment>; COUNT],
+    required: Authenticators,
+    optional: Authenticators,
+    not_allowed: Authenticators,
+    /// Indexed by [`Authenticator::index`]; meaningful for listed ones.
     why: [(RuleId, &'static str); COUNT],
 }
 
 impl Table {
+    const EMPTY: Table = Table {
+        required: Authenticators::EMPTY,
+        optional: Authenticators::EMPTY,
+        not_allowed: Authenticators::EMPTY,
+        why: [(RuleId::Policy, message::UNLISTED); COUNT],
+    };
+
     fn set(&mut self, a: Authenticator, e: Enrollment, rule: RuleId, text: &'static str) {
-        self.decision[a.index()] = Some(e);
+        self.required.remove(a);
+        self.optional.remove(a);
+        self.not_allowed.remove(a);
+        match e {
+            Enrollment::Required => self.required.insert(a),
+            Enrollment::Optional => self.optional.insert(a),
+            Enrollment::NotAllowed => self.not_allowed.insert(a),
+        }
         self.why[a.index()] = (rule, text);
     }
 
     fn get(&self, a: Authenticator) -> Option<Enrollment> {
-        self.decision[a.index()]
+        if self.required.contains(a) {
+            Some(Enrollment::Required)
+        } else if self.optional.contains(a) {
+            Some(Enrollment::Optional)
+        } else if self.not_allowed.contains(a) {
+            Some(Enrollment::NotAllowed)
+        } else {
+            None
+        }
     }
 
-    fn set_of(&self, e: Enrollment) -> AuthenticatorSet {
-        let mut set = AuthenticatorSet::default();
-        for a in Authenticator::ALL {
-            if self.decision[a.index()] == Some(e) {
-                set.insert(a);
-            }
-        }
-        set
+    fn allowed(&self) -> Authenticators {
+        self.required.or(self.optional)
     }
 }
 
@@ -368,7 +384,7 @@ impl EnrollmentEngine {
             (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
         });
         let mut problems = Vec::new();
-        let mut groups: HashMap<Box<str>, u32> = HashMap::default();
+        let mut groups = GroupIndex::default();
         let mut default = None;
         let mut compiled = Vec::with_capacity(active.len());
         for (position, p) in active.iter().enumerate() {
@@ -385,7 +401,7 @@ impl EnrollmentEngine {
             }
             let position = u32::try_from(position).unwrap_or(u32::MAX);
             for g in &p.groups {
-                groups.entry(g.as_str().into()).or_insert(position);
+                groups.insert_first(g, position);
             }
         }
         EnrollmentEngine {
@@ -406,7 +422,7 @@ impl EnrollmentEngine {
     pub fn policy_for_group(&self, group: &str) -> Option<&str> {
         self.groups
             .get(group)
-            .map(|&i| self.policies[i as usize].name.as_str())
+            .map(|i| self.policies[i as usize].name.as_str())
     }
 
     /// The policy that applies to a user in `groups` (any order), and
@@ -414,7 +430,7 @@ impl EnrollmentEngine {
     fn select<'r>(&self, groups: &'r [String]) -> Option<(usize, Option<&'r str>)> {
         let mut best: Option<(u32, &str)> = None;
         for g in groups {
-            if let Some(&position) = self.groups.get(g.as_str()) {
+            if let Some(position) = self.groups.get(g) {
                 match best {
                     Some((p, name)) if p < position || (p == position && name <= g.as_str()) => {}
                     _ => best = Some((position, g.as_str())),
@@ -427,20 +443,26 @@ impl EnrollmentEngine {
         }
     }
 
-    /// Decides one sign-in. Fails only on a malformed request, naming the
-    /// field.
-    pub fn evaluate(&self, request: &EvaluationRequest) -> Result<Evaluation, EvaluateError> {
+    /// Decides one sign-in. The answer borrows the policy and rule names
+    /// from the engine and the matched group from the request.
+    ///
+    /// # Errors
+    ///
+    /// A malformed request (an unknown authenticator key or phone method,
+    /// methods on a key other than the phone, the password as a recovery
+    /// authenticator, an unparsable client IP, an empty user id), with a
+    /// message naming the field.
+    pub fn evaluate<'a>(
+        &'a self,
+        request: &'a EvaluationRequest,
+    ) -> Result<Evaluation<'a>, EvaluateError> {
         let checked = request.check()?;
         let mut notes: Vec<Cow<'static, str>> = Vec::new();
         let federated = request.user.federated;
         if federated {
             notes.push(message::NOTE_FEDERATED.into());
         }
-        let selected = self.select(&request.user.groups);
-        let mut table = Table {
-            decision: [None; COUNT],
-            why: [(RuleId::Policy, message::UNLISTED); COUNT],
-        };
+        let mut table = Table::EMPTY;
         let mut evaluation = Evaluation {
             policy: None,
             priority: None,
@@ -450,22 +472,22 @@ impl EnrollmentEngine {
             rule_enroll: None,
             rule_reason: message::RULE_NO_POLICY.into(),
             prompt: false,
-            required: Vec::new(),
-            optional: Vec::new(),
-            not_allowed: Vec::new(),
-            missing: Vec::new(),
-            enroll_now: Vec::new(),
-            auto_enrolled: Vec::new(),
-            phone_methods: Vec::new(),
+            required: Authenticators::EMPTY,
+            optional: Authenticators::EMPTY,
+            not_allowed: Authenticators::EMPTY,
+            missing: Authenticators::EMPTY,
+            enroll_now: Authenticators::EMPTY,
+            auto_enrolled: Authenticators::EMPTY,
+            phone_methods: Cow::Borrowed(&[]),
             app_requirement: None,
             reasons: Vec::new(),
             notes: Vec::new(),
         };
-        if let Some((position, group)) = selected {
+        if let Some((position, group)) = self.select(&request.user.groups) {
             let policy = &self.policies[position];
-            evaluation.policy = Some(policy.name.clone());
+            evaluation.policy = Some(Cow::Borrowed(&policy.name));
             evaluation.priority = Some(policy.priority);
-            evaluation.matched_group = group.map(str::to_string);
+            evaluation.matched_group = group.map(Cow::Borrowed);
             evaluation.policy_reason = if group.is_some() {
                 message::POLICY_BY_GROUP
             } else if request.user.groups.is_empty() {
@@ -478,7 +500,7 @@ impl EnrollmentEngine {
             match policy.choose_rule(&request.user.id, checked.ip, &mut no_ip) {
                 RuleChoice::Matched(i) => {
                     let rule = &policy.rules[i];
-                    evaluation.rule = Some(rule.name.clone());
+                    evaluation.rule = Some(Cow::Borrowed(&rule.name));
                     evaluation.rule_enroll = Some(rule.enroll);
                     evaluation.rule_reason = message::RULE_MATCHED.into();
                     evaluation.prompt = rule.enroll.prompts();
@@ -497,10 +519,7 @@ impl EnrollmentEngine {
             if no_ip {
                 notes.push(message::NOTE_NO_IP.into());
             }
-            for a in &Authenticator::ALL[1..] {
-                table.decision[a.index()] = Some(policy.table[a.index()]);
-                table.why[a.index()] = policy.why[a.index()];
-            }
+            table = policy.table;
             apply_recovery(&mut table, &checked, request.first_sign_in, &mut notes);
         } else if !checked.recovery.is_empty() {
             notes.push(message::NOTE_NO_POLICY_RECOVERY.into());
@@ -513,56 +532,36 @@ impl EnrollmentEngine {
                 message::PASSWORD,
             );
         }
-        let email = AuthenticatorSet::of(&[Authenticator::OktaEmail]);
-        let mut auto = table
-            .set_of(Enrollment::Required)
-            .and(email)
-            .minus(checked.enrolled);
+        let email = Authenticators::of(&[Authenticator::OktaEmail]);
+        let auto = |table: &Table| table.required.and(email).minus(checked.enrolled);
         if let Some((possession, accepted)) = checked.app {
-            evaluation.app_requirement = Some(apply_app(
-                &mut table,
-                checked.enrolled,
-                auto,
-                possession,
-                accepted,
-            ));
-            auto = table
-                .set_of(Enrollment::Required)
-                .and(email)
-                .minus(checked.enrolled);
+            let have = checked.enrolled.or(auto(&table));
+            evaluation.app_requirement = Some(apply_app(&mut table, have, possession, accepted));
         }
-        let required = table.set_of(Enrollment::Required);
-        let missing = required.minus(checked.enrolled).minus(email);
-        evaluation.required = required.to_vec();
-        evaluation.optional = table.set_of(Enrollment::Optional).to_vec();
-        evaluation.not_allowed = table.set_of(Enrollment::NotAllowed).to_vec();
-        evaluation.missing = missing.to_vec();
+        evaluation.required = table.required;
+        evaluation.optional = table.optional;
+        evaluation.not_allowed = table.not_allowed;
+        evaluation.missing = table.required.minus(checked.enrolled).minus(email);
         if evaluation.prompt {
-            evaluation.enroll_now = evaluation.missing.clone();
+            evaluation.enroll_now = evaluation.missing;
         }
-        evaluation.auto_enrolled = auto.to_vec();
-        if matches!(
-            table.get(Authenticator::PhoneNumber),
-            Some(Enrollment::Required | Enrollment::Optional)
-        ) {
-            evaluation.phone_methods = vec![PhoneMethod::Sms, PhoneMethod::Voice];
+        evaluation.auto_enrolled = auto(&table);
+        if table.allowed().contains(Authenticator::PhoneNumber) {
+            evaluation.phone_methods = Cow::Borrowed(&[PhoneMethod::Sms, PhoneMethod::Voice]);
         }
-        let listed = Authenticator::ALL
+        let listed = table.required.or(table.optional).or(table.not_allowed);
+        evaluation.reasons = listed
             .iter()
-            .filter(|a| table.get(**a).is_some())
-            .count();
-        evaluation.reasons.reserve_exact(listed);
-        for a in Authenticator::ALL {
-            if let Some(decision) = table.get(a) {
+            .map(|a| {
                 let (rule, text) = table.why[a.index()];
-                evaluation.reasons.push(Reason {
+                Reason {
                     authenticator: a,
-                    decision,
+                    decision: table.get(a).unwrap_or(Enrollment::NotAllowed),
                     rule,
                     message: Cow::Borrowed(text),
-                });
-            }
-        }
+                }
+            })
+            .collect();
         evaluation.notes = notes;
         Ok(evaluation)
     }
@@ -575,15 +574,15 @@ fn apply_recovery(
     first_sign_in: bool,
     notes: &mut Vec<Cow<'static, str>>,
 ) {
-    for a in checked.recovery_hidden.iter() {
+    for a in checked.recovery_hidden {
         notes.push(
             format!("recovery {a} is not SSO-enabled: left out of enrollment (rule 5)").into(),
         );
     }
-    for a in checked.recovery.iter() {
+    for a in checked.recovery {
         match a {
             Authenticator::OktaEmail | Authenticator::SecurityQuestion
-                if table.get(a) != Some(Enrollment::Required) =>
+                if !table.required.contains(a) =>
             {
                 table.set(
                     a,
@@ -592,7 +591,7 @@ fn apply_recovery(
                     message::RECOVERY_REQUIRED,
                 );
             }
-            Authenticator::PhoneNumber if table.get(a) == Some(Enrollment::NotAllowed) => {
+            Authenticator::PhoneNumber if table.not_allowed.contains(a) => {
                 table.set(
                     a,
                     Enrollment::Optional,
@@ -603,78 +602,70 @@ fn apply_recovery(
             _ => {}
         }
     }
-    let others = checked.recovery.minus(AuthenticatorSet::of(&[
+    let others = checked.recovery.minus(Authenticators::of(&[
         Authenticator::OktaEmail,
         Authenticator::SecurityQuestion,
     ]));
     if !first_sign_in {
         // Say so only where the first sign-in would have added something.
-        if others
-            .iter()
-            .any(|a| table.get(a) == Some(Enrollment::Optional))
-        {
+        if !others.and(table.optional).is_empty() {
             notes.push(message::NOTE_LATER_SIGN_IN.into());
         }
         return;
     }
-    for a in others.iter() {
-        match table.get(a) {
-            Some(Enrollment::Optional) => table.set(
-                a,
-                Enrollment::Required,
-                RuleId::FirstSignIn,
-                message::FIRST_SIGN_IN,
-            ),
-            Some(Enrollment::NotAllowed) => notes.push(
-                format!(
-                    "recovery {a} is NOT_ALLOWED by the enrollment policy: not enrolled at first sign-in (rule 6)"
-                )
-                .into(),
-            ),
-            _ => {}
-        }
+    for a in others.and(table.optional) {
+        table.set(
+            a,
+            Enrollment::Required,
+            RuleId::FirstSignIn,
+            message::FIRST_SIGN_IN,
+        );
+    }
+    for a in others.and(table.not_allowed) {
+        notes.push(
+            format!(
+                "recovery {a} is NOT_ALLOWED by the enrollment policy: not enrolled at first sign-in (rule 6)"
+            )
+            .into(),
+        );
     }
 }
 
-/// Rule 7: what the app needs. May make the only allowed candidate
-/// required.
+/// Rule 7: what the app needs. `have` is what the user has enrolled or is
+/// auto-enrolled in. May make the only allowed candidate required.
 fn apply_app(
     table: &mut Table,
-    enrolled: AuthenticatorSet,
-    auto: AuthenticatorSet,
+    have: Authenticators,
     possession: bool,
-    accepted: AuthenticatorSet,
+    accepted: Authenticators,
 ) -> AppOutcome {
     if !possession && accepted.is_empty() {
         return AppOutcome {
             satisfied: true,
             satisfied_by: None,
-            enroll_one_of: Vec::new(),
+            enroll_one_of: Authenticators::EMPTY,
             message: message::APP_NOTHING.into(),
         };
     }
     let mut accepted = if accepted.is_empty() {
-        AuthenticatorSet::of(&Authenticator::ALL)
+        Authenticators::of(&Authenticator::ALL)
     } else {
         accepted
     };
     if possession {
-        accepted = accepted.and(AuthenticatorSet::of(&Authenticator::POSSESSION));
+        accepted = accepted.and(Authenticators::of(&Authenticator::POSSESSION));
     }
-    let required = table.set_of(Enrollment::Required);
-    let allowed = AuthenticatorSet(required.0 | table.set_of(Enrollment::Optional).0);
-    let have = AuthenticatorSet(enrolled.0 | auto.0);
-    if let Some(a) = have.and(allowed).and(accepted).first() {
+    let candidates = table.allowed().and(accepted);
+    if let Some(a) = have.and(candidates).first() {
         return AppOutcome {
             satisfied: true,
             satisfied_by: Some(a),
-            enroll_one_of: Vec::new(),
+            enroll_one_of: Authenticators::EMPTY,
             message: message::APP_SATISFIED.into(),
         };
     }
-    let candidates = allowed.and(accepted);
-    let (one_of, text) = if !candidates.and(required).is_empty() {
-        (candidates.and(required), message::APP_BY_REQUIRED)
+    let (one_of, text) = if !candidates.and(table.required).is_empty() {
+        (candidates.and(table.required), message::APP_BY_REQUIRED)
     } else if candidates.len() == 1 {
         if let Some(a) = candidates.first() {
             table.set(
@@ -693,7 +684,7 @@ fn apply_app(
     AppOutcome {
         satisfied: false,
         satisfied_by: None,
-        enroll_one_of: one_of.to_vec(),
+        enroll_one_of: one_of,
         message: text.into(),
     }
 }
@@ -757,7 +748,9 @@ mod tests {
             policy("b", 2, &["g3"], false),
             policy("everyone", 9, &[], true),
         ]);
-        let cases: &[(&[&str], Option<(&str, Option<&str>)>)] = &[
+        // (user's groups, (policy, matched group) or none)
+        type Case<'a> = (&'a [&'a str], Option<(&'a str, Option<&'a str>)>);
+        let cases: &[Case] = &[
             (&["g3", "g2"], Some(("a", Some("g2")))),
             (&["g2", "g3"], Some(("a", Some("g2")))),
             (&["g2", "g1"], Some(("a", Some("g1")))),

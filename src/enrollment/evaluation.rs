@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::authenticator::{Authenticator, PhoneMethod};
+use super::authenticator::{Authenticator, Authenticators, PhoneMethod};
 use crate::resources::{Enrollment, RuleEnroll};
 
 /// Which numbered rule of the product document decided something.
@@ -66,26 +66,29 @@ pub struct AppOutcome {
     pub satisfied_by: Option<Authenticator>,
     /// When not satisfied: the allowed authenticators the user may enroll
     /// to satisfy the app; enrolling any one of them is enough.
-    pub enroll_one_of: Vec<Authenticator>,
+    pub enroll_one_of: Authenticators,
     pub message: Cow<'static, str>,
 }
 
-/// The answer for one sign-in.
+/// The answer for one sign-in. It borrows names from the engine and the
+/// request (`'a`) so that evaluating does not copy them; see
+/// [`Evaluation::into_owned`] to keep one longer. Deserializing gives an
+/// `Evaluation<'static>`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Evaluation {
+pub struct Evaluation<'a> {
     /// The policy that applies; `None` when no policy lists one of the
     /// user's groups and the org has no default policy.
-    pub policy: Option<String>,
+    pub policy: Option<Cow<'a, str>>,
     /// That policy's priority.
     pub priority: Option<i32>,
     /// The user's group through which the policy applies (the smallest name
     /// when several do); `None` for the default policy.
-    pub matched_group: Option<String>,
+    pub matched_group: Option<Cow<'a, str>>,
     /// Why this policy (or none) applies.
     pub policy_reason: Cow<'static, str>,
     /// The first rule of the policy whose conditions match.
-    pub rule: Option<String>,
+    pub rule: Option<Cow<'a, str>>,
     /// That rule's setting: LOGIN, CHALLENGE or NEVER.
     pub rule_enroll: Option<RuleEnroll>,
     /// Why this rule (or none) decides.
@@ -93,20 +96,20 @@ pub struct Evaluation {
     /// Whether the user is prompted to enroll missing required
     /// authenticators at this sign-in.
     pub prompt: bool,
-    pub required: Vec<Authenticator>,
-    pub optional: Vec<Authenticator>,
-    pub not_allowed: Vec<Authenticator>,
+    pub required: Authenticators,
+    pub optional: Authenticators,
+    pub not_allowed: Authenticators,
     /// Required authenticators the user has not enrolled, the
     /// automatically enrolled email aside, whether or not they are prompted.
-    pub missing: Vec<Authenticator>,
+    pub missing: Authenticators,
     /// What the user enrolls now: `missing` when the rule prompts, else
     /// nothing.
-    pub enroll_now: Vec<Authenticator>,
+    pub enroll_now: Authenticators,
     /// Enrolled for the user without a prompt (the email, rule 3).
-    pub auto_enrolled: Vec<Authenticator>,
+    pub auto_enrolled: Authenticators,
     /// How the phone may be enrolled and verified when it is allowed (both
     /// methods, whatever the policy's per-method values: rule 4).
-    pub phone_methods: Vec<PhoneMethod>,
+    pub phone_methods: Cow<'static, [PhoneMethod]>,
     /// The app's needs, when the request names an app.
     pub app_requirement: Option<AppOutcome>,
     /// One per authenticator in `required`, `optional` or `notAllowed`.
@@ -116,7 +119,35 @@ pub struct Evaluation {
     pub notes: Vec<Cow<'static, str>>,
 }
 
-impl Evaluation {
+fn owned(text: Option<Cow<'_, str>>) -> Option<Cow<'static, str>> {
+    text.map(|t| Cow::Owned(t.into_owned()))
+}
+
+impl Evaluation<'_> {
+    /// The same answer, owning its names.
+    pub fn into_owned(self) -> Evaluation<'static> {
+        Evaluation {
+            policy: owned(self.policy),
+            priority: self.priority,
+            matched_group: owned(self.matched_group),
+            policy_reason: self.policy_reason,
+            rule: owned(self.rule),
+            rule_enroll: self.rule_enroll,
+            rule_reason: self.rule_reason,
+            prompt: self.prompt,
+            required: self.required,
+            optional: self.optional,
+            not_allowed: self.not_allowed,
+            missing: self.missing,
+            enroll_now: self.enroll_now,
+            auto_enrolled: self.auto_enrolled,
+            phone_methods: self.phone_methods,
+            app_requirement: self.app_requirement,
+            reasons: self.reasons,
+            notes: self.notes,
+        }
+    }
+
     /// The decision about one authenticator, if it is in any list.
     pub fn decision(&self, a: Authenticator) -> Option<Enrollment> {
         self.reasons

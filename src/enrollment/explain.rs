@@ -69,11 +69,11 @@ pub fn explain_table(evaluation: &Evaluation) -> String {
         .iter()
         .map(|r| {
             let a = r.authenticator;
-            let now = if evaluation.enroll_now.contains(&a) {
+            let now = if evaluation.enroll_now.contains(a) {
                 "yes"
-            } else if evaluation.auto_enrolled.contains(&a) {
+            } else if evaluation.auto_enrolled.contains(a) {
                 "auto"
-            } else if evaluation.missing.contains(&a) {
+            } else if evaluation.missing.contains(a) {
                 "no (not prompted)"
             } else {
                 "-"

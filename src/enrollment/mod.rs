@@ -15,11 +15,12 @@ mod authenticator;
 mod engine;
 mod evaluation;
 mod explain;
+mod group_index;
 mod network;
 mod request;
 mod shadowed;
 
-pub use authenticator::{Authenticator, PhoneMethod};
+pub use authenticator::{Authenticator, Authenticators, AuthenticatorsIter, PhoneMethod};
 pub use engine::EnrollmentEngine;
 pub use evaluation::{AppOutcome, Evaluation, Reason, RuleId};
 pub use explain::explain_table;

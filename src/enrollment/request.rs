@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::EvaluateError;
-use super::authenticator::{Authenticator, AuthenticatorSet, PhoneMethod};
+use super::authenticator::{Authenticator, Authenticators, PhoneMethod};
 use super::network::client_address;
 
 /// One sign-in to evaluate: the body of
@@ -113,13 +113,13 @@ pub struct ClientNetwork {
 /// A request with its keys parsed: what evaluation works on.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CheckedRequest {
-    pub(crate) enrolled: AuthenticatorSet,
+    pub(crate) enrolled: Authenticators,
     /// SSO-enabled recovery authenticators.
-    pub(crate) recovery: AuthenticatorSet,
+    pub(crate) recovery: Authenticators,
     /// Recovery authenticators left out because they are not SSO-enabled.
-    pub(crate) recovery_hidden: AuthenticatorSet,
+    pub(crate) recovery_hidden: Authenticators,
     /// (needs possession, accepted authenticators); `None` without an app.
-    pub(crate) app: Option<(bool, AuthenticatorSet)>,
+    pub(crate) app: Option<(bool, Authenticators)>,
     pub(crate) ip: Option<IpAddr>,
 }
 
@@ -178,7 +178,7 @@ impl EvaluationRequest {
         // An entry that is SSO-enabled anywhere in the list is not hidden.
         checked.recovery_hidden = checked.recovery_hidden.minus(checked.recovery);
         if let Some(app) = &self.app {
-            let mut accepted = AuthenticatorSet::default();
+            let mut accepted = Authenticators::default();
             for (i, text) in app.authenticators.iter().enumerate() {
                 accepted.insert(key(text, || format!("app.authenticators[{i}]"))?);
             }

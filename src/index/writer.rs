@@ -141,6 +141,9 @@ fn hash_of(value: Option<&Value>) -> u64 {
     h.finish()
 }
 
+/// One org's configuration and object views, as last built.
+type BuiltOrg = (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>);
+
 /// State owned by the writer task.
 pub struct IndexWriter {
     options: Options,
@@ -148,7 +151,7 @@ pub struct IndexWriter {
     orgs: BTreeMap<String, BTreeMap<ObjectKey, Entry>>,
     secrets: Secrets,
     dirty: BTreeSet<String>,
-    built: BTreeMap<String, (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>)>,
+    built: BTreeMap<String, BuiltOrg>,
     synced: bool,
     listed: bool,
     version: u64,
@@ -395,7 +398,7 @@ fn build_org(
     ns: &str,
     org: &BTreeMap<ObjectKey, Entry>,
     secrets: &Secrets,
-) -> (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>) {
+) -> BuiltOrg {
     let mut checked = Vec::with_capacity(org.len());
     let mut own = Vec::with_capacity(org.len());
     let mut substituted = BTreeMap::new();

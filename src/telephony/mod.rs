@@ -1,21 +1,310 @@
-//! Placeholder: the telephony runtime module is being built (see its issue).
+//! The telephony runtime module: one-time passcodes by SMS or voice call,
+//! delivered through the org's active `TelephonyHook` with Okta's telephony
+//! inline hook contract, with fallback, verification, an abuse guard,
+//! previews, events and per-hook 30-day metrics in the hook's status.
+//!
+//! It owns its routes (`/v1/orgs/{org}/otp/...`,
+//! `/v1/orgs/{org}/telephony-hooks/{name}/preview`), its tables (see
+//! `migrations/0002_telephony.sql`, written only by [`ledger`]) and the
+//! `metrics` and `lastPreview` fields of hook status. It does not read the
+//! apiserver (hooks come from the index's snapshots), does not validate
+//! hooks (the validator does) and does not write status itself (the status
+//! writer merges what it publishes). See `docs/telephony.md`.
+
+pub mod caller;
+pub mod code;
+pub mod contract;
+pub mod guard;
+pub mod instruments;
+pub mod ledger;
+pub mod phone;
+pub mod preview;
+mod routes;
+pub mod sender;
+pub mod tally;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use chrono::{Days, Utc};
+use serde_json::json;
+use tokio::sync::watch;
 
 use crate::api::SharedState;
 use crate::api::openapi::Endpoint;
+use crate::controller::extras::StatusExtras;
+use crate::index::Snapshot;
 use crate::runtime::{ModuleContext, StartError};
+use crate::validate::ObjectKey;
+
+pub use caller::HookCaller;
+pub use guard::{AbuseGuard, Limit};
+pub use phone::{CountryAllowList, PhoneNumber};
+pub use sender::{OtpPolicy, OtpSender, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest};
+pub use tally::{HookTally, WINDOW_DAYS};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::resources::parse_duration_millis(text)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("\"{text}\" is not a duration (for example 500ms, 10m, 1h)"))
+}
+
+/// The HMAC key of stored codes; `Debug` never shows it.
+#[derive(Clone)]
+pub struct HashKey(pub String);
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
+}
 
 /// Command-line settings of the telephony module (flattened into `run` and `operator`).
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct TelephonySettings {}
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Telephony (OTP by SMS and voice)")]
+pub struct TelephonySettings {
+    /// Digits in a one-time passcode.
+    #[arg(long = "otp-code-length", default_value_t = 6, value_parser = clap::value_parser!(u8).range(4..=10))]
+    pub otp_code_length: u8,
+    /// How long a passcode stays valid.
+    #[arg(long = "otp-lifetime", default_value = "5m", value_parser = duration)]
+    pub otp_lifetime: Duration,
+    /// Wrong codes before a passcode is locked.
+    #[arg(long = "otp-max-attempts", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub otp_max_attempts: u32,
+    /// Key of the HMAC that stores codes (at least 32 characters). Without
+    /// it a random key is drawn at start, and passcodes pending at a
+    /// restart can no longer be verified.
+    #[arg(
+        long = "otp-hash-key",
+        env = "IDPLANE_OTP_HASH_KEY",
+        hide_env_values = true
+    )]
+    pub otp_hash_key: Option<HashKey>,
+    /// Sends to one phone number (per org) per --otp-phone-window; 0: no limit.
+    #[arg(long = "otp-phone-limit", default_value_t = 5)]
+    pub otp_phone_limit: u32,
+    /// The sliding window of --otp-phone-limit.
+    #[arg(long = "otp-phone-window", default_value = "10m", value_parser = duration)]
+    pub otp_phone_window: Duration,
+    /// Sends per org per --otp-org-window; 0: no limit.
+    #[arg(long = "otp-org-limit", default_value_t = 1000)]
+    pub otp_org_limit: u32,
+    /// The sliding window of --otp-org-limit.
+    #[arg(long = "otp-org-window", default_value = "1h", value_parser = duration)]
+    pub otp_org_window: Duration,
+    /// Country calling codes each org may send to, e.g.
+    /// `acme=+1,+44;globex=+33;*=+1` (`*`: every org not listed). Orgs
+    /// without an entry may send anywhere.
+    #[arg(
+        long = "otp-allowed-country-codes",
+        env = "IDPLANE_OTP_ALLOWED_COUNTRY_CODES",
+        default_value = ""
+    )]
+    pub otp_allowed_country_codes: CountryAllowList,
+    /// How often hook metrics are published into status.
+    #[arg(long = "telephony-status-interval", default_value = "2s", value_parser = duration)]
+    pub telephony_status_interval: Duration,
+}
+
+impl Default for TelephonySettings {
+    fn default() -> Self {
+        Self {
+            otp_code_length: 6,
+            otp_lifetime: Duration::from_secs(300),
+            otp_max_attempts: 5,
+            otp_hash_key: None,
+            otp_phone_limit: 5,
+            otp_phone_window: Duration::from_secs(600),
+            otp_org_limit: 1000,
+            otp_org_window: Duration::from_secs(3600),
+            otp_allowed_country_codes: CountryAllowList::default(),
+            telephony_status_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Errors of the module's operations; each becomes an API error with a
+/// stable code (see `routes`).
+#[derive(Debug, thiserror::Error)]
+pub enum TelephonyError {
+    #[error(transparent)]
+    InvalidPhone(#[from] phone::PhoneError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("org {0} has no active TelephonyHook that is ready")]
+    NoActiveHook(String),
+    #[error("org {org} has no usable TelephonyHook named {name}{}", known_list(.known))]
+    UnknownHook {
+        org: String,
+        name: String,
+        known: Vec<String>,
+    },
+    #[error("org {org} may send only to numbers with country calling codes {}", .allowed.join(", "))]
+    CountryNotAllowed { org: String, allowed: Vec<String> },
+    #[error("too many passcodes {}: at most {} per {} s; retry in {} s",
+        match .0.scope { guard::Scope::Phone => "for this phone number", guard::Scope::Org => "for this org" },
+        .0.limit.max, .0.limit.window.as_secs(), .0.retry_after_secs())]
+    RateLimited(guard::Refusal),
+    #[error("no hook delivered the passcode; it is not valid")]
+    DeliveryFailed {
+        transaction_id: String,
+        attempts: Vec<sender::FailedAttempt>,
+    },
+    #[error(
+        "no passcode with this transactionId in this org (never delivered, or expired more than a day ago)"
+    )]
+    UnknownTransaction,
+    #[error("{0}")]
+    Store(String),
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", known.join(", "))
+    }
+}
 
 /// Starts the module's background work and returns its routes.
-pub async fn start(_ctx: ModuleContext, _settings: TelephonySettings) -> Result<Router<SharedState>, StartError> {
-    Ok(Router::new())
+pub async fn start(
+    ctx: ModuleContext,
+    settings: TelephonySettings,
+) -> Result<Router<SharedState>, StartError> {
+    let sender = Arc::new(build(&ctx, &settings).await?);
+    tokio::spawn(publish_metrics(
+        ctx.snapshots.clone(),
+        sender.tally.clone(),
+        ctx.extras.clone(),
+        settings
+            .telephony_status_interval
+            .max(Duration::from_millis(100)),
+    ));
+    tokio::spawn(purge(sender.ledger.clone()));
+    Ok(routes::router(sender))
+}
+
+fn start_error(message: impl Into<String>) -> StartError {
+    StartError {
+        module: "telephony",
+        message: message.into(),
+    }
+}
+
+/// The service, its stored numbers loaded, its ledger running.
+pub async fn build(
+    ctx: &ModuleContext,
+    settings: &TelephonySettings,
+) -> Result<OtpSender, StartError> {
+    let hasher = match &settings.otp_hash_key {
+        Some(HashKey(key)) if key.len() < 32 => {
+            return Err(start_error(
+                "--otp-hash-key (IDPLANE_OTP_HASH_KEY) must be at least 32 characters",
+            ));
+        }
+        Some(HashKey(key)) => code::CodeHasher::new(key.as_bytes()),
+        None => code::CodeHasher::random(),
+    };
+    let caller = HookCaller::new().map_err(|e| start_error(e.to_string()))?;
+    let since = Utc::now()
+        .date_naive()
+        .checked_sub_days(Days::new(u64::from(WINDOW_DAYS)))
+        .unwrap_or_default();
+    let stored = ledger::load_numbers(ctx.store.pool(), since)
+        .await
+        .map_err(|e| start_error(format!("cannot load hook metrics: {e}")))?;
+    let instruments = instruments::Instruments::register(&ctx.metrics);
+    let on_error = {
+        let instruments = instruments.clone();
+        move |_: &ledger::LedgerError| instruments.ledger_error()
+    };
+    Ok(OtpSender {
+        snapshots: ctx.snapshots.clone(),
+        caller,
+        hasher,
+        policy: OtpPolicy {
+            code_length: usize::from(settings.otp_code_length),
+            lifetime: settings.otp_lifetime,
+            max_attempts: settings.otp_max_attempts,
+        },
+        guard: AbuseGuard::new(
+            Limit {
+                max: settings.otp_phone_limit,
+                window: settings.otp_phone_window,
+            },
+            Limit {
+                max: settings.otp_org_limit,
+                window: settings.otp_org_window,
+            },
+        ),
+        countries: settings.otp_allowed_country_codes.clone(),
+        ledger: ledger::Ledger::start(ctx.store.pool().clone(), on_error),
+        tally: Arc::new(HookTally::from_stored(stored)),
+        instruments,
+        extras: ctx.extras.clone(),
+    })
+}
+
+/// Publishes every hook's 30-day numbers into its status: at start, when
+/// the snapshot changes, and every `interval` (unchanged values are not
+/// published again, so an idle hook causes no status write).
+async fn publish_metrics(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    tally: Arc<HookTally>,
+    extras: Arc<StatusExtras>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let today = Utc::now().date_naive();
+        for (org, config) in &snapshot.orgs {
+            for hook in config.hooks.keys() {
+                let metrics = tally.metrics(org, hook, today);
+                let key = ObjectKey {
+                    kind: "TelephonyHook".into(),
+                    namespace: org.clone(),
+                    name: hook.clone(),
+                };
+                extras.set(&key, "metrics", json!(metrics));
+            }
+        }
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Forgets passcodes a day after they expire and buckets past the window.
+async fn purge(ledger: ledger::Ledger) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        ticker.tick().await;
+        let now = Utc::now();
+        let days_before = now
+            .date_naive()
+            .checked_sub_days(Days::new(u64::from(WINDOW_DAYS)))
+            .unwrap_or_default();
+        let before = (now - chrono::Duration::days(1)).timestamp_millis();
+        if ledger.purge(before, days_before).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The module's endpoints, for `/openapi.json`.
 pub fn openapi_endpoints() -> Vec<Endpoint> {
-    Vec::new()
+    routes::endpoints()
 }

@@ -1,0 +1,392 @@
+//! Email throughput: N messages accepted through idplane's API and
+//! delivered to Postfix's smtp-sink, against lettre sending the same
+//! messages straight to smtp-sink with the same pool size, in one run.
+//! Reports both throughputs, their ratio, the accept latency p99 and the
+//! accept-to-delivered p50, and writes them to `bench-results/email.txt`.
+//!
+//! Run: `cargo bench --bench email` (installs smtp-sink through
+//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (2000).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lettre::transport::smtp::PoolConfig;
+use idplane::email::smtp::transmit;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::{Value, json};
+
+const POOL: u32 = 4;
+const CLIENTS: usize = 16;
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn smtp_sink_path() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/test-tools.sh"))
+        .output()
+        .expect("scripts/test-tools.sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("export IDPLANE_SMTP_SINK="))
+        .map(PathBuf::from)
+        .expect("test-tools.sh names smtp-sink")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_sink(sink: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let child = Command::new(sink)
+        .args(["-u", "postfix", "-m", "256"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("256")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("smtp-sink starts");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "smtp-sink did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Killed(child), port)
+}
+
+fn start_idplane(dir: &Path, smtp_port: u16) -> (Killed, String) {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        format!("tokens:\n  - {{name: bench, token: {TOKEN}, orgs: ['*']}}\n"),
+    )
+    .unwrap();
+    let port = smtp_port.to_string();
+    let pool = POOL.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idplane"))
+        .args(["run", "--manifests"])
+        .arg(&manifests)
+        .args(["--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.join("state/idplane.db"))
+        .arg("--tokens")
+        .arg(dir.join("tokens.yaml"))
+        .args([
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            &port,
+            "--smtp-tls",
+            "none",
+            "--smtp-allow-insecure",
+        ])
+        .args(["--smtp-pool-size", &pool, "--email-concurrency", &pool])
+        .args(["--email-default-sender", "Bench <bench@idplane.example>"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("idplane starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("idplane listens");
+    (Killed(child), format!("http://{addr}"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn message(i: usize) -> Message {
+    Message::builder()
+        .from("Bench <bench@idplane.example>".parse().unwrap())
+        .to("user@example.com".parse().unwrap())
+        .subject(format!("bench {i}"))
+        .body(format!("message {i} of the email benchmark"))
+        .unwrap()
+}
+
+async fn delivered(client: &reqwest::Client, base: &str) -> f64 {
+    let body = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find(|l| {
+            l.starts_with(
+                "idplane_email_delivery_events_total{outcome=\"SUCCESS\",provider=\"default\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn run_idplane(base: &str, n: usize) -> Run {
+    let client = reqwest::Client::new();
+    // Ready, and warm: one message end to end.
+    let start = Instant::now();
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "idplane not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let send = |i: usize| {
+        let client = client.clone();
+        let url = format!("{base}/v1/orgs/bench/emails");
+        async move {
+            let t = Instant::now();
+            let r = client
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({"to": "user@example.com", "subject": format!("bench {i}"), "text": format!("message {i} of the email benchmark")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (t.elapsed().as_secs_f64() * 1000.0, id)
+        }
+    };
+    send(usize::MAX).await;
+    while delivered(&client, base).await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start = Instant::now();
+    let results: Vec<(f64, String)> = futures::stream::iter(0..n)
+        .map(send)
+        .buffer_unordered(CLIENTS)
+        .collect()
+        .await;
+    while delivered(&client, base).await < (n + 1) as f64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "idplane did not deliver everything"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ids: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
+    let saturated = accept_to_delivered(&client, base, ids).await;
+    // Latency without a backlog: one client, one message at a time.
+    let mut paced = Vec::new();
+    for i in 0..200 {
+        paced.push(send(n + i).await);
+        while delivered(&client, base).await < (n + 2 + i) as f64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut paced_accept: Vec<f64> = paced.iter().map(|r| r.0).collect();
+    paced_accept.sort_by(f64::total_cmp);
+    let unloaded =
+        accept_to_delivered(&client, base, paced.into_iter().map(|r| r.1).collect()).await;
+    let mut accept: Vec<f64> = results.iter().map(|r| r.0).collect();
+    accept.sort_by(f64::total_cmp);
+    Run {
+        throughput: n as f64 / elapsed,
+        accept,
+        saturated,
+        paced_accept,
+        unloaded,
+    }
+}
+
+struct Run {
+    throughput: f64,
+    accept: Vec<f64>,
+    saturated: Vec<f64>,
+    paced_accept: Vec<f64>,
+    unloaded: Vec<f64>,
+}
+
+/// Sorted milliseconds from accept to delivery of each message, from the API.
+async fn accept_to_delivered(client: &reqwest::Client, base: &str, ids: Vec<String>) -> Vec<f64> {
+    let mut to_delivered = Vec::with_capacity(ids.len());
+    let details: Vec<Value> = futures::stream::iter(ids)
+        .map(|id| {
+            let client = client.clone();
+            let url = format!("{base}/v1/orgs/bench/emails/{id}");
+            async move {
+                client
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(CLIENTS)
+        .collect()
+        .await;
+    for d in details {
+        assert_eq!(d["state"], "sent", "{d}");
+        let t = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(d[k].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        to_delivered.push((t("finishedAt") - t("createdAt")) as f64);
+    }
+    to_delivered.sort_by(f64::total_cmp);
+    to_delivered
+}
+
+/// lettre's pooled `AsyncSmtpTransport`, as it comes.
+async fn run_lettre_transport(port: u16, n: usize) -> f64 {
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .tls(Tls::None)
+        .pool_config(PoolConfig::new().max_size(POOL))
+        .build();
+    transport.send(message(usize::MAX)).await.unwrap();
+    let start = Instant::now();
+    let sent: Vec<bool> = futures::stream::iter(0..n)
+        .map(|i| {
+            let t = transport.clone();
+            async move { t.send(message(i)).await.is_ok() }
+        })
+        .buffer_unordered(POOL as usize)
+        .collect()
+        .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(sent.iter().all(|ok| *ok), "direct sends failed");
+    n as f64 / elapsed
+}
+
+/// lettre connections, one per pool slot, each sending its share in turn
+/// with the content in one write (as idplane sends): the SMTP cost alone.
+async fn run_lettre_connections(port: u16, n: usize) -> f64 {
+    let start = Instant::now();
+    let per = n.div_ceil(POOL as usize);
+    let tasks: Vec<_> = (0..POOL as usize)
+        .map(|k| {
+            tokio::spawn(async move {
+                let mut conn = AsyncSmtpConnection::connect_tokio1(
+                    ("127.0.0.1", port),
+                    Some(Duration::from_secs(10)),
+                    &ClientId::default(),
+                    None,
+                    None,
+                )
+                .await
+                .unwrap();
+                for i in (k * per)..((k + 1) * per).min(n) {
+                    transmit(&mut conn, &message(i)).await.unwrap();
+                }
+                let _ = conn.quit().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let n: usize = std::env::var("IDPLANE_BENCH_EMAILS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let sink = smtp_sink_path();
+    let (_sink, smtp_port) = start_sink(&sink);
+    let dir = tempfile::tempdir().unwrap();
+    let (_idplane, base) = start_idplane(dir.path(), smtp_port);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let transport = rt.block_on(run_lettre_transport(smtp_port, n.min(400)));
+    let direct = rt.block_on(run_lettre_connections(smtp_port, n));
+    let r = rt.block_on(run_idplane(&base, n));
+    let through = r.throughput;
+    let ratio = through / direct;
+    let report = format!(
+        "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}\n\
+         command: cargo bench --bench email\n\
+         \n\
+         throughput ({CLIENTS} API clients at once):\n\
+         lettre AsyncSmtpTransport:      {transport:.0} messages/s (its pool; content and final dot in two writes meet Nagle + delayed ACK)\n\
+         lettre connections, direct:     {direct:.0} messages/s ({POOL} connections, content in one write; the baseline)\n\
+         through idplane:                {through:.0} messages/s (accept + SQLite commit, synchronous=FULL + queue + deliver)\n\
+         ratio idplane/baseline:         {ratio:.2} (aim >= 0.70)\n\
+         accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
+         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (includes the backlog the clients build)\n\
+         \n\
+         latency (200 messages, one client, each after the previous was delivered):\n\
+         accept latency p50 / p99:       {:.2} / {:.2} ms\n\
+         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms)\n",
+        percentile(&r.accept, 0.5),
+        percentile(&r.accept, 0.99),
+        percentile(&r.saturated, 0.5),
+        percentile(&r.saturated, 0.99),
+        percentile(&r.paced_accept, 0.5),
+        percentile(&r.paced_accept, 0.99),
+        percentile(&r.unloaded, 0.5),
+        percentile(&r.unloaded, 0.99),
+    );
+    print!("{report}");
+    let out = root().join("bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("email.txt"), &report).unwrap();
+    eprintln!("wrote {}", out.join("email.txt").display());
+}

@@ -1,0 +1,358 @@
+//! The email routes: accept (`POST /v1/orgs/{org}/emails`), look up
+//! (`GET /v1/orgs/{org}/emails/{id}`) and the provider test
+//! (`POST /v1/orgs/{org}/email-provider/test`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::EmailService;
+use super::dns::choose_sender;
+use super::message::{self, SendRequest};
+use super::queue::{Inserted, LogEntry, NewMessage, QueueError};
+use super::smtp::StepError;
+use super::stats::Via;
+use super::worker::{self, Route, now_millis, rfc3339};
+use crate::api::openapi::Endpoint;
+use crate::api::{ApiError, JsonBody, SharedState};
+use crate::index::OrgConfig;
+use crate::validate::ObjectKey;
+
+pub fn routes(service: Arc<EmailService>) -> Router<SharedState> {
+    Router::new()
+        .route("/v1/orgs/{org}/emails", post(accept))
+        .route("/v1/orgs/{org}/emails/{id}", get(show))
+        .route("/v1/orgs/{org}/email-provider/test", post(test_email))
+        .layer(Extension(service))
+}
+
+fn send_schema() -> Value {
+    let addresses = json!({"oneOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "maxItems": message::MAX_RECIPIENTS}
+    ]});
+    json!({
+        "type": "object", "required": ["to", "subject"], "additionalProperties": false,
+        "properties": {
+            "to": addresses,
+            "cc": addresses,
+            "brand": {"type": "string", "description": "Sends from the brand's verified EmailDomain"},
+            "subject": {"type": "string", "maxLength": message::MAX_SUBJECT_CHARS},
+            "text": {"type": "string"},
+            "html": {"type": "string"},
+            "idempotencyKey": {"type": "string", "maxLength": message::MAX_KEY_BYTES,
+                "description": "The same key within 24 hours returns the same id and sends once"}
+        }
+    })
+}
+
+fn test_schema() -> Value {
+    json!({
+        "type": "object", "required": ["from", "to"], "additionalProperties": false,
+        "properties": {"from": {"type": "string"}, "to": {"type": "string"}}
+    })
+}
+
+/// The module's endpoints, for `/openapi.json`.
+pub fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint {
+            method: "post",
+            path: "/v1/orgs/{org}/emails",
+            summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider)",
+            request: Some(send_schema),
+        },
+        Endpoint {
+            method: "get",
+            path: "/v1/orgs/{org}/emails/{id}",
+            summary: "An email's state (queued, sending, retrying, sent, failed), its attempts with SMTP replies, and its events",
+            request: None,
+        },
+        Endpoint {
+            method: "post",
+            path: "/v1/orgs/{org}/email-provider/test",
+            summary: "Send one test email synchronously through the org's provider and report the SMTP outcome (written to status.lastTest)",
+            request: Some(test_schema),
+        },
+    ]
+}
+
+fn store_error(e: QueueError) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        format!("the email was not accepted: {e}"),
+    );
+    err.retry_after = Some(5);
+    err
+}
+
+fn no_provider(org: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_email_provider",
+        format!(
+            "org {org} has no enabled EmailProvider and this installation has no default email provider (--smtp-host); configure one of them"
+        ),
+    )
+}
+
+/// The default sender, or the org provider's username when it is an address.
+fn default_sender(service: &EmailService, org: Option<&OrgConfig>) -> Option<String> {
+    service.default_sender.clone().or_else(|| {
+        org.and_then(|o| o.email_provider.as_ref())
+            .filter(|p| p.enabled && message::parse_mailbox(&p.username).is_ok())
+            .map(|p| p.username.clone())
+    })
+}
+
+async fn accept(
+    State(state): State<SharedState>,
+    Extension(service): Extension<Arc<EmailService>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<SendRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.authorize(&headers, &org).await?;
+    let checked = message::check(request).map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    let snapshot = state.snapshot();
+    let config = snapshot.org(&org).map(|c| c.as_ref());
+    if worker::route(config, service.default.as_ref()).is_none() {
+        return Err(no_provider(&org));
+    }
+    let fallback = default_sender(&service, config);
+    let choice = choose_sender(
+        checked.brand.as_deref(),
+        config,
+        |d| service.domains.status(&org, d),
+        fallback.as_deref(),
+    )
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_sender",
+            "no sender address: give the message a brand with a verified EmailDomain, or start idplane with --email-default-sender",
+        )
+    })?;
+    let now = now_millis();
+    let id = format!("em-{:032x}", rand::random::<u128>());
+    let log = choice.warning.as_ref().map(|w| LogEntry {
+        org: org.clone(),
+        type_: "email.sender".into(),
+        outcome: "WARNING".into(),
+        time: rfc3339(now),
+        subject: id.clone(),
+        detail: json!({"messageId": id, "brand": checked.brand, "sender": choice.sender, "message": w}),
+    });
+    let inserted = service
+        .queue
+        .insert(NewMessage {
+            id,
+            org: org.clone(),
+            idempotency_key: checked.idempotency_key,
+            sender: choice.sender.clone(),
+            brand: checked.brand,
+            content: checked.content,
+            now,
+            log,
+        })
+        .await
+        .map_err(store_error)?;
+    match inserted {
+        Inserted::New(id) => {
+            service.wake.notify_one();
+            service.stats.accepted(&org);
+            let mut body = json!({"id": id, "state": "queued", "from": choice.sender});
+            if let Some(w) = choice.warning {
+                body["warning"] = json!(w);
+            }
+            Ok((StatusCode::ACCEPTED, Json(body)))
+        }
+        Inserted::Existing(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "duplicate": true})),
+        )),
+    }
+}
+
+async fn show(
+    State(state): State<SharedState>,
+    Extension(service): Extension<Arc<EmailService>>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    let internal = |e: QueueError| ApiError::internal(e.to_string());
+    let m = service
+        .queue
+        .get(&org, &id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::not_found("email_not_found", format!("org {org} has no email {id}"))
+        })?;
+    let events = service
+        .queue
+        .events_about(&org, &id)
+        .await
+        .map_err(internal)?;
+    let attempts: Vec<Value> = m
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "number": a.number,
+                "startedAt": rfc3339(a.started_at),
+                "finishedAt": a.finished_at.map(rfc3339),
+                "outcome": a.outcome.as_deref().unwrap_or("running"),
+                "reply": a.reply,
+                "provider": a.provider,
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "id": m.id,
+        "org": m.org,
+        "state": m.state,
+        "from": m.sender,
+        "to": m.content.to,
+        "cc": m.content.cc,
+        "brand": m.brand,
+        "subject": m.content.subject,
+        "idempotencyKey": m.idempotency_key,
+        "createdAt": rfc3339(m.created_at),
+        "attempts": attempts,
+        "lastReply": m.last_reply,
+        "provider": m.provider,
+        "events": events,
+    });
+    if m.state == "retrying" || m.state == "queued" {
+        body["nextAttemptAt"] = json!(rfc3339(m.next_attempt_at));
+    }
+    if let Some(t) = m.finished_at {
+        body["finishedAt"] = json!(rfc3339(t));
+    }
+    Ok(Json(body))
+}
+
+/// The body of `POST /v1/orgs/{org}/email-provider/test`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    pub from: String,
+    pub to: String,
+}
+
+/// The test route: the org's EmailProvider even when disabled (to try it
+/// before switching it on), else the default provider.
+fn test_route(service: &EmailService, org: Option<&OrgConfig>) -> Option<Route> {
+    if let Some(p) = org.and_then(|o| o.email_provider.as_ref()) {
+        return Some(Route {
+            endpoint: worker::provider_endpoint(p),
+            policy: super::retry::RetryPolicy::of_provider(p),
+            via: Via::Custom(p.name.clone()),
+        });
+    }
+    worker::route(None, service.default.as_ref())
+}
+
+/// Sends the test email; `Ok(reply)` or the failed step. Shared with the CLI.
+pub async fn send_test(
+    smtp: &super::smtp::SmtpClient,
+    route: &Route,
+    org: &str,
+    from: &str,
+    to: &str,
+) -> Result<String, StepError> {
+    let bad = |m: String| StepError {
+        step: super::smtp::Step::Send,
+        message: m,
+        permanent: true,
+    };
+    let content = message::Content {
+        to: vec![to.to_string()],
+        cc: Vec::new(),
+        subject: "idplane test email".into(),
+        text: Some(format!(
+            "This is a test email from idplane for org {org}, sent through {} ({:?}) at {}.",
+            route.via.label(),
+            route.endpoint,
+            rfc3339(now_millis())
+        )),
+        html: None,
+    };
+    let id = format!("test-{:032x}", rand::random::<u128>());
+    let email = message::build(&id, from, &content).map_err(bad)?;
+    smtp.send_once(&route.endpoint, &email).await
+}
+
+async fn test_email(
+    State(state): State<SharedState>,
+    Extension(service): Extension<Arc<EmailService>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<TestRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    message::parse_mailbox(&request.from)
+        .map_err(|e| ApiError::bad_request("invalid_address", format!("from: {e}")))?;
+    message::parse_mailbox(&request.to)
+        .map_err(|e| ApiError::bad_request("invalid_address", format!("to: {e}")))?;
+    let snapshot = state.snapshot();
+    let config = snapshot.org(&org).map(|c| c.as_ref());
+    let route = test_route(&service, config).ok_or_else(|| no_provider(&org))?;
+    let result = send_test(&service.smtp, &route, &org, &request.from, &request.to).await;
+    let now = now_millis();
+    let (outcome, text) = match &result {
+        Ok(reply) => ("SUCCESS", reply.clone()),
+        Err(e) => ("FAILURE", format!("{}: {}", e.step.reason(), e.message)),
+    };
+    if let Via::Custom(name) = &route.via {
+        let key = ObjectKey {
+            kind: "EmailProvider".into(),
+            namespace: org.clone(),
+            name: name.clone(),
+        };
+        service.extras.set(
+            &key,
+            "lastTest",
+            json!({"time": rfc3339(now), "to": request.to, "result": format!("{outcome}: {text}")}),
+        );
+    }
+    let log = LogEntry {
+        org: org.clone(),
+        type_: "email.test".into(),
+        outcome: outcome.into(),
+        time: rfc3339(now),
+        subject: route.via.label(),
+        detail: json!({"from": request.from, "to": request.to, "reply": text}),
+    };
+    if let Err(e) = service.queue.log(&log).await {
+        tracing::warn!(error = %e, "cannot log the test email");
+    }
+    match result {
+        Ok(reply) => Ok(Json(json!({
+            "result": "SUCCESS",
+            "provider": route.via.label(),
+            "reply": reply,
+            "time": rfc3339(now),
+        }))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "smtp_failed",
+            format!("the test email was not accepted: {}", e.message),
+        )
+        .with_details(json!({
+            "result": "FAILURE",
+            "provider": route.via.label(),
+            "step": e.step.reason(),
+            "reply": e.message,
+            "time": rfc3339(now),
+        }))),
+    }
+}

@@ -1,0 +1,527 @@
+//! SMTP through lettre: pooled connections for delivery, and single fresh
+//! connections for verification and test emails (connect, TLS, AUTH, QUIT)
+//! that say which step failed. Credentials come only from the
+//! [`Endpoint`] the caller builds from the newest snapshot; a transport is
+//! keyed by the whole endpoint, so a new host or port never runs with
+//! credentials that were not read with it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+
+use super::retry::AttemptResult;
+use crate::index::SecretValue;
+use crate::resources::TlsMode;
+
+/// How to reach an SMTP server, with the credentials to use there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// Username and password; `None` sends no AUTH.
+    pub credentials: Option<(String, Secret)>,
+}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.host.hash(state);
+        self.port.hash(state);
+        tls_name(self.tls).hash(state);
+        self.credentials.hash(state);
+    }
+}
+
+/// A password, compared by value and never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(Arc<Vec<u8>>);
+
+impl From<&SecretValue> for Secret {
+    fn from(v: &SecretValue) -> Self {
+        Self(v.0.clone())
+    }
+}
+
+impl Secret {
+    pub fn new(text: &str) -> Self {
+        Self(Arc::new(text.as_bytes().to_vec()))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} ({}), user {}",
+            self.host,
+            self.port,
+            tls_name(self.tls),
+            self.credentials.as_ref().map_or("<none>", |c| c.0.as_str())
+        )
+    }
+}
+
+pub fn tls_name(tls: TlsMode) -> &'static str {
+    match tls {
+        TlsMode::Starttls => "starttls",
+        TlsMode::Implicit => "implicit TLS",
+        TlsMode::None => "no TLS",
+    }
+}
+
+/// Settings shared by every connection.
+#[derive(Clone)]
+pub struct SmtpOptions {
+    /// Each network step (connect, a command, a reply) at most.
+    pub timeout: Duration,
+    /// Idle connections kept per server.
+    pub pool_size: u32,
+    /// Certificate authorities trusted besides the public ones.
+    pub extra_roots: Vec<Certificate>,
+}
+
+/// Which step of a fresh connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Connect,
+    Tls,
+    Auth,
+    Send,
+}
+
+impl Step {
+    /// The `Verified` condition's reason for a failure at this step.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Connect => "ConnectionFailed",
+            Self::Tls => "TlsFailed",
+            Self::Auth => "AuthFailed",
+            Self::Send => "SendFailed",
+        }
+    }
+}
+
+/// A failed fresh connection or send.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub step: Step,
+    pub message: String,
+    /// A 5xx reply (as opposed to a transient failure).
+    pub permanent: bool,
+}
+
+/// Idle connections are not reused after this long (servers drop them).
+const MAX_IDLE: Duration = Duration::from_secs(50);
+
+/// Pooled connections by endpoint, and fresh connections.
+pub struct SmtpClient {
+    options: SmtpOptions,
+    idle: Mutex<HashMap<Endpoint, Vec<(AsyncSmtpConnection, Instant)>>>,
+}
+
+/// The message content after DATA: dot-stuffed, ending in `CRLF.CRLF`.
+pub fn data_body(message: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+    }
+    if !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
+    out.push_str(".\r\n");
+    Some(out)
+}
+
+/// The message after DATA as one command, so it goes out in one write.
+struct DataBody(String);
+
+impl std::fmt::Display for DataBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Sends one message on an open connection: MAIL, RCPT, DATA and the
+/// content. Unlike lettre's `send`, the content and its final dot go out in
+/// one write: two writes in a row meet Nagle's algorithm and the server's
+/// delayed ACK, 40 ms per message.
+pub async fn transmit(
+    conn: &mut AsyncSmtpConnection,
+    message: &lettre::Message,
+) -> Result<Response, lettre::transport::smtp::Error> {
+    let bytes = message.formatted();
+    let Some(body) = data_body(&bytes) else {
+        return conn.send(message.envelope(), &bytes).await;
+    };
+    let envelope = message.envelope();
+    let mut params = Vec::new();
+    if !bytes.is_ascii() {
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), params))
+        .await?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+    }
+    conn.command(Data).await?;
+    conn.command(DataBody(body)).await
+}
+
+/// The reply text of a server response: `250 2.0.0 Ok: queued`.
+pub fn reply_text(r: &Response) -> String {
+    let lines: Vec<&str> = r.message().collect();
+    format!("{} {}", r.code(), lines.join(" "))
+        .trim()
+        .to_string()
+}
+
+/// What an error says, with the server's reply when there is one and never
+/// the password.
+pub fn describe(e: &lettre::transport::smtp::Error, endpoint: &Endpoint) -> String {
+    use std::error::Error as _;
+    let mut text = match (e.status(), e.source()) {
+        (Some(code), Some(source)) => format!("{code} {source}"),
+        (Some(code), None) => code.to_string(),
+        _ => {
+            let mut t = e.to_string();
+            let mut source = e.source().and_then(|s| s.source());
+            while let Some(s) = source {
+                t.push_str(": ");
+                t.push_str(&s.to_string());
+                source = s.source();
+            }
+            t
+        }
+    };
+    if e.is_timeout() && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    redact(&text, endpoint)
+}
+
+/// Removes the endpoint's password from a text, should a server echo it.
+pub fn redact(text: &str, endpoint: &Endpoint) -> String {
+    match &endpoint.credentials {
+        Some((_, secret)) if secret.0.len() >= 3 => text.replace(&secret.text(), "<redacted>"),
+        _ => text.to_string(),
+    }
+}
+
+fn classify(e: &lettre::transport::smtp::Error, endpoint: &Endpoint) -> AttemptResult {
+    let text = describe(e, endpoint);
+    if e.is_permanent() {
+        AttemptResult::Permanent(text)
+    } else {
+        AttemptResult::Transient(text)
+    }
+}
+
+impl SmtpClient {
+    pub fn new(options: SmtpOptions) -> Self {
+        Self {
+            options,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn tls_parameters(&self, host: &str) -> Result<TlsParameters, String> {
+        let mut builder = TlsParameters::builder(host.to_string());
+        for cert in &self.options.extra_roots {
+            builder = builder.add_root_certificate(cert.clone());
+        }
+        builder
+            .build_rustls()
+            .map_err(|e| format!("cannot set up TLS: {e}"))
+    }
+
+    /// Drops the pooled connections of endpoints no longer in use.
+    pub fn retain(&self, live: &HashSet<Endpoint>) {
+        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|k, _| live.contains(k));
+    }
+
+    fn take_idle(&self, endpoint: &Endpoint) -> Option<AsyncSmtpConnection> {
+        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.get_mut(endpoint)?;
+        list.retain(|(_, since)| since.elapsed() < MAX_IDLE);
+        list.pop().map(|(c, _)| c)
+    }
+
+    fn give_back(&self, endpoint: &Endpoint, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut map = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map.entry(endpoint.clone()).or_default();
+        if list.len() < self.options.pool_size.max(1) as usize {
+            list.push((conn, Instant::now()));
+        }
+    }
+
+    /// Delivers one message over a pooled connection (a fresh one when none
+    /// is idle, or when a reused one turns out to be closed).
+    pub async fn deliver(&self, endpoint: &Endpoint, message: &lettre::Message) -> AttemptResult {
+        for reuse in [true, false] {
+            let pooled = if reuse { self.take_idle(endpoint) } else { None };
+            let reused = pooled.is_some();
+            if reuse && !reused {
+                continue;
+            }
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => match self.open(endpoint).await {
+                    Ok((c, _)) => c,
+                    Err(e) if e.permanent => return AttemptResult::Permanent(e.message),
+                    Err(e) => return AttemptResult::Transient(e.message),
+                },
+            };
+            match transmit(&mut conn, message).await {
+                Ok(response) => {
+                    self.give_back(endpoint, conn);
+                    return AttemptResult::Delivered(reply_text(&response));
+                }
+                Err(e) => {
+                    conn.abort().await;
+                    // A pooled connection the server closed meanwhile: try
+                    // once more on a fresh one.
+                    if reused && e.status().is_none() {
+                        continue;
+                    }
+                    return classify(&e, endpoint);
+                }
+            }
+        }
+        AttemptResult::Transient("no connection".into())
+    }
+
+    /// Opens a fresh connection: connect, TLS as configured, AUTH.
+    async fn open(&self, endpoint: &Endpoint) -> Result<(AsyncSmtpConnection, String), StepError> {
+        let fail = |step: Step, message: String, permanent: bool| StepError {
+            step,
+            message: redact(&message, endpoint),
+            permanent,
+        };
+        let hello = ClientId::default();
+        let implicit = match endpoint.tls {
+            TlsMode::Implicit => Some(
+                self.tls_parameters(&endpoint.host)
+                    .map_err(|m| fail(Step::Tls, m, false))?,
+            ),
+            _ => None,
+        };
+        let address = (endpoint.host.as_str(), endpoint.port);
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            address,
+            Some(self.options.timeout),
+            &hello,
+            implicit,
+            None,
+        )
+        .await
+        .map_err(|e| {
+            let step = if e.is_tls() { Step::Tls } else { Step::Connect };
+            fail(
+                step,
+                format!(
+                    "cannot connect to {}:{}: {}",
+                    endpoint.host,
+                    endpoint.port,
+                    describe(&e, endpoint)
+                ),
+                e.is_permanent(),
+            )
+        })?;
+        let mut how = tls_name(endpoint.tls).to_string();
+        if endpoint.tls == TlsMode::Starttls {
+            if !conn.can_starttls() {
+                conn.abort().await;
+                return Err(fail(
+                    Step::Tls,
+                    format!(
+                        "{}:{} does not offer STARTTLS",
+                        endpoint.host, endpoint.port
+                    ),
+                    false,
+                ));
+            }
+            let params = self
+                .tls_parameters(&endpoint.host)
+                .map_err(|m| fail(Step::Tls, m, false))?;
+            if let Err(e) = conn.starttls(params, &hello).await {
+                conn.abort().await;
+                return Err(fail(
+                    Step::Tls,
+                    format!(
+                        "{}:{}: STARTTLS failed: {}",
+                        endpoint.host,
+                        endpoint.port,
+                        describe(&e, endpoint)
+                    ),
+                    e.is_permanent(),
+                ));
+            }
+            how = "STARTTLS".into();
+        }
+        let mut summary = format!("connected to {}:{} ({how})", endpoint.host, endpoint.port);
+        if let Some((user, secret)) = &endpoint.credentials {
+            let creds = Credentials::new(user.clone(), secret.text());
+            match conn
+                .auth(&[Mechanism::Plain, Mechanism::Login], &creds)
+                .await
+            {
+                Ok(r) => {
+                    summary.push_str(&format!(", authenticated as {user}: {}", reply_text(&r)));
+                }
+                Err(e) => {
+                    conn.abort().await;
+                    return Err(fail(
+                        Step::Auth,
+                        format!(
+                            "{}:{}: authentication as {user} failed: {}",
+                            endpoint.host,
+                            endpoint.port,
+                            describe(&e, endpoint)
+                        ),
+                        e.is_permanent(),
+                    ));
+                }
+            }
+        }
+        Ok((conn, summary))
+    }
+
+    /// Connects, negotiates TLS, authenticates and quits; the summary on
+    /// success.
+    pub async fn verify(&self, endpoint: &Endpoint) -> Result<String, StepError> {
+        let deadline = self.options.timeout * 4;
+        let run = async {
+            let (mut conn, summary) = self.open(endpoint).await?;
+            let _ = conn.quit().await;
+            Ok(summary)
+        };
+        tokio::time::timeout(deadline, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepError {
+                    step: Step::Connect,
+                    message: format!(
+                        "{}:{} did not answer within {}s",
+                        endpoint.host,
+                        endpoint.port,
+                        deadline.as_secs()
+                    ),
+                    permanent: false,
+                })
+            })
+    }
+
+    /// Sends one message over a fresh connection (test emails); the
+    /// server's reply to the message.
+    pub async fn send_once(
+        &self,
+        endpoint: &Endpoint,
+        message: &lettre::Message,
+    ) -> Result<String, StepError> {
+        let deadline = self.options.timeout * 4;
+        let run = async {
+            let (mut conn, _) = self.open(endpoint).await?;
+            match transmit(&mut conn, message).await {
+                Ok(r) => {
+                    let _ = conn.quit().await;
+                    Ok(reply_text(&r))
+                }
+                Err(e) => {
+                    conn.abort().await;
+                    Err(StepError {
+                        step: Step::Send,
+                        message: describe(&e, endpoint),
+                        permanent: e.is_permanent(),
+                    })
+                }
+            }
+        };
+        tokio::time::timeout(deadline, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepError {
+                    step: Step::Send,
+                    message: format!(
+                        "{}:{} did not finish within {}s",
+                        endpoint.host,
+                        endpoint.port,
+                        deadline.as_secs()
+                    ),
+                    permanent: false,
+                })
+            })
+    }
+}
+
+/// Reads the certificate authorities of a PEM file.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cert = Certificate::from_pem(&pem)
+        .map_err(|e| format!("{} holds no PEM certificate: {e}", path.display()))?;
+    Ok(vec![cert])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_and_debug_hides_it() {
+        let endpoint = Endpoint {
+            host: "smtp.example.com".into(),
+            port: 587,
+            tls: TlsMode::Starttls,
+            credentials: Some(("user".into(), Secret::new("hunter22"))),
+        };
+        assert_eq!(
+            redact("535 bad password hunter22", &endpoint),
+            "535 bad password <redacted>"
+        );
+        let debug = format!("{endpoint:?}");
+        assert!(!debug.contains("hunter22"), "{debug}");
+        assert!(debug.contains("smtp.example.com:587"));
+    }
+
+    #[test]
+    fn data_is_dot_stuffed_and_terminated() {
+        let cases = [
+            ("a\r\nb\r\n", "a\r\nb\r\n.\r\n"),
+        ];
+        assert_eq!(data_body(cases[0].0.as_bytes()).unwrap(), cases[0].1);
+        assert_eq!(data_body(b".x\r\ny\r\n.\r\nz").unwrap(), "..x\r\ny\r\n..\r\nz\r\n.\r\n");
+        assert_eq!(data_body(b"no end").unwrap(), "no end\r\n.\r\n");
+        assert!(data_body(&[0xff, 0xfe]).is_none());
+    }
+
+    #[test]
+    fn endpoints_differ_by_password() {
+        let a = Endpoint {
+            host: "h".into(),
+            port: 25,
+            tls: TlsMode::None,
+            credentials: Some(("u".into(), Secret::new("one"))),
+        };
+        let mut b = a.clone();
+        b.credentials = Some(("u".into(), Secret::new("two")));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,119 @@
+//! Provider verification: whenever an org's EmailProvider spec or its
+//! Secret changes, connect, negotiate TLS, authenticate and quit, and set
+//! the `Verified` condition (the server's reply on failure, never the
+//! password). Also drops pooled connections of endpoints no longer in use.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::queue::{LogEntry, Queue};
+use super::smtp::{Endpoint, SmtpClient};
+use super::stats::DeliveryStats;
+use super::worker::{DefaultProvider, now_millis, provider_endpoint, rfc3339};
+use crate::controller::extras::StatusExtras;
+use crate::index::Snapshot;
+use crate::validate::ObjectKey;
+
+/// What a verification is about: the endpoint (credentials included), the
+/// Secret's version and the object's generation. Any change re-verifies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Subject {
+    endpoint: Endpoint,
+    secret_version: String,
+    generation: Option<i64>,
+}
+
+/// The `Verified` condition as a status extra.
+pub fn verified_condition(ok: bool, reason: &str, message: &str) -> serde_json::Value {
+    json!([{
+        "type": "Verified",
+        "status": if ok { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+    }])
+}
+
+/// Watches snapshots until the channel closes.
+pub async fn run(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    smtp: Arc<SmtpClient>,
+    default: Option<DefaultProvider>,
+    extras: Arc<StatusExtras>,
+    queue: Queue,
+    stats: Arc<DeliveryStats>,
+) {
+    let mut seen: HashMap<ObjectKey, Subject> = HashMap::new();
+    let current: Arc<Mutex<HashMap<ObjectKey, u64>>> = Arc::default();
+    let mut round: u64 = 0;
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let mut live: HashSet<Endpoint> = default.iter().map(|d| d.endpoint.clone()).collect();
+        let mut present = HashSet::new();
+        for (org, config) in &snapshot.orgs {
+            let Some(p) = &config.email_provider else {
+                continue;
+            };
+            let key = ObjectKey {
+                kind: "EmailProvider".into(),
+                namespace: org.clone(),
+                name: p.name.clone(),
+            };
+            let subject = Subject {
+                endpoint: provider_endpoint(p),
+                secret_version: p.password.1.to_string(),
+                generation: snapshot.objects.get(&key).and_then(|v| v.generation),
+            };
+            live.insert(subject.endpoint.clone());
+            present.insert(key.clone());
+            if seen.get(&key) == Some(&subject) {
+                continue;
+            }
+            seen.insert(key.clone(), subject.clone());
+            stats.touch(org);
+            round += 1;
+            current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), round);
+            let (smtp, extras, queue, current) =
+                (smtp.clone(), extras.clone(), queue.clone(), current.clone());
+            let this_round = round;
+            tokio::spawn(async move {
+                let result = smtp.verify(&subject.endpoint).await;
+                let still_current = current.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+                    == Some(&this_round);
+                if !still_current {
+                    return;
+                }
+                let (ok, reason, message) = match &result {
+                    Ok(summary) => (true, "Verified", summary.clone()),
+                    Err(e) => (false, e.step.reason(), e.message.clone()),
+                };
+                extras.set(&key, "conditions", verified_condition(ok, reason, &message));
+                let log = LogEntry {
+                    org: key.namespace.clone(),
+                    type_: "email.verify".into(),
+                    outcome: if ok { "SUCCESS" } else { "FAILURE" }.into(),
+                    time: rfc3339(now_millis()),
+                    subject: format!("EmailProvider/{}", key.name),
+                    detail: json!({"reason": reason, "message": message}),
+                };
+                if let Err(e) = queue.log(&log).await {
+                    tracing::warn!(error = %e, "cannot log the verification");
+                }
+            });
+        }
+        seen.retain(|k, _| present.contains(k));
+        current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| present.contains(k));
+        smtp.retain(&live);
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Delivery: the dispatcher takes due messages from the queue as soon as a
+//! commit or a finished attempt wakes it (or the next due time comes; there
+//! is no polling), and one task per message makes an attempt through the
+//! provider the org has *now*, then records the outcome the retry rule
+//! decides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+
+use super::message;
+use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue};
+use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
+use super::smtp::{Endpoint, Secret, SmtpClient};
+use super::stats::{DeliveryStats, Via};
+use crate::index::{OrgConfig, ProviderConfig, Snapshot};
+
+/// The installation's default provider (flags).
+#[derive(Clone, Debug)]
+pub struct DefaultProvider {
+    pub endpoint: Endpoint,
+    pub policy: RetryPolicy,
+}
+
+/// Where an org's mail goes now.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub endpoint: Endpoint,
+    pub policy: RetryPolicy,
+    pub via: Via,
+}
+
+/// The endpoint of an org's provider, credentials as the snapshot has them.
+pub fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
+    Endpoint {
+        host: p.host.clone(),
+        port: p.port,
+        tls: p.tls,
+        credentials: Some((p.username.clone(), Secret::from(&p.password))),
+    }
+}
+
+/// The default-provider rule: the org's EmailProvider while it is enabled
+/// (never falling back, even when it fails), else the installation's
+/// default provider, else none.
+pub fn route(org: Option<&OrgConfig>, default: Option<&DefaultProvider>) -> Option<Route> {
+    if let Some(p) = org
+        .and_then(|o| o.email_provider.as_ref())
+        .filter(|p| p.enabled)
+    {
+        return Some(Route {
+            endpoint: provider_endpoint(p),
+            policy: RetryPolicy::of_provider(p),
+            via: Via::Custom(p.name.clone()),
+        });
+    }
+    default.map(|d| Route {
+        endpoint: d.endpoint.clone(),
+        policy: d.policy,
+        via: Via::Default,
+    })
+}
+
+/// Claimed messages buffered per worker: claims (commits) come in batches
+/// while the workers send. A message waits in the buffer for a few attempt
+/// times at most, well within its lease.
+const BUFFER_PER_WORKER: usize = 16;
+
+/// An attempt made, its outcome not yet stored.
+struct AttemptDone {
+    message: Claimed,
+    finished: Finished,
+    via: Via,
+}
+
+/// What the delivery tasks share.
+pub struct Deliverer {
+    pub queue: Queue,
+    pub smtp: Arc<SmtpClient>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub default: Option<DefaultProvider>,
+    pub stats: Arc<DeliveryStats>,
+    /// Notified on every commit that may make work due.
+    pub wake: Arc<Notify>,
+    pub concurrency: usize,
+    pub lease: Duration,
+}
+
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Deliverer {
+    /// Runs the dispatcher until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        // Before the first full sync no org has its provider yet: an attempt
+        // now would fail for want of configuration.
+        let mut snapshots = self.snapshots.clone();
+        if snapshots.wait_for(|s| s.synced).await.is_err() {
+            return;
+        }
+        // `concurrency` workers, each with one SMTP attempt at a time, fed
+        // through a buffer of as many claimed messages, so that claiming
+        // (a commit) overlaps with sending.
+        let workers = self.concurrency.max(1);
+        let (buffer, claimed_rx) = mpsc::channel::<Claimed>(workers * BUFFER_PER_WORKER);
+        let claimed_rx = Arc::new(Mutex::new(claimed_rx));
+        for _ in 0..workers {
+            tokio::spawn(self.clone().work(claimed_rx.clone()));
+        }
+        loop {
+            let free = buffer.capacity();
+            if free == 0 || free < buffer.max_capacity() / 2 {
+                // Enough is buffered: claim again, in one larger batch, when
+                // the workers have taken half of it (a worker taking a
+                // message wakes us).
+                self.wake.notified().await;
+                continue;
+            }
+            let now = now_millis();
+            let claimed = match self.queue.claim(now, now + millis(self.lease), free).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot take emails from the queue; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let full = claimed.len() == free;
+            for message in claimed {
+                // Only this loop sends, and it claimed no more than the room.
+                if buffer.try_send(message).is_err() {
+                    tracing::warn!("the delivery buffer is full; the message waits for its lease");
+                }
+            }
+            if full {
+                continue;
+            }
+            let next = match self.queue.next_due().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the queue; retrying in 1s");
+                    Some(now_millis() + 1000)
+                }
+            };
+            match next {
+                Some(at) => {
+                    let wait = Duration::from_millis((at - now_millis()).max(0) as u64);
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    /// A worker: takes claimed messages one at a time and makes the attempt;
+    /// the outcome is stored while it goes on with the next.
+    async fn work(self: Arc<Self>, claimed: Arc<Mutex<mpsc::Receiver<Claimed>>>) {
+        let half_lease = millis(self.lease) / 2;
+        loop {
+            let next = claimed.lock().await.recv().await;
+            let Some(message) = next else {
+                return;
+            };
+            self.wake.notify_one();
+            if now_millis() - message.started_at > half_lease {
+                // Waited too long for a worker: the lease is left to run out
+                // and the message is taken up again then, never twice at once.
+                tracing::warn!(message = %message.id, "claimed message waited past half its lease; retaken after the lease");
+                continue;
+            }
+            let done = self.attempt(message).await;
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.record(done).await;
+                this.wake.notify_one();
+            });
+        }
+    }
+
+    /// One attempt for one message; the outcome to store.
+    async fn attempt(&self, m: Claimed) -> AttemptDone {
+        let snapshot = self.snapshots.borrow().clone();
+        let route = route(
+            snapshot.org(&m.org).map(|c| c.as_ref()),
+            self.default.as_ref(),
+        );
+        // An attempt never outlives its lease: past it another attempt may start.
+        let deadline = self.lease.mul_f64(0.8);
+        let result = match &route {
+            None => AttemptResult::Transient(
+                "no email provider: the org has no enabled EmailProvider and the installation has no default provider".into(),
+            ),
+            Some(r) => match message::build(&m.id, &m.sender, &m.content) {
+                Err(e) => AttemptResult::Permanent(e),
+                Ok(msg) => tokio::time::timeout(deadline, self.smtp.deliver(&r.endpoint, &msg))
+                    .await
+                    .unwrap_or_else(|_| {
+                        AttemptResult::Transient(format!(
+                            "the attempt took longer than {}s",
+                            deadline.as_secs()
+                        ))
+                    }),
+            },
+        };
+        let policy = route
+            .as_ref()
+            .map(|r| r.policy)
+            .or(self.default.as_ref().map(|d| d.policy))
+            .unwrap_or(RetryPolicy {
+                max_attempts: 5,
+                initial_delay: Duration::from_secs(60),
+                multiplier: 4,
+                max_delay: Duration::from_secs(3600),
+            });
+        let via = route
+            .as_ref()
+            .map(|r| r.via.clone())
+            .unwrap_or(Via::Default);
+        let provider = route
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |r| r.via.label());
+        let decision = decide(&policy, m.counted, &result, rand::random::<f64>());
+        let finished_at = now_millis();
+        let (outcome, reply) = match &result {
+            AttemptResult::Delivered(r) => (Outcome::Sent, r.clone()),
+            AttemptResult::Transient(r) => (Outcome::Transient, r.clone()),
+            AttemptResult::Permanent(r) => (Outcome::Permanent, r.clone()),
+        };
+        let next = match decision {
+            Decision::Sent => Next::Sent,
+            Decision::Fail => Next::Failed,
+            Decision::Retry(after) => Next::Retry(finished_at + millis(after)),
+        };
+        let event = |outcome: &str| LogEntry {
+            org: m.org.clone(),
+            type_: "email.delivery".into(),
+            outcome: outcome.into(),
+            time: rfc3339(finished_at),
+            subject: m.id.clone(),
+            detail: json!({
+                "messageId": m.id,
+                "from": m.sender,
+                "to": m.content.to,
+                "cc": m.content.cc,
+                "attempts": m.counted,
+                "provider": provider,
+                "reply": reply,
+            }),
+        };
+        let log = match next {
+            Next::Sent => Some(event("SUCCESS")),
+            Next::Failed => Some(event("FAILURE")),
+            Next::Retry(_) => None,
+        };
+        let finished = Finished {
+            id: m.id.clone(),
+            attempt: m.attempt,
+            finished_at,
+            outcome,
+            reply: reply.clone(),
+            provider: provider.clone(),
+            next,
+            log,
+        };
+        AttemptDone {
+            message: m,
+            finished,
+            via,
+        }
+    }
+
+    /// Stores an attempt's outcome and counts it.
+    async fn record(&self, done: AttemptDone) {
+        let AttemptDone {
+            message: m,
+            finished,
+            via,
+        } = done;
+        let (next, outcome, finished_at, reply) = (
+            finished.next,
+            finished.outcome,
+            finished.finished_at,
+            finished.reply.clone(),
+        );
+        match self.queue.finish(finished).await {
+            Ok(true) => match next {
+                Next::Sent => self.stats.sent(&m.org, &via, m.created_at, finished_at),
+                Next::Failed => self.stats.failed(
+                    &m.org,
+                    &via,
+                    outcome == Outcome::Permanent,
+                    finished_at,
+                    &reply,
+                ),
+                Next::Retry(_) => self.stats.retried(&m.org, &via),
+            },
+            Ok(false) => tracing::warn!(
+                message = %m.id,
+                "an attempt finished after its lease ran out; the newer attempt decides"
+            ),
+            Err(e) => tracing::error!(
+                message = %m.id,
+                error = %e,
+                "cannot store the outcome of an attempt; the message is retried after its lease"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SecretValue;
+    use crate::resources::TlsMode;
+
+    fn provider(enabled: bool) -> ProviderConfig {
+        ProviderConfig {
+            name: "corp".into(),
+            enabled,
+            host: "smtp.corp.example".into(),
+            port: 587,
+            username: "u".into(),
+            password: SecretValue(Arc::new(b"pw".to_vec()), Arc::from("1")),
+            tls: TlsMode::Starttls,
+            max_attempts: 3,
+            initial_delay_millis: 200,
+            multiplier: 2,
+            max_delay_millis: 1000,
+        }
+    }
+
+    fn default_provider() -> DefaultProvider {
+        DefaultProvider {
+            endpoint: Endpoint {
+                host: "relay.example".into(),
+                port: 25,
+                tls: TlsMode::None,
+                credentials: None,
+            },
+            policy: RetryPolicy {
+                max_attempts: 5,
+                initial_delay: Duration::from_secs(1),
+                multiplier: 2,
+                max_delay: Duration::from_secs(10),
+            },
+        }
+    }
+
+    #[test]
+    fn default_provider_rule() {
+        let enabled = OrgConfig {
+            email_provider: Some(provider(true)),
+            ..Default::default()
+        };
+        let disabled = OrgConfig {
+            email_provider: Some(provider(false)),
+            ..Default::default()
+        };
+        let none = OrgConfig::default();
+        let d = default_provider();
+        let cases: [(Option<&OrgConfig>, Option<&DefaultProvider>, Option<Via>); 6] = [
+            (Some(&enabled), Some(&d), Some(Via::Custom("corp".into()))),
+            (Some(&enabled), None, Some(Via::Custom("corp".into()))),
+            (Some(&disabled), Some(&d), Some(Via::Default)),
+            (Some(&disabled), None, None),
+            (Some(&none), Some(&d), Some(Via::Default)),
+            (None, None, None),
+        ];
+        for (org, default, want) in cases {
+            assert_eq!(route(org, default).map(|r| r.via), want);
+        }
+        let r = route(Some(&enabled), Some(&d)).unwrap();
+        assert_eq!(r.policy.max_attempts, 3);
+        assert_eq!(r.endpoint.host, "smtp.corp.example");
+    }
+}

@@ -1,0 +1,164 @@
+//! The module's HTTP routes and their OpenAPI entries. Handlers authorize
+//! the caller for the org, hand the body to [`OtpSender`] and turn its
+//! errors into API errors with stable codes.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde_json::{Value, json};
+
+use super::TelephonyError;
+use super::sender::{
+    OtpSender, PreviewRequest, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest,
+};
+use crate::api::openapi::Endpoint;
+use crate::api::{ApiError, JsonBody, SharedState};
+
+pub(super) fn router(sender: Arc<OtpSender>) -> Router<SharedState> {
+    Router::new()
+        .route("/v1/orgs/{org}/otp/send", post(send))
+        .route("/v1/orgs/{org}/otp/verify", post(verify))
+        .route(
+            "/v1/orgs/{org}/telephony-hooks/{name}/preview",
+            post(preview),
+        )
+        .layer(Extension(sender))
+}
+
+impl From<TelephonyError> for ApiError {
+    fn from(e: TelephonyError) -> Self {
+        let message = e.to_string();
+        match e {
+            TelephonyError::InvalidPhone(_) => {
+                ApiError::bad_request("invalid_phone_number", message)
+            }
+            TelephonyError::InvalidRequest(_) => ApiError::bad_request("invalid_request", message),
+            TelephonyError::NoActiveHook(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_active_hook", message)
+            }
+            TelephonyError::UnknownHook { .. } => ApiError::not_found("unknown_hook", message),
+            TelephonyError::CountryNotAllowed { allowed, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "country_not_allowed", message)
+                    .with_details(json!({"allowedCountryCodes": allowed}))
+            }
+            TelephonyError::RateLimited(refusal) => {
+                let code = match refusal.scope {
+                    super::guard::Scope::Phone => "phone_rate_limited",
+                    super::guard::Scope::Org => "org_rate_limited",
+                };
+                let mut error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+                error.retry_after = Some(refusal.retry_after_secs());
+                error.with_details(json!({"retryAfterSeconds": refusal.retry_after_secs()}))
+            }
+            TelephonyError::DeliveryFailed {
+                transaction_id,
+                attempts,
+            } => ApiError::new(StatusCode::BAD_GATEWAY, "delivery_failed", message)
+                .with_details(json!({"transactionId": transaction_id, "attempts": attempts})),
+            TelephonyError::UnknownTransaction => {
+                ApiError::not_found("unknown_transaction", message)
+            }
+            TelephonyError::Store(_) => ApiError::internal(message),
+        }
+    }
+}
+
+async fn send(
+    State(state): State<SharedState>,
+    Extension(sender): Extension<Arc<OtpSender>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SendRequest>,
+) -> Result<Json<SendReceipt>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    Ok(Json(sender.send(&org, body).await?))
+}
+
+async fn verify(
+    State(state): State<SharedState>,
+    Extension(sender): Extension<Arc<OtpSender>>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<VerifyRequest>,
+) -> Result<Json<VerifyAnswer>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    Ok(Json(sender.verify(&org, body).await?))
+}
+
+async fn preview(
+    State(state): State<SharedState>,
+    Extension(sender): Extension<Arc<OtpSender>>,
+    Path((org, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PreviewRequest>,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &org).await?;
+    Ok(Json(sender.preview(&org, &name, body).await?))
+}
+
+fn user_schema() -> Value {
+    json!({"type": "object", "required": ["id", "login"], "properties": {
+        "id": {"type": "string"}, "login": {"type": "string"},
+        "firstName": {"type": "string"}, "lastName": {"type": "string"}}})
+}
+
+fn context_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "ip": {"type": "string", "description": "The end user's IP address"},
+        "requestId": {"type": "string", "description": "The caller's request id"}}})
+}
+
+fn send_schema() -> Value {
+    json!({"type": "object", "required": ["phoneNumber", "channel", "requestType", "user"],
+        "additionalProperties": false,
+        "properties": {
+            "phoneNumber": {"type": "string", "pattern": "^\\+[1-9][0-9]{6,14}$", "description": "E.164"},
+            "channel": {"type": "string", "enum": ["sms", "voice"]},
+            "requestType": {"type": "string", "enum": ["enrollment", "verification", "account-unlock", "password-reset"]},
+            "user": user_schema(),
+            "locale": {"type": "string", "description": "Passed to the hook; default EN-US"},
+            "context": context_schema()}})
+}
+
+fn verify_schema() -> Value {
+    json!({"type": "object", "required": ["transactionId", "code"], "additionalProperties": false,
+        "properties": {"transactionId": {"type": "string"}, "code": {"type": "string"}}})
+}
+
+fn preview_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "phoneNumber": {"type": "string", "description": "E.164; required unless request is given"},
+        "channel": {"type": "string", "enum": ["sms", "voice"], "default": "sms"},
+        "requestType": {"type": "string", "enum": ["enrollment", "verification", "account-unlock", "password-reset"], "default": "verification"},
+        "user": user_schema(),
+        "locale": {"type": "string"},
+        "context": context_schema(),
+        "request": {"type": "object", "description": "The whole body to send instead of the built one"},
+        "send": {"type": "boolean", "default": true, "description": "false: only build and show the request"}}})
+}
+
+pub(super) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint {
+            method: "post",
+            path: "/v1/orgs/{org}/otp/send",
+            summary: "Send a one-time passcode by SMS or voice through the org's active TelephonyHook (fallback on failure); 429 with Retry-After over a limit, 502 when every hook failed",
+            request: Some(send_schema),
+        },
+        Endpoint {
+            method: "post",
+            path: "/v1/orgs/{org}/otp/verify",
+            summary: "Verify a passcode: verified, invalid, expired or locked",
+            request: Some(verify_schema),
+        },
+        Endpoint {
+            method: "post",
+            path: "/v1/orgs/{org}/telephony-hooks/{name}/preview",
+            summary: "Build, show (secrets redacted) and send a preview request to a hook, active or not; its code is never valid",
+            request: Some(preview_schema),
+        },
+    ]
+}

@@ -1,0 +1,575 @@
+//! [`OtpSender`]: the send, verify and preview operations behind the API.
+//! A send checks the number and the abuse guard, makes a code, executes the
+//! org's active hook and, when it fails, its fallback; every execution is
+//! counted, logged as an event and tallied for the hook's status; only a
+//! delivered code is stored (as a keyed hash).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::TelephonyError;
+use super::caller::{Exchange, HookCaller};
+use super::code::{CodeHasher, OtpCode, VerifyResult, random_id, random_uuid};
+use super::contract::{
+    CallerContext, Channel, DeliveryStatus, HookRequest, RequestParts, RequestType, UserInfo,
+    Verdict,
+};
+use super::guard::{AbuseGuard, Scope};
+use super::instruments::Instruments;
+use super::ledger::{IssuedOtp, Ledger, LogEntry};
+use super::phone::{CountryAllowList, PhoneNumber};
+use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
+use super::tally::{ExecutionRecord, HookTally};
+use crate::controller::extras::StatusExtras;
+use crate::index::{HookConfig, Snapshot};
+use crate::validate::ObjectKey;
+
+/// How passcodes are made and checked.
+#[derive(Clone, Copy, Debug)]
+pub struct OtpPolicy {
+    pub code_length: usize,
+    pub lifetime: Duration,
+    pub max_attempts: u32,
+}
+
+/// The body of `POST /v1/orgs/{org}/otp/send`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendRequest {
+    /// E.164.
+    pub phone_number: String,
+    pub channel: Channel,
+    pub request_type: RequestType,
+    pub user: UserInfo,
+    #[serde(default)]
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub context: CallerContext,
+}
+
+/// Whether the active hook or its fallback delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Primary,
+    Fallback,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// The answer to a delivered send.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendReceipt {
+    pub transaction_id: String,
+    pub status: DeliveryStatus,
+    pub provider: Option<String>,
+    pub provider_transaction_id: Option<String>,
+    pub via: Via,
+    /// The hook that delivered.
+    pub hook: String,
+    pub expires_at: String,
+}
+
+/// One failed execution, as the 502 lists it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedAttempt {
+    pub hook: String,
+    pub via: Via,
+    pub reason_code: &'static str,
+    pub reason: String,
+    /// Requests sent to this hook (2 after a retried timeout or connection error).
+    pub requests: u32,
+    pub duration_millis: u64,
+}
+
+/// The body of `POST /v1/orgs/{org}/otp/verify`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyRequest {
+    pub transaction_id: String,
+    pub code: String,
+}
+
+/// The answer to a verification.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAnswer {
+    pub transaction_id: String,
+    pub result: VerifyResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    pub attempts_remaining: u32,
+}
+
+/// The body of `POST /v1/orgs/{org}/telephony-hooks/{name}/preview`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewRequest {
+    #[serde(flatten)]
+    pub input: PreviewInput,
+    /// Send this request instead of the built one.
+    #[serde(default)]
+    pub request: Option<Value>,
+    /// `false`: only build and show the request.
+    #[serde(default = "yes")]
+    pub send: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The service behind the module's routes.
+pub struct OtpSender {
+    pub(super) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(super) caller: HookCaller,
+    pub(super) hasher: CodeHasher,
+    pub(super) policy: OtpPolicy,
+    pub(super) guard: AbuseGuard,
+    pub(super) countries: CountryAllowList,
+    pub(super) ledger: Ledger,
+    pub(super) tally: Arc<HookTally>,
+    pub(super) instruments: Instruments,
+    pub(super) extras: Arc<StatusExtras>,
+}
+
+/// What a send's executions share, for events and logs.
+struct SendContext<'a> {
+    org: &'a str,
+    transaction_id: &'a str,
+    phone: &'a PhoneNumber,
+    channel: Channel,
+    request_type: RequestType,
+    code: &'a OtpCode,
+}
+
+/// Hides the code in text that came back from a hook.
+fn scrub(text: &str, code: &str) -> String {
+    if code.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(code, "<code>")
+    }
+}
+
+fn hook_key(org: &str, hook: &str) -> ObjectKey {
+    ObjectKey {
+        kind: "TelephonyHook".into(),
+        namespace: org.to_string(),
+        name: hook.to_string(),
+    }
+}
+
+impl OtpSender {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Refuses numbers outside the org's allow-list and sends over a limit.
+    fn admit(&self, org: &str, phone: &PhoneNumber) -> Result<(), TelephonyError> {
+        if !self.countries.allows(org, phone) {
+            self.instruments.refusal(org, "country_not_allowed");
+            return Err(TelephonyError::CountryNotAllowed {
+                org: org.to_string(),
+                allowed: self.countries.codes(org).unwrap_or_default().to_vec(),
+            });
+        }
+        self.guard
+            .admit(org, phone.as_str(), Instant::now())
+            .map_err(|refusal| {
+                let reason = match refusal.scope {
+                    Scope::Phone => "phone_rate_limit",
+                    Scope::Org => "org_rate_limit",
+                };
+                self.instruments.refusal(org, reason);
+                TelephonyError::RateLimited(refusal)
+            })
+    }
+
+    /// Sends a passcode through the org's active hook, then its fallback.
+    pub async fn send(&self, org: &str, req: SendRequest) -> Result<SendReceipt, TelephonyError> {
+        let phone = match PhoneNumber::parse(&req.phone_number) {
+            Ok(p) => p,
+            Err(e) => {
+                self.instruments.send(org, "invalid");
+                return Err(TelephonyError::InvalidPhone(e));
+            }
+        };
+        if req.user.id.is_empty() || req.user.login.is_empty() {
+            self.instruments.send(org, "invalid");
+            return Err(TelephonyError::InvalidRequest(
+                "user.id and user.login must not be empty".into(),
+            ));
+        }
+        let snapshot = self.snapshot();
+        let Some((org_config, active)) = snapshot.org(org).and_then(|c| {
+            let name = c.active_hook.as_ref()?;
+            Some((c, c.hooks.get(name)?))
+        }) else {
+            self.instruments.send(org, "no_active_hook");
+            return Err(TelephonyError::NoActiveHook(org.to_string()));
+        };
+        self.admit(org, &phone)?;
+
+        let code = OtpCode::generate(self.policy.code_length);
+        let transaction_id = random_id();
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(self.policy.lifetime).unwrap_or_default();
+        let expires_at = rfc3339_millis(expires);
+        let ctx = SendContext {
+            org,
+            transaction_id: &transaction_id,
+            phone: &phone,
+            channel: req.channel,
+            request_type: req.request_type,
+            code: &code,
+        };
+        let fallback = active
+            .fallback
+            .as_ref()
+            .and_then(|name| org_config.hooks.get(name))
+            .filter(|f| f.name != active.name);
+        let chain =
+            std::iter::once((active, Via::Primary)).chain(fallback.map(|f| (f, Via::Fallback)));
+        let url_path = format!("/v1/orgs/{org}/otp/send");
+        let mut failures = Vec::new();
+        for (hook, via) in chain {
+            let event_id = random_uuid();
+            let event_time = rfc3339_millis(Utc::now());
+            let source = preview::source(org, &hook.name);
+            let body = HookRequest::new(&RequestParts {
+                event_id: &event_id,
+                event_time: &event_time,
+                source: &source,
+                url_path: &url_path,
+                request_type: req.request_type,
+                channel: req.channel,
+                phone_number: phone.as_str(),
+                code: code.expose(),
+                otp_expires: &expires_at,
+                message_template: &hook.message_template,
+                locale: req.locale.as_deref().unwrap_or(DEFAULT_LOCALE),
+                user: &req.user,
+                context: &req.context,
+            })
+            .to_bytes();
+            let exchange = self.caller.call(hook, body, false).await;
+            self.executed(&ctx, hook, via, &exchange).await;
+            match exchange.verdict {
+                Verdict::Delivered(d) => {
+                    let issued = IssuedOtp {
+                        id: transaction_id.clone(),
+                        org: org.to_string(),
+                        hook: hook.name.clone(),
+                        code_hash: self.hasher.hash(&transaction_id, code.expose()),
+                        created_at_millis: now.timestamp_millis(),
+                        expires_at_millis: expires.timestamp_millis(),
+                        max_attempts: self.policy.max_attempts,
+                    };
+                    self.ledger
+                        .issue(issued)
+                        .await
+                        .map_err(|e| TelephonyError::Store(e.to_string()))?;
+                    self.instruments.send(org, "delivered");
+                    return Ok(SendReceipt {
+                        transaction_id,
+                        status: d.status,
+                        provider: d.provider.map(|p| scrub(&p, code.expose())),
+                        provider_transaction_id: d.provider_transaction_id,
+                        via,
+                        hook: hook.name.clone(),
+                        expires_at,
+                    });
+                }
+                Verdict::Failed(f) => failures.push(FailedAttempt {
+                    hook: hook.name.clone(),
+                    via,
+                    reason_code: f.kind.code(),
+                    reason: scrub(&f.reason(), code.expose()),
+                    requests: exchange.attempts,
+                    duration_millis: exchange.took.as_millis() as u64,
+                }),
+            }
+        }
+        // Nothing was stored: the code that went out is valid nowhere.
+        self.instruments.send(org, "failed");
+        Err(TelephonyError::DeliveryFailed {
+            transaction_id,
+            attempts: failures,
+        })
+    }
+
+    /// Counts, tallies and logs one execution.
+    async fn executed(&self, ctx: &SendContext<'_>, hook: &HookConfig, via: Via, ex: &Exchange) {
+        let now = Utc::now();
+        let time = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let millis = ex.took.as_millis() as u64;
+        let code = ctx.code.expose();
+        let (success, status, reason_code, reason, provider_tx) = match &ex.verdict {
+            Verdict::Delivered(d) => (
+                true,
+                d.status.as_str(),
+                None,
+                None,
+                d.provider_transaction_id.clone(),
+            ),
+            Verdict::Failed(f) => (
+                false,
+                "FAILED",
+                Some(f.kind.code()),
+                Some(scrub(&f.reason(), code)),
+                None,
+            ),
+        };
+        let provider = ex.verdict.provider().map(|p| scrub(p, code));
+        let record = ExecutionRecord {
+            org: ctx.org.to_string(),
+            hook: hook.name.clone(),
+            day: now.date_naive(),
+            time: time.clone(),
+            success,
+            millis,
+            failure_reason: reason.clone(),
+        };
+        self.tally.record(&record);
+        self.instruments
+            .execution(ctx.org, &hook.name, success, ex.took.as_secs_f64());
+        let masked = ctx.phone.masked();
+        if success {
+            tracing::info!(org = ctx.org, hook = %hook.name, via = via.as_str(), phone = %masked,
+                millis, status, "OTP delivered");
+        } else {
+            tracing::warn!(org = ctx.org, hook = %hook.name, via = via.as_str(), phone = %masked,
+                millis, reason = reason.as_deref().unwrap_or_default(), "OTP not delivered");
+        }
+        let detail = json!({
+            "transactionId": ctx.transaction_id,
+            "hook": hook.name,
+            "via": via.as_str(),
+            "provider": provider,
+            "status": status,
+            "providerTransactionId": provider_tx,
+            "durationMillis": millis,
+            "requests": ex.attempts,
+            "httpStatus": ex.http_status,
+            "reasonCode": reason_code,
+            "reason": reason,
+            "phone": masked,
+            "channel": ctx.channel.as_str(),
+            "requestType": ctx.request_type.as_str(),
+        });
+        let entry = LogEntry {
+            org: ctx.org.to_string(),
+            type_: "telephony.send",
+            outcome: if success { "SUCCESS" } else { "FAILURE" },
+            time: rfc3339_millis(now),
+            subject: format!("TelephonyHook/{}", hook.name),
+            detail,
+        };
+        // The ledger only fails when shut down; numbers are in memory anyway.
+        let _ = self.ledger.execution(record).await;
+        let _ = self.ledger.log(entry).await;
+    }
+
+    /// Checks a code against a delivered passcode.
+    pub async fn verify(
+        &self,
+        org: &str,
+        req: VerifyRequest,
+    ) -> Result<VerifyAnswer, TelephonyError> {
+        if req.transaction_id.is_empty() || req.transaction_id.len() > 128 {
+            return Err(TelephonyError::InvalidRequest(
+                "transactionId must be 1 to 128 characters".into(),
+            ));
+        }
+        if req.code.is_empty() || req.code.len() > 32 {
+            return Err(TelephonyError::InvalidRequest(
+                "code must be 1 to 32 characters".into(),
+            ));
+        }
+        let hasher = self.hasher.clone();
+        let id = req.transaction_id.clone();
+        let code = req.code;
+        let matcher = Box::new(move |stored: &[u8]| hasher.matches(&id, &code, stored));
+        let decision = self
+            .ledger
+            .verify(
+                &req.transaction_id,
+                org,
+                Utc::now().timestamp_millis(),
+                matcher,
+            )
+            .await
+            .map_err(|e| TelephonyError::Store(e.to_string()))?;
+        let Some(d) = decision else {
+            self.instruments.verification(org, "unknown");
+            return Err(TelephonyError::UnknownTransaction);
+        };
+        let result = serde_json::to_value(d.result)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.instruments.verification(org, &result);
+        Ok(VerifyAnswer {
+            transaction_id: req.transaction_id,
+            result: d.result,
+            reason: d.reason,
+            attempts_remaining: d.attempts_remaining,
+        })
+    }
+
+    /// Builds, shows and (unless `send: false`) sends a preview to `name`.
+    pub async fn preview(
+        &self,
+        org: &str,
+        name: &str,
+        req: PreviewRequest,
+    ) -> Result<Value, TelephonyError> {
+        let snapshot = self.snapshot();
+        let org_config = snapshot.org(org);
+        let Some(hook) = org_config.and_then(|c| c.hooks.get(name)) else {
+            let known: Vec<String> = org_config
+                .map(|c| c.hooks.keys().cloned().collect())
+                .unwrap_or_default();
+            return Err(TelephonyError::UnknownHook {
+                org: org.to_string(),
+                name: name.to_string(),
+                known,
+            });
+        };
+        let active = org_config.and_then(|c| c.active_hook.as_deref()) == Some(name);
+        let request = match req.request {
+            Some(r) if r.is_object() => r,
+            Some(_) => {
+                return Err(TelephonyError::InvalidRequest(
+                    "request must be a JSON object (the whole body sent to the hook)".into(),
+                ));
+            }
+            None => {
+                let Some(phone) = req.input.phone_number.as_deref() else {
+                    return Err(TelephonyError::InvalidRequest(
+                        "phoneNumber is required unless request is given".into(),
+                    ));
+                };
+                let phone = PhoneNumber::parse(phone).map_err(TelephonyError::InvalidPhone)?;
+                preview::build_request(
+                    org,
+                    hook,
+                    &req.input,
+                    phone.as_str(),
+                    self.policy.lifetime,
+                    self.policy.code_length,
+                )
+            }
+        };
+        let headers: Vec<Value> = preview::redacted_headers(hook)
+            .into_iter()
+            .map(|(name, value)| json!({"name": name, "value": value}))
+            .collect();
+        let mut report = json!({
+            "org": org,
+            "hook": name,
+            "active": active,
+            "method": "POST",
+            "url": hook.url,
+            "headers": headers,
+            "request": request,
+            "sent": false,
+            "note": "a preview's code is never stored and never valid for verification",
+        });
+        if !req.send {
+            return Ok(report);
+        }
+        // A preview reaches a real phone: the same guard applies.
+        let phone = preview::phone_of(&request).ok_or_else(|| {
+            TelephonyError::InvalidRequest("request has no data.messageProfile.phoneNumber".into())
+        })?;
+        let phone = PhoneNumber::parse(phone).map_err(TelephonyError::InvalidPhone)?;
+        self.admit(org, &phone)?;
+        let outcome = preview::send(&self.caller, hook, &request).await;
+        let success = matches!(outcome.exchange.verdict, Verdict::Delivered(_));
+        self.instruments.preview(org, name, success);
+        let now = Utc::now();
+        let summary = outcome.summary();
+        self.extras.set(
+            &hook_key(org, name),
+            "lastPreview",
+            json!({"time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "result": summary}),
+        );
+        let _ = self
+            .ledger
+            .log(LogEntry {
+                org: org.to_string(),
+                type_: "telephony.preview",
+                outcome: if success { "SUCCESS" } else { "FAILURE" },
+                time: rfc3339_millis(now),
+                subject: format!("TelephonyHook/{name}"),
+                detail: json!({
+                    "hook": name,
+                    "result": summary,
+                    "phone": phone.masked(),
+                    "durationMillis": outcome.exchange.took.as_millis() as u64,
+                }),
+            })
+            .await;
+        report["sent"] = json!(true);
+        if let (Some(map), Value::Object(extra)) = (report.as_object_mut(), outcome.to_json()) {
+            map.extend(extra);
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_hides_the_code() {
+        assert_eq!(
+            scrub("bad code 123456 for +1", "123456"),
+            "bad code <code> for +1"
+        );
+        assert_eq!(scrub("nothing", ""), "nothing");
+    }
+
+    #[test]
+    fn send_request_parses_and_refuses_unknown_fields() {
+        let ok: SendRequest = serde_json::from_value(json!({
+            "phoneNumber": "+14155550123", "channel": "voice", "requestType": "account-unlock",
+            "user": {"id": "u1", "login": "a@b.c"}
+        }))
+        .unwrap();
+        assert_eq!(ok.channel, Channel::Voice);
+        assert_eq!(ok.request_type, RequestType::AccountUnlock);
+        for bad in [
+            json!({"phoneNumber": "+1", "channel": "fax", "requestType": "enrollment", "user": {"id": "u", "login": "l"}}),
+            json!({"phoneNumber": "+1", "channel": "sms", "requestType": "signup", "user": {"id": "u", "login": "l"}}),
+            json!({"phoneNumber": "+1", "channel": "sms", "requestType": "enrollment", "user": {"id": "u"}}),
+            json!({"phoneNumber": "+1", "channel": "sms", "requestType": "enrollment", "user": {"id": "u", "login": "l"}, "extra": 1}),
+        ] {
+            assert!(
+                serde_json::from_value::<SendRequest>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        let p: PreviewRequest =
+            serde_json::from_value(json!({"phoneNumber": "+14155550123"})).unwrap();
+        assert!(p.send && p.request.is_none());
+        assert_eq!(p.input.request_type, RequestType::Verification);
+    }
+}

@@ -1,0 +1,532 @@
+//! Email delivery through the real binary (`idplane run --manifests`) to
+//! real SMTP servers (aiosmtpd with AUTH, STARTTLS and implicit TLS, and
+//! Postfix's smtp-sink): each TLS mode, verification, the retry rule
+//! measured from the attempt times, permanent failures, an outage longer
+//! than the retries, idempotency, the default-provider rule and 400/503s.
+
+mod common;
+mod email_support;
+
+use std::time::Duration;
+
+use email_support::*;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn delivers_with_each_tls_mode_and_verifies() {
+    let (tmp, manifests) = workspace();
+    let certs = certs(tmp.path());
+    let auth = Some(("mailer", "s3cret-pass"));
+    let servers: Vec<(&str, SmtpServer)> = ["none", "starttls", "implicit"]
+        .into_iter()
+        .map(|tls| {
+            let o = ServerOptions {
+                tls,
+                auth,
+                ..Default::default()
+            };
+            (tls, SmtpServer::start(tmp.path(), tls, Some(&certs), o))
+        })
+        .collect();
+    for (tls, server) in &servers {
+        let org = format!("org-{tls}");
+        std::fs::write(
+            manifests.join(format!("{org}.yaml")),
+            provider_yaml(
+                &org,
+                "corp",
+                server.port,
+                tls,
+                "mailer",
+                "s3cret-pass",
+                &fast_retry(3),
+            ),
+        )
+        .unwrap();
+    }
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &["--smtp-ca-file", certs.ca.to_str().unwrap()],
+    );
+    for (tls, server) in &servers {
+        let org = format!("org-{tls}");
+        let verified = wait_verified(&run, &org, "corp", "True");
+        assert_eq!(verified["reason"], "Verified", "{verified}");
+        assert!(
+            verified["message"]
+                .as_str()
+                .unwrap()
+                .contains("authenticated as mailer"),
+            "{verified}"
+        );
+
+        let id = send_ok(&run, &org, &format!("over {tls}"));
+        let sent = wait_final(&run, &org, &id, T);
+        assert_eq!(sent["state"], "sent", "{tls}: {sent}");
+        assert_eq!(sent["provider"], "EmailProvider/corp");
+        let attempts = sent["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert!(
+            attempts[0]["reply"].as_str().unwrap().starts_with("250"),
+            "{sent}"
+        );
+        let events = sent["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{sent}");
+        assert_eq!(
+            (events[0]["type"].as_str(), events[0]["outcome"].as_str()),
+            (Some("email.delivery"), Some("SUCCESS"))
+        );
+        let accepted = server.accepted();
+        assert_eq!(accepted.len(), 1, "{tls}");
+        assert!(
+            accepted[0].contains(&id),
+            "Message-ID carries the idplane id: {accepted:?}"
+        );
+        // status.metrics of the provider.
+        let metrics = wait("provider metrics", T, || {
+            let o = object(&run, &org, "EmailProvider", "corp")?;
+            (o["status"]["metrics"]["sent"] == 1).then(|| o["status"]["metrics"].clone())
+        });
+        assert_eq!(metrics["failed"], 0);
+        assert!(metrics["lastDeliveryTime"].is_string(), "{metrics}");
+    }
+    let log = std::fs::read_to_string(tmp.path().join("run.log")).unwrap();
+    assert!(
+        !log.contains("s3cret-pass"),
+        "the password never appears in the log"
+    );
+    assert!(
+        run.metric("idplane_email_delivery_events_total{outcome=\"SUCCESS\",provider=\"custom\"}")
+            >= 3.0
+    );
+}
+
+#[test]
+fn wrong_password_then_fixed_secret_and_new_host() {
+    let (tmp, manifests) = workspace();
+    let first = SmtpServer::start(
+        tmp.path(),
+        "first",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "right-pass")),
+            ..Default::default()
+        },
+    );
+    let second = SmtpServer::start(
+        tmp.path(),
+        "second",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "second-pass")),
+            ..Default::default()
+        },
+    );
+    let file = manifests.join("provider.yaml");
+    let write = |port: u16, password: &str| {
+        std::fs::write(
+            &file,
+            provider_yaml(
+                "acme",
+                "corp",
+                port,
+                "none",
+                "mailer",
+                password,
+                &fast_retry(3),
+            ),
+        )
+        .unwrap();
+    };
+    write(first.port, "wrong-pass");
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
+    let failed = wait_verified(&run, "acme", "corp", "False");
+    assert_eq!(failed["reason"], "AuthFailed", "{failed}");
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.contains("535"),
+        "the server's reply is shown: {message}"
+    );
+    assert!(
+        !message.contains("wrong-pass"),
+        "never the password: {message}"
+    );
+    let verify_events = events(&run, "acme", "email.verify");
+    assert_eq!(verify_events.last().unwrap()["outcome"], "FAILURE");
+
+    // The Secret is fixed: verified again, now True.
+    write(first.port, "right-pass");
+    wait_verified(&run, "acme", "corp", "True");
+
+    // A new host/port with the old password: verified against the new
+    // server with what the Secret holds, and refused there.
+    write(second.port, "right-pass");
+    let refused = wait("verification against the second server", T, || {
+        let c = wait_verified(&run, "acme", "corp", "False");
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains(&second.port.to_string())
+            .then_some(c)
+    });
+    assert_eq!(refused["reason"], "AuthFailed");
+    write(second.port, "second-pass");
+    let ok = wait_verified(&run, "acme", "corp", "True");
+    assert!(
+        ok["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{}", second.port)),
+        "{ok}"
+    );
+    let id = send_ok(&run, "acme", "after the move");
+    assert_eq!(wait_final(&run, "acme", &id, T)["state"], "sent");
+    assert_eq!(second.accepted().len(), 1);
+}
+
+#[test]
+fn transient_failures_then_success_honour_the_delays() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "flaky",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            fail_first: 2,
+            fail_reply: Some("451 4.3.0 Try again later".into()),
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        manifests.join("provider.yaml"),
+        provider_yaml(
+            "acme",
+            "corp",
+            server.port,
+            "none",
+            "mailer",
+            "pw-123",
+            &fast_retry(5),
+        ),
+    )
+    .unwrap();
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
+    wait_verified(&run, "acme", "corp", "True");
+    let id = send_ok(&run, "acme", "flaky");
+    let sent = wait_final(&run, "acme", &id, T);
+    assert_eq!(sent["state"], "sent", "{sent}");
+    let attempts = sent["attempts"].as_array().unwrap();
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["transient", "transient", "sent"]);
+    assert!(
+        attempts[0]["reply"].as_str().unwrap().starts_with("451"),
+        "{sent}"
+    );
+    // initialDelay 200ms × 2^(n−1): 200ms then 400ms, never earlier, at
+    // most 10% jitter later (plus scheduling slack).
+    for (n, nominal) in [(1usize, 200i64), (2, 400)] {
+        let gap = millis(&attempts[n]["startedAt"]) - millis(&attempts[n - 1]["finishedAt"]);
+        assert!(
+            gap >= nominal,
+            "retry {n} came after {gap}ms, before {nominal}ms"
+        );
+        assert!(
+            gap <= nominal * 11 / 10 + 250,
+            "retry {n} came after {gap}ms, nominal {nominal}ms"
+        );
+    }
+    assert_eq!(server.records().len(), 3);
+    let metrics = wait("metrics", T, || {
+        let o = object(&run, "acme", "EmailProvider", "corp")?;
+        (o["status"]["metrics"]["sent"] == 1).then(|| o["status"]["metrics"].clone())
+    });
+    assert_eq!(metrics["retried"], 2, "{metrics}");
+    let events = sent["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "one SUCCESS event: {events:?}");
+}
+
+#[test]
+fn permanent_failure_and_outage_longer_than_the_retries() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "failing",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        manifests.join("provider.yaml"),
+        provider_yaml(
+            "acme",
+            "corp",
+            server.port,
+            "none",
+            "mailer",
+            "pw-123",
+            &fast_retry(3),
+        ),
+    )
+    .unwrap();
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &[
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            "9",
+            "--smtp-tls",
+            "none",
+            "--smtp-allow-insecure",
+        ],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+
+    // 5xx: failed at once, one attempt, one FAILURE event with the reply.
+    server.answer(Some("550 5.1.1 No such user here"));
+    let id = send_ok(&run, "acme", "permanent");
+    let failed = wait_final(&run, "acme", &id, T);
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["attempts"].as_array().unwrap().len(), 1, "{failed}");
+    let ev = failed["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 1, "{failed}");
+    assert_eq!(ev[0]["outcome"], "FAILURE");
+    assert!(
+        ev[0]["detail"]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("550 5.1.1"),
+        "{ev:?}"
+    );
+
+    // An outage (421 on every attempt) longer than the retries: FAILURE
+    // after exactly maxAttempts (3), counted at the server too; never the
+    // default provider while the org's provider is enabled.
+    let before = server.records().len();
+    server.answer(Some("421 4.3.2 Service not available"));
+    let id = send_ok(&run, "acme", "outage");
+    let failed = wait_final(&run, "acme", &id, T);
+    assert_eq!(failed["state"], "failed");
+    let attempts = failed["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{failed}");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["provider"] == "EmailProvider/corp"),
+        "{failed}"
+    );
+    assert_eq!(server.records().len() - before, 3);
+    let ev = failed["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["detail"]["attempts"], 3);
+    assert!(
+        ev[0]["detail"]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("421"),
+        "{ev:?}"
+    );
+    let all = events(&run, "acme", "email.delivery");
+    assert_eq!(all.iter().filter(|e| e["outcome"] == "FAILURE").count(), 2);
+    let metrics = wait("metrics", T, || {
+        let o = object(&run, "acme", "EmailProvider", "corp")?;
+        (o["status"]["metrics"]["failed"] == 2).then(|| o["status"]["metrics"].clone())
+    });
+    assert!(
+        metrics["lastFailure"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("421"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn idempotency_validation_and_the_default_provider_rule() {
+    let (tmp, manifests) = workspace();
+    let sink = SmtpSink::start(tmp.path());
+    let custom = SmtpServer::start(
+        tmp.path(),
+        "custom",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            ..Default::default()
+        },
+    );
+    let file = manifests.join("provider.yaml");
+    std::fs::write(
+        &file,
+        provider_yaml(
+            "acme",
+            "corp",
+            custom.port,
+            "none",
+            "mailer",
+            "pw-123",
+            &fast_retry(3),
+        ),
+    )
+    .unwrap();
+    // No default provider yet: an org without an EmailProvider gets 503.
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run1.log",
+        &[
+            "--email-default-sender",
+            "Idplane <noreply@idplane.example>",
+        ],
+    );
+    let (code, body) = send(
+        &run,
+        "other",
+        json!({"to": "a@example.com", "subject": "s", "text": "t"}),
+    );
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("no_email_provider")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("--smtp-host"),
+        "{body}"
+    );
+
+    // Clear 400s.
+    let cases = [
+        (
+            json!({"to": "not an address", "subject": "s", "text": "t"}),
+            "invalid_address",
+        ),
+        (
+            json!({"to": [], "subject": "s", "text": "t"}),
+            "missing_recipient",
+        ),
+        (
+            json!({"to": "a@example.com", "subject": "s"}),
+            "missing_content",
+        ),
+        (
+            json!({"to": "a@example.com", "subject": "s", "text": "x".repeat(200 * 1024)}),
+            "content_too_large",
+        ),
+        (
+            json!({"to": "a@example.com", "subject": "s", "text": "t", "bcc": "x@y.z"}),
+            "invalid_request",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, answer) = send(&run, "acme", body);
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some(code)),
+            "{answer}"
+        );
+    }
+
+    // The same idempotency key returns the same id and sends once.
+    let body = json!({"to": "a@example.com", "subject": "once", "text": "t", "idempotencyKey": "order-42"});
+    let (c1, first) = send(&run, "acme", body.clone());
+    let (c2, second) = send(&run, "acme", body);
+    assert_eq!((c1, c2), (202, 202), "{first} {second}");
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(second["duplicate"], true);
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(wait_final(&run, "acme", id, T)["state"], "sent");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(custom.accepted().len(), 1, "sent once");
+    assert_eq!(email(&run, "acme", id)["idempotencyKey"], "order-42");
+    drop(run);
+
+    // With a default provider (smtp-sink): orgs without an EmailProvider use
+    // it; disabling the org's provider sends later mail, queued included,
+    // through the default.
+    let port = sink.port.to_string();
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run2.log",
+        &[
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            &port,
+            "--smtp-tls",
+            "none",
+            "--smtp-allow-insecure",
+            "--email-default-sender",
+            "Idplane <noreply@idplane.example>",
+        ],
+    );
+    let id = send_ok(&run, "other", "via default");
+    let sent = wait_final(&run, "other", &id, T);
+    assert_eq!(
+        (sent["state"].as_str(), sent["provider"].as_str()),
+        (Some("sent"), Some("default")),
+        "{sent}"
+    );
+    assert!(wait("smtp-sink got it", T, || sink
+        .message_ids()
+        .iter()
+        .any(|m| m.contains(&id))
+        .then_some(true)));
+
+    // A message stuck in retries at the custom provider moves to the
+    // default provider once the org's provider is disabled.
+    custom.answer(Some("451 4.3.0 Try again later"));
+    std::fs::write(
+        &file,
+        provider_yaml(
+            "acme",
+            "corp",
+            custom.port,
+            "none",
+            "mailer",
+            "pw-123",
+            "{maxAttempts: 10, initialDelay: 1s, multiplier: 1, maxDelay: 1s}",
+        ),
+    )
+    .unwrap();
+    wait("new retry policy in use", T, || {
+        let (_, body) = common::http_get(&run.url("/v1/orgs/acme/config"), Some(TOKEN));
+        body.contains("\"maxAttempts\":10").then_some(())
+    });
+    let id = send_ok(&run, "acme", "moves to default");
+    wait("a transient attempt at the custom provider", T, || {
+        (email(&run, "acme", &id)["state"] == "retrying").then_some(())
+    });
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("enabled: true", "enabled: false"),
+    )
+    .unwrap();
+    let sent = wait_final(&run, "acme", &id, T);
+    assert_eq!(
+        (sent["state"].as_str(), sent["provider"].as_str()),
+        (Some("sent"), Some("default")),
+        "{sent}"
+    );
+    let providers: Vec<&str> = sent["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["provider"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers.first(), Some(&"EmailProvider/corp"));
+    assert_eq!(providers.last(), Some(&"default"));
+}

@@ -1,0 +1,531 @@
+//! Helpers of the email tests: the real servers they run (aiosmtpd from
+//! tests/support/smtp_server.py, Postfix's smtp-sink, dnsmasq), test
+//! certificates, manifests, and the email API. Tools come from
+//! `scripts/test-tools.sh`, run once per test process. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::common::{Idplane, http, http_get, root};
+
+pub const TOKEN: &str = "email-test-token-0123456789abcdef";
+
+/// Paths of the test tools.
+pub struct Tools {
+    pub python: PathBuf,
+    pub smtp_sink: PathBuf,
+    pub dnsmasq: PathBuf,
+}
+
+/// Installs (first call) and locates the tools.
+pub fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/test-tools.sh"))
+            .output()
+            .expect("scripts/test-tools.sh runs");
+        assert!(
+            out.status.success(),
+            "scripts/test-tools.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let var = |name: &str| -> PathBuf {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("test-tools.sh printed no {name}:\n{text}"))
+        };
+        Tools {
+            python: var("IDPLANE_VENV").join("bin/python"),
+            smtp_sink: var("IDPLANE_SMTP_SINK"),
+            dnsmasq: var("IDPLANE_DNSMASQ"),
+        }
+    })
+}
+
+/// Polls until `check` gives Some, or panics after `timeout`.
+pub fn wait<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn certs(dir: &Path) -> Certs {
+    let p = |n: &str| dir.join(n);
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=idplane test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
+    );
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("server.pem"))
+            .arg("-extfile")
+            .arg(p("ext.cnf")),
+    );
+    Certs {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+    }
+}
+
+/// Options of an aiosmtpd server.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// none, starttls or implicit.
+    pub tls: &'static str,
+    pub auth: Option<(&'static str, &'static str)>,
+    pub fail_first: usize,
+    pub fail_reply: Option<String>,
+    pub delay_ms: u64,
+    /// Reuse this port (a restart).
+    pub port: Option<u16>,
+}
+
+/// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    pub record: PathBuf,
+    /// Its first line, when it is an SMTP reply, is the answer to DATA.
+    pub control: PathBuf,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SmtpServer {
+    pub fn start(dir: &Path, name: &str, certs: Option<&Certs>, o: ServerOptions) -> SmtpServer {
+        let record = dir.join(format!("{name}.jsonl"));
+        let control = dir.join(format!("{name}.control"));
+        let mut cmd = Command::new(&tools().python);
+        cmd.arg(root().join("tests/support/smtp_server.py"))
+            .arg("--record")
+            .arg(&record)
+            .arg("--control")
+            .arg(&control)
+            .arg("--tls")
+            .arg(if o.tls.is_empty() { "none" } else { o.tls })
+            .arg("--fail-first")
+            .arg(o.fail_first.to_string())
+            .arg("--delay-ms")
+            .arg(o.delay_ms.to_string());
+        if let Some(port) = o.port {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        if let Some(reply) = &o.fail_reply {
+            cmd.arg("--fail-reply").arg(reply);
+        }
+        if let Some((u, p)) = o.auth {
+            cmd.arg("--auth").arg(format!("{u}:{p}"));
+        }
+        if let Some(c) = certs {
+            cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("smtp_server.py starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.strip_prefix("READY ") {
+                    let _ = tx.send(port.trim().parse::<u16>().unwrap());
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("smtp_server.py prints READY");
+        SmtpServer {
+            child,
+            port,
+            record,
+            control,
+        }
+    }
+
+    /// Sets the reply to DATA (`None`: accept).
+    pub fn answer(&self, reply: Option<&str>) {
+        std::fs::write(&self.control, reply.unwrap_or("ok")).unwrap();
+    }
+
+    /// Every DATA the server saw.
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.record)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Message-IDs of the messages it accepted.
+    pub fn accepted(&self) -> Vec<String> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["reply"].as_str().is_some_and(|s| s.starts_with("250")))
+            .map(|r| r["message_id"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+/// Postfix's smtp-sink on loopback, appending every message to one file.
+pub struct SmtpSink {
+    child: Child,
+    pub port: u16,
+    pub dump: PathBuf,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl SmtpSink {
+    pub fn start(dir: &Path) -> SmtpSink {
+        let sink_dir = dir.join("sink");
+        std::fs::create_dir_all(&sink_dir).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&sink_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let dump = sink_dir.join("dump");
+        let port = free_port();
+        let child = Command::new(&tools().smtp_sink)
+            .args(["-u", "postfix", "-D"])
+            .arg(&dump)
+            .args(["-m", "256"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("smtp-sink starts");
+        wait("smtp-sink listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        SmtpSink { child, port, dump }
+    }
+
+    /// Message-IDs of the messages received.
+    pub fn message_ids(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.dump)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("Message-ID: ")
+                    .or_else(|| l.strip_prefix("Message-Id: "))
+            })
+            .map(|s| s.trim().to_string())
+            .collect()
+    }
+}
+
+/// dnsmasq on loopback answering the given TXT records and nothing else.
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dns {
+    /// Answers for names under `local` domains itself (NXDOMAIN when unknown).
+    pub fn start(port: u16, local: &str, txt: &[(&str, &str)]) -> Dns {
+        let mut cmd = Command::new(&tools().dnsmasq);
+        cmd.args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+        ])
+        .arg("--listen-address=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg("--conf-file=/dev/null")
+        .arg(format!("--local=/{local}/"));
+        for (name, value) in txt {
+            cmd.arg(format!("--txt-record={name},{value}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq starts");
+        wait("dnsmasq listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Dns { child, port }
+    }
+}
+
+/// A Secret and an EmailProvider for an org.
+pub fn provider_yaml(
+    org: &str,
+    name: &str,
+    port: u16,
+    tls: &str,
+    user: &str,
+    password: &str,
+    retry: &str,
+) -> String {
+    let insecure = if tls == "none" {
+        "\n  allowInsecure: true"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-smtp\n  namespace: {org}\nstringData:\n  password: {password}\n---\n\
+         apiVersion: idplane.dev/v1alpha1\nkind: EmailProvider\nmetadata:\n  name: {name}\n  namespace: {org}\nspec:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n  username: {user}\n  passwordSecretRef: {{name: {name}-smtp, key: password}}\n  tls: {tls}{insecure}\n  retry: {retry}\n"
+    )
+}
+
+/// Retry settings with short delays, as YAML flow.
+pub fn fast_retry(max_attempts: u32) -> String {
+    format!("{{maxAttempts: {max_attempts}, initialDelay: 200ms, multiplier: 2, maxDelay: 2s}}")
+}
+
+/// A temp dir with `manifests/`, a token file for orgs `*`.
+pub fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        tmp.path().join("tokens.yaml"),
+        format!("tokens:\n  - {{name: email-tests, token: {TOKEN}, orgs: ['*']}}\n"),
+    )
+    .unwrap();
+    (tmp, manifests)
+}
+
+/// Starts `idplane run --manifests` with the given extra flags.
+pub fn start_idplane(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
+    let database = tmp.join("state/idplane.db");
+    let mut args = vec![
+        "run",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        database.to_str().unwrap(),
+        "--tokens",
+    ];
+    let tokens = tmp.join("tokens.yaml");
+    args.push(tokens.to_str().unwrap());
+    args.extend(["--poll-millis", "100", "--smtp-timeout", "5s"]);
+    if !extra.contains(&"--email-default-sender") {
+        args.extend([
+            "--email-default-sender",
+            "Idplane <noreply@idplane.example>",
+        ]);
+    }
+    args.extend(extra);
+    let run = Idplane::start(&args, &[("RUST_LOG", "idplane=info")], &tmp.join(log));
+    wait("ready", Duration::from_secs(30), || {
+        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
+    });
+    run
+}
+
+/// `POST /v1/orgs/{org}/emails`; (status, body).
+pub fn send(run: &Idplane, org: &str, body: Value) -> (u16, Value) {
+    let (code, text) = http(
+        "POST",
+        &run.url(&format!("/v1/orgs/{org}/emails")),
+        Some(TOKEN),
+        Some(&body),
+    );
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Sends a simple message and returns its id (asserting 202).
+pub fn send_ok(run: &Idplane, org: &str, subject: &str) -> String {
+    let (code, body) = send(
+        run,
+        org,
+        json!({"to": ["user@example.com"], "subject": subject, "text": "hello"}),
+    );
+    assert_eq!(code, 202, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+pub fn email(run: &Idplane, org: &str, id: &str) -> Value {
+    let (code, text) = http_get(
+        &run.url(&format!("/v1/orgs/{org}/emails/{id}")),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until the email reaches a final state and returns it.
+pub fn wait_final(run: &Idplane, org: &str, id: &str, timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let e = email(run, org, id);
+        if e["state"] == "sent" || e["state"] == "failed" {
+            return e;
+        }
+        if start.elapsed() > timeout {
+            let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+            panic!(
+                "timed out after {timeout:?} waiting for email {id} to be sent or failed: {e}\nlog:\n{log}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An object of the org as `/v1/orgs/{org}/status` shows it.
+pub fn object(run: &Idplane, org: &str, kind: &str, name: &str) -> Option<Value> {
+    let (code, body) = http_get(&run.url(&format!("/v1/orgs/{org}/status")), Some(TOKEN));
+    if code != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["kind"] == kind && o["name"] == name)
+        .cloned()
+}
+
+pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Waits for the provider's Verified condition to have `status`.
+pub fn wait_verified(run: &Idplane, org: &str, name: &str, status: &str) -> Value {
+    wait(
+        &format!("{org}/{name} Verified={status}"),
+        Duration::from_secs(30),
+        || {
+            let o = object(run, org, "EmailProvider", name)?;
+            let c = condition(&o, "Verified")?;
+            (c["status"] == status).then_some(c)
+        },
+    )
+}
+
+/// The org's events of a type.
+pub fn events(run: &Idplane, org: &str, type_: &str) -> Vec<Value> {
+    let (code, body) = http_get(
+        &run.url(&format!("/v1/orgs/{org}/events?type={type_}&limit=1000")),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Milliseconds of an RFC 3339 time.
+pub fn millis(t: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(t.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}

@@ -1,0 +1,143 @@
+"""A real SMTP server for idplane's email tests, built on aiosmtpd.
+
+Usage: smtp_server.py --record FILE [--tls none|starttls|implicit --cert PEM --key PEM]
+                      [--auth USER:PASSWORD] [--fail-first N] [--fail-reply "451 ..."]
+                      [--control FILE] [--delay-ms N]
+
+Prints "READY <port>" once it accepts connections. Every DATA is recorded as
+one JSON line in FILE: {"time", "message_id", "from", "to", "reply"}.
+The reply to DATA is, in order: the --fail-reply for the first --fail-first
+messages; else the first line of the --control file when it holds an SMTP
+reply (for example "451 4.3.0 Try again later" or "554 5.7.1 Rejected");
+else "250 OK". Runs until killed.
+"""
+
+import argparse
+import asyncio
+import email
+import json
+import logging
+import socket
+import ssl
+import sys
+import threading
+import time
+import warnings
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def free_port(host):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Handler:
+    def __init__(self, args):
+        self.args = args
+        self.lock = threading.Lock()
+        self.seen = 0
+
+    def reply(self):
+        with self.lock:
+            self.seen += 1
+            n = self.seen
+        if n <= self.args.fail_first:
+            return self.args.fail_reply
+        if self.args.control:
+            try:
+                with open(self.args.control) as f:
+                    line = f.readline().strip()
+            except OSError:
+                line = ""
+            if line[:1] in ("4", "5"):
+                return line
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.args.delay_ms:
+            await asyncio.sleep(self.args.delay_ms / 1000)
+        reply = self.reply()
+        parsed = email.message_from_bytes(envelope.content)
+        entry = {
+            "time": time.time(),
+            "message_id": parsed.get("Message-ID", ""),
+            "from": parsed.get("From", ""),
+            "subject": parsed.get("Subject", ""),
+            "mail_from": envelope.mail_from,
+            "to": envelope.rcpt_tos,
+            "reply": reply,
+        }
+        with self.lock, open(self.args.record, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return reply
+
+
+class Authenticator:
+    def __init__(self, user, password):
+        self.user = user.encode()
+        self.password = password.encode()
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        if (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == self.user
+            and auth_data.password == self.password
+        ):
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tls", choices=["none", "starttls", "implicit"], default="none")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--auth")
+    p.add_argument("--record", required=True)
+    p.add_argument("--control")
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--fail-reply", default="451 4.3.0 Try again later")
+    p.add_argument("--delay-ms", type=int, default=0)
+    args = p.parse_args()
+
+    port = args.port or free_port(args.host)
+    kwargs = {}
+    context = None
+    if args.tls != "none":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+    if args.tls == "starttls":
+        kwargs["tls_context"] = context
+        kwargs["require_starttls"] = True
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        kwargs["authenticator"] = Authenticator(user, password)
+        kwargs["auth_required"] = True
+        # aiosmtpd counts only STARTTLS as TLS; implicit TLS is encrypted
+        # from the first byte, so AUTH is offered there too.
+        kwargs["auth_require_tls"] = args.tls == "starttls"
+    controller = Controller(
+        Handler(args),
+        hostname=args.host,
+        port=port,
+        ssl_context=context if args.tls == "implicit" else None,
+        server_hostname=args.host,
+        **kwargs,
+    )
+    controller.start()
+    print(f"READY {port}", flush=True)
+    try:
+        threading.Event().wait()
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
