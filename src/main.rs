@@ -118,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio_runtime()?.block_on(idplane::cli::serve::run(settings))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Preview(args) => tokio_runtime()?.block_on(idplane::cli::preview::run(args)),
         Command::Explain { what } => tokio_runtime()?.block_on(idplane::cli::explain::run(what)),
         Command::Operator {
             namespaces,

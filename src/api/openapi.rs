@@ -74,6 +74,19 @@ fn extra_endpoints() -> Vec<Endpoint> {
     list
 }
 
+/// The `{...}` parameters of a path.
+fn path_parameters(path: &str) -> Value {
+    let params: Vec<Value> = path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| {
+            let description = if name == "org" { "The org (Kubernetes namespace)" } else { "Object name" };
+            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "description": description})
+        })
+        .collect();
+    Value::Array(params)
+}
+
 /// The OpenAPI document.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -81,8 +94,7 @@ pub fn document() -> Value {
         let mut op = json!({
             "summary": e.summary,
             "security": [{"bearer": []}],
-            "parameters": [{"name": "org", "in": "path", "required": true, "schema": {"type": "string"},
-                            "description": "The org (Kubernetes namespace)"}],
+            "parameters": path_parameters(e.path),
             "responses": {
                 "200": {"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "400": {"description": "Invalid request", "content": {"application/json": {"schema": error_schema()}}},

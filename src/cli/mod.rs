@@ -82,6 +82,8 @@ pub enum Command {
         #[command(flatten)]
         modules: serve::ModuleSettings,
     },
+    /// Preview a hook: build the request it would get, send it, and show the answer and how idplane judges it.
+    Preview(preview::PreviewArgs),
     /// Explain a runtime decision: which policy and rule apply, and why.
     Explain {
         #[command(subcommand)]

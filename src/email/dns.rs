@@ -600,12 +600,13 @@ mod tests {
         };
         let verified = |_: &DomainConfig| VERIFIED.to_string();
         let polling = |_: &DomainConfig| POLLING.to_string();
-        let default = Some("Idplane <noreply@idplane.example>");
+        let fallback = "Idplane <noreply@idplane.example>";
+        let default = Some(fallback);
         let brand = choose_sender(Some("acme"), Some(&org), verified, default).unwrap();
         assert_eq!(brand.sender, "Acme <noreply@acme.example.com>");
         assert_eq!(brand.warning, None);
         let unverified = choose_sender(Some("acme"), Some(&org), polling, default).unwrap();
-        assert_eq!(unverified.sender, default.unwrap());
+        assert_eq!(unverified.sender, fallback);
         assert!(
             unverified
                 .warning
@@ -620,10 +621,7 @@ mod tests {
                 .contains("brand other has no EmailDomain")
         );
         let plain = choose_sender(None, Some(&org), verified, default).unwrap();
-        assert_eq!(
-            (plain.sender.as_str(), plain.warning),
-            (default.unwrap(), None)
-        );
+        assert_eq!((plain.sender.as_str(), plain.warning), (fallback, None));
         assert_eq!(choose_sender(None, None, verified, None), None);
         assert!(choose_sender(Some("acme"), Some(&org), verified, None).is_some());
     }

@@ -277,7 +277,11 @@ impl SmtpClient {
     /// is idle, or when a reused one turns out to be closed).
     pub async fn deliver(&self, endpoint: &Endpoint, message: &lettre::Message) -> AttemptResult {
         for reuse in [true, false] {
-            let pooled = if reuse { self.take_idle(endpoint) } else { None };
+            let pooled = if reuse {
+                self.take_idle(endpoint)
+            } else {
+                None
+            };
             let reused = pooled.is_some();
             if reuse && !reused {
                 continue;
@@ -503,11 +507,12 @@ mod tests {
 
     #[test]
     fn data_is_dot_stuffed_and_terminated() {
-        let cases = [
-            ("a\r\nb\r\n", "a\r\nb\r\n.\r\n"),
-        ];
+        let cases = [("a\r\nb\r\n", "a\r\nb\r\n.\r\n")];
         assert_eq!(data_body(cases[0].0.as_bytes()).unwrap(), cases[0].1);
-        assert_eq!(data_body(b".x\r\ny\r\n.\r\nz").unwrap(), "..x\r\ny\r\n..\r\nz\r\n.\r\n");
+        assert_eq!(
+            data_body(b".x\r\ny\r\n.\r\nz").unwrap(),
+            "..x\r\ny\r\n..\r\nz\r\n.\r\n"
+        );
         assert_eq!(data_body(b"no end").unwrap(), "no end\r\n.\r\n");
         assert!(data_body(&[0xff, 0xfe]).is_none());
     }

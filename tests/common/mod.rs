@@ -19,7 +19,8 @@ pub fn kubeconfig() -> PathBuf {
     if let Ok(p) = std::env::var("IDPLANE_TEST_KUBECONFIG") {
         return PathBuf::from(p);
     }
-    let dir = std::env::var("IDPLANE_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/idplane-test-cluster".into());
+    let dir =
+        std::env::var("IDPLANE_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/idplane-test-cluster".into());
     let path = Path::new(&dir).join("kubeconfig");
     assert!(
         path.exists(),
@@ -36,7 +37,11 @@ pub fn kubectl_path() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
     let built = Path::new(&cache).join("idplane/k8s-1.20.2/bin/kubectl");
-    if built.exists() { built } else { PathBuf::from("kubectl") }
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from("kubectl")
+    }
 }
 
 pub fn kubectl(args: &[&str]) -> Output {
@@ -59,7 +64,12 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl runs");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -80,8 +90,16 @@ pub fn kubectl_ok(args: &[&str]) -> String {
 }
 
 pub fn apply_yaml(namespace: &str, yaml: &str) {
-    let out = kubectl_stdin(&["apply", "--server-side", "-n", namespace, "-f", "-"], yaml);
-    assert!(out.status.success(), "apply failed:\n{}{}\n{yaml}", text(&out.stdout), text(&out.stderr));
+    let out = kubectl_stdin(
+        &["apply", "--server-side", "-n", namespace, "-f", "-"],
+        yaml,
+    );
+    assert!(
+        out.status.success(),
+        "apply failed:\n{}{}\n{yaml}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// Installs the CRDs once per test process and waits until Established.
@@ -96,7 +114,12 @@ pub fn install_crds() {
             // apply drops it. idplane checks the CEL rules itself.
             kubectl_ok(&["apply", "--validate=false", "-f", "crds/"]);
         }
-        for crd in ["telephonyhooks", "enrollmentpolicies", "emailproviders", "emaildomains"] {
+        for crd in [
+            "telephonyhooks",
+            "enrollmentpolicies",
+            "emailproviders",
+            "emaildomains",
+        ] {
             kubectl_ok(&[
                 "wait",
                 "--for=condition=Established",
@@ -142,7 +165,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -183,7 +209,10 @@ impl Idplane {
     /// Starts `idplane ARGS`, waits for "listening on ADDR" on stderr.
     pub fn start(args: &[&str], env: &[(&str, &str)], log: &Path) -> Idplane {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_idplane"));
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).current_dir(root());
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .current_dir(root());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -205,7 +234,12 @@ impl Idplane {
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("idplane did not start listening; log: {}", std::fs::read_to_string(log).unwrap_or_default()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "idplane did not start listening; log: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
         Idplane {
             child,
             addr,
@@ -234,11 +268,21 @@ pub fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
 }
 
 /// A blocking request with a JSON body; returns (status, body).
-pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+pub fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = reqwest::Client::new();
-        let mut req = client.request(method.parse().unwrap(), url).timeout(Duration::from_secs(30));
+        let mut req = client
+            .request(method.parse().unwrap(), url)
+            .timeout(Duration::from_secs(30));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
