@@ -29,19 +29,25 @@ use idplane::resources::{EmailDomain, EmailProvider, EnrollmentPolicy, Telephony
 const NAMESPACES: usize = 20;
 
 fn kubeconfig_path() -> String {
-    std::env::var("IDPLANE_TEST_KUBECONFIG").unwrap_or_else(|_| "/tmp/idplane-test-cluster/kubeconfig".into())
+    std::env::var("IDPLANE_TEST_KUBECONFIG")
+        .unwrap_or_else(|_| "/tmp/idplane-test-cluster/kubeconfig".into())
 }
 
 async fn client() -> Client {
     let kc = Kubeconfig::read_from(kubeconfig_path()).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
     Client::try_from(config).unwrap()
 }
 
 fn kinds() -> [(&'static str, ApiResource); 4] {
     [
         ("TelephonyHook", ApiResource::erase::<TelephonyHook>(&())),
-        ("EnrollmentPolicy", ApiResource::erase::<EnrollmentPolicy>(&())),
+        (
+            "EnrollmentPolicy",
+            ApiResource::erase::<EnrollmentPolicy>(&()),
+        ),
         ("EmailProvider", ApiResource::erase::<EmailProvider>(&())),
         ("EmailDomain", ApiResource::erase::<EmailDomain>(&())),
     ]
@@ -59,7 +65,9 @@ fn object(i: usize, prefix: &str) -> (usize, String, serde_json::Value) {
                      "authenticators": [{"key": "okta_email", "enroll": "REQUIRED"}]}),
         2 => json!({"host": "smtp.example.com", "port": 587, "username": "u",
                      "passwordSecretRef": {"name": "smtp", "key": "password"}}),
-        _ => json!({"brand": format!("b{i}"), "domain": "example.com", "userName": "no", "displayName": "N"}),
+        _ => {
+            json!({"brand": format!("b{i}"), "domain": "example.com", "userName": "no", "displayName": "N"})
+        }
     };
     let (k, _) = &kinds()[kind];
     let body = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": k, "metadata": {"name": name, "namespace": ns}, "spec": spec});
@@ -74,7 +82,13 @@ async fn apply_range(client: &Client, prefix: &str, range: std::ops::Range<usize
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &kinds[kind].1);
             async move {
                 let name = body["metadata"]["name"].as_str().unwrap().to_string();
-                api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(body)).await.expect("apply");
+                api.patch(
+                    &name,
+                    &PatchParams::apply("bench").force(),
+                    &Patch::Apply(body),
+                )
+                .await
+                .expect("apply");
             }
         })
         .buffer_unordered(16)
@@ -85,16 +99,21 @@ async fn apply_range(client: &Client, prefix: &str, range: std::ops::Range<usize
 /// Counts objects whose status is current and has its final Ready condition.
 async fn converged(client: &Client, prefix: &str) -> usize {
     let mut n = 0;
-    for (ns, (_, ar)) in (0..NAMESPACES).flat_map(|i| kinds().into_iter().map(move |k| (format!("{prefix}-{i}"), k))) {
+    for (ns, (_, ar)) in (0..NAMESPACES).flat_map(|i| {
+        kinds()
+            .into_iter()
+            .map(move |k| (format!("{prefix}-{i}"), k))
+    }) {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         let list = api.list(&ListParams::default()).await.unwrap();
         for o in list.items {
             let generation = o.metadata.generation;
             let status = &o.data["status"];
             let current = status["observedGeneration"].as_i64() == generation;
-            let ready = status["conditions"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["observedGeneration"].as_i64() == generation));
+            let ready = status["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["observedGeneration"].as_i64() == generation)
+            });
             if current && ready {
                 n += 1;
             }
@@ -110,7 +129,10 @@ async fn wait_converged(client: &Client, prefix: &str, want: usize, limit: Durat
         if n >= want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "only {n}/{want} converged after {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "only {n}/{want} converged after {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -137,9 +159,18 @@ impl Drop for KillOnDrop {
 
 fn kubectl(args: &[&str]) {
     let home = std::env::var("HOME").unwrap_or_default();
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| format!("{home}/.cache/idplane/k8s-1.20.2/bin/kubectl"));
-    let out = Command::new(kubectl).args(args).env("KUBECONFIG", kubeconfig_path()).output().expect("kubectl");
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let kubectl = std::env::var("KUBECTL")
+        .unwrap_or_else(|_| format!("{home}/.cache/idplane/k8s-1.20.2/bin/kubectl"));
+    let out = Command::new(kubectl)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::main]
@@ -155,8 +186,24 @@ async fn main() {
     let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("{run}-{n}")).collect();
     for ns in &namespaces {
         kubectl(&["create", "namespace", ns]);
-        kubectl(&["create", "secret", "generic", "sms", "-n", ns, "--from-literal=token=t"]);
-        kubectl(&["create", "secret", "generic", "smtp", "-n", ns, "--from-literal=password=p"]);
+        kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "sms",
+            "-n",
+            ns,
+            "--from-literal=token=t",
+        ]);
+        kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            "smtp",
+            "-n",
+            ns,
+            "--from-literal=password=p",
+        ]);
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut operator = Command::new(env!("CARGO_BIN_EXE_idplane"))
@@ -188,7 +235,8 @@ async fn main() {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("operator listening");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("operator listening");
     tokio::time::sleep(Duration::from_secs(8)).await; // lease acquired, idle
     let idle_kib = rss_kib(operator.0.id());
 
@@ -208,7 +256,13 @@ async fn main() {
         let name = body["metadata"]["name"].as_str().unwrap().to_string();
         let status = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": kinds[kind].0,
             "status": {"observedGeneration": 1, "conditions": [{"type": "Bench", "status": "True", "reason": "Bench", "message": "bare loop", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-        api.patch_status(&name, &PatchParams::apply("bench-bare").force(), &Patch::Apply(status)).await.expect("status patch");
+        api.patch_status(
+            &name,
+            &PatchParams::apply("bench-bare").force(),
+            &Patch::Apply(status),
+        )
+        .await
+        .expect("status patch");
     }
     let bare = bare_start.elapsed();
 
@@ -222,7 +276,14 @@ async fn main() {
     drop(operator);
     // Leave the cluster as we found it (namespaces stay: no namespace controller).
     for ns in &namespaces {
-        kubectl(&["delete", "telephonyhooks,enrollmentpolicies,emailproviders,emaildomains", "--all", "-n", ns, "--wait=false"]);
+        kubectl(&[
+            "delete",
+            "telephonyhooks,enrollmentpolicies,emailproviders,emaildomains",
+            "--all",
+            "-n",
+            ns,
+            "--wait=false",
+        ]);
     }
 
     let ratio = convergence.as_secs_f64() / bare.as_secs_f64();
@@ -238,7 +299,9 @@ async fn main() {
          operator RSS idle: {idle:.1} MB (aim <= 40 MB)\n\
          operator RSS with 10,000 objects: {loaded:.1} MB (aim <= 150 MB)\n",
         date = chrono::Utc::now().format("%Y-%m-%d"),
-        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         idle = idle_kib as f64 / 1024.0,
         loaded = loaded_kib as f64 / 1024.0,
     );

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { reference: true, .. } => {
+        Command::Crds {
+            reference: true, ..
+        } => {
             print!("{}", idplane::resources::reference::markdown());
             Ok(ExitCode::SUCCESS)
         }

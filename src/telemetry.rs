@@ -107,10 +107,14 @@ impl Metrics {
         );
         // Publish the usual series from the start, at zero.
         for result in ["ok", "unchanged", "error", "gone"] {
-            let _ = status_writes.get_or_create(&ResultLabel { result: result.into() });
+            let _ = status_writes.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
         }
         for source in ["watch", "secret_watch", "status_write"] {
-            let _ = reconcile_errors.get_or_create(&SourceLabel { source: source.into() });
+            let _ = reconcile_errors.get_or_create(&SourceLabel {
+                source: source.into(),
+            });
         }
         Self {
             registry: Mutex::new(registry),

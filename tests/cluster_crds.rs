@@ -11,7 +11,12 @@ use common::*;
 fn crds_install_and_become_established() {
     install_crds();
     let out = kubectl_ok(&["get", "crd", "-o", "name"]);
-    for crd in ["telephonyhooks", "enrollmentpolicies", "emailproviders", "emaildomains"] {
+    for crd in [
+        "telephonyhooks",
+        "enrollmentpolicies",
+        "emailproviders",
+        "emaildomains",
+    ] {
         assert!(out.contains(&format!("{crd}.idplane.dev")), "{out}");
     }
     let out = kubectl_ok(&["api-resources", "--api-group=idplane.dev", "-o", "wide"]);
@@ -41,11 +46,28 @@ fn every_example_applies_server_side() {
     files.sort();
     assert!(files.len() >= 4);
     for f in &files {
-        let out = kubectl(&["apply", "--server-side", "-n", &ns, "-f", f.to_str().unwrap()]);
-        assert!(out.status.success(), "{}: {}{}", f.display(), text(&out.stdout), text(&out.stderr));
+        let out = kubectl(&[
+            "apply",
+            "--server-side",
+            "-n",
+            &ns,
+            "-f",
+            f.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            f.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
     let got = kubectl_ok(&["get", "idplane", "-n", &ns, "-o", "name"]);
-    assert_eq!(got.lines().count(), 8, "2 hooks, 3 policies, 1 provider, 2 domains:\n{got}");
+    assert_eq!(
+        got.lines().count(),
+        8,
+        "2 hooks, 3 policies, 1 provider, 2 domains:\n{got}"
+    );
 }
 
 #[test]
@@ -57,19 +79,38 @@ fn invalid_schema_fixtures_are_refused_naming_the_field() {
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
         let body = std::fs::read_to_string(&path).unwrap();
-        let field = body.lines().find_map(|l| l.strip_prefix("# expect-field: ")).unwrap();
+        let field = body
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect-field: "))
+            .unwrap();
         // Kubernetes 1.20 prunes unknown fields instead of refusing them;
         // kubectl's own schema validation refuses them, so that one case
         // goes through kubectl's validation, every other one straight to
         // the apiserver.
         let by_kubectl = body.contains("# refused-by: kubectl");
-        let validate = if by_kubectl { "--validate=true" } else { "--validate=false" };
-        let out = kubectl(&["apply", "--server-side", validate, "-n", &ns, "-f", path.to_str().unwrap()]);
+        let validate = if by_kubectl {
+            "--validate=true"
+        } else {
+            "--validate=false"
+        };
+        let out = kubectl(&[
+            "apply",
+            "--server-side",
+            validate,
+            "-n",
+            &ns,
+            "-f",
+            path.to_str().unwrap(),
+        ]);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{} was accepted", path.display());
         let leaf = field.rsplit('.').next().unwrap();
         let leaf = leaf.split('[').next().unwrap();
-        assert!(err.contains(leaf), "{}: the error does not name {field}:\n{err}", path.display());
+        assert!(
+            err.contains(leaf),
+            "{}: the error does not name {field}:\n{err}",
+            path.display()
+        );
         checked += 1;
     }
     assert!(checked >= 10);
@@ -78,10 +119,14 @@ fn invalid_schema_fixtures_are_refused_naming_the_field() {
 #[test]
 fn kubectl_explain_reads_the_descriptions() {
     install_crds();
-    let out = wait_for("kubectl explain to see the CRD", std::time::Duration::from_secs(60), || {
-        let o = kubectl(&["explain", "telephonyhook.spec.auth"]);
-        o.status.success().then(|| text(&o.stdout))
-    });
+    let out = wait_for(
+        "kubectl explain to see the CRD",
+        std::time::Duration::from_secs(60),
+        || {
+            let o = kubectl(&["explain", "telephonyhook.spec.auth"]);
+            o.status.success().then(|| text(&o.stdout))
+        },
+    );
     assert!(out.contains("authentication field"), "{out}");
     assert!(out.contains("secretRef"), "{out}");
     let out = kubectl_ok(&["explain", "emailprovider.spec.port"]);
@@ -92,17 +137,45 @@ fn kubectl_explain_reads_the_descriptions() {
 fn kubectl_get_shows_the_printer_columns() {
     install_crds();
     let ns = temp_namespace("columns");
-    kubectl_ok(&["apply", "--server-side", "-n", &ns, "-f", "examples/org/20-telephony-hooks.yaml"]);
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-n",
+        &ns,
+        "-f",
+        "examples/org/20-telephony-hooks.yaml",
+    ]);
     let out = kubectl_ok(&["get", "telephonyhooks", "-n", &ns]);
     let header = out.lines().next().unwrap();
-    for col in ["NAME", "ACTIVE", "READY", "EXECUTIONS", "FAILURES", "AVG-MS", "AGE"] {
+    for col in [
+        "NAME",
+        "ACTIVE",
+        "READY",
+        "EXECUTIONS",
+        "FAILURES",
+        "AVG-MS",
+        "AGE",
+    ] {
         assert!(header.contains(col), "{col} missing: {header}");
     }
-    assert!(out.lines().any(|l| l.starts_with("primary") && l.contains("true")), "{out}");
-    let out = kubectl_ok(&["apply", "--server-side", "-n", &ns, "-f", "examples/org/40-email.yaml"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("primary") && l.contains("true")),
+        "{out}"
+    );
+    let out = kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-n",
+        &ns,
+        "-f",
+        "examples/org/40-email.yaml",
+    ]);
     assert!(out.contains("emailprovider"));
     let header = kubectl_ok(&["get", "emailproviders", "-n", &ns]);
-    for col in ["ENABLED", "HOST", "PORT", "VERIFIED", "READY", "SENT", "FAILED"] {
+    for col in [
+        "ENABLED", "HOST", "PORT", "VERIFIED", "READY", "SENT", "FAILED",
+    ] {
         assert!(header.contains(col), "{col} missing: {header}");
     }
 }

@@ -14,14 +14,32 @@ fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
     install_crds();
     let ns = temp_namespace("enroll");
     let tmp = tempfile::tempdir().unwrap();
-    kubectl_ok(&["apply", "--server-side", "-n", &ns, "-f", "examples/org/30-enrollment-policies.yaml"]);
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-n",
+        &ns,
+        "-f",
+        "examples/org/30-enrollment-policies.yaml",
+    ]);
     apply_yaml(
         &ns,
         "apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata:\n  name: hidden\nspec:\n  priority: 50\n  groups: [admins]\n  authenticators: [{key: duo, enroll: REQUIRED}]\n",
     );
     let op = Idplane::start(
-        &["operator", "--namespaces", &ns, "--listen", "127.0.0.1:0", "--database",
-          tmp.path().join("db").to_str().unwrap(), "--lease-namespace", &ns, "--lease-seconds", "6"],
+        &[
+            "operator",
+            "--namespaces",
+            &ns,
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            tmp.path().join("db").to_str().unwrap(),
+            "--lease-namespace",
+            &ns,
+            "--lease-seconds",
+            "6",
+        ],
         &[("KUBECONFIG", kubeconfig().to_str().unwrap())],
         &tmp.path().join("op.log"),
     );
@@ -30,20 +48,30 @@ fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
         let o = get_json(&ns, "enrollmentpolicy/hidden")?;
         (condition(&o, "Shadowed")?["status"] == "True").then_some(o)
     });
-    let msg = condition(&hidden, "Shadowed").unwrap()["message"].as_str().unwrap().to_string();
+    let msg = condition(&hidden, "Shadowed").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("admins"), "{msg}");
     let admins = wait_for("admins status", Duration::from_secs(30), || {
         let o = get_json(&ns, "enrollmentpolicy/admins")?;
         o["status"]["summary"].is_string().then_some(o)
     });
-    assert_eq!(admins["status"]["summary"], "required: email, webauthn; optional: okta verify; not allowed: phone");
+    assert_eq!(
+        admins["status"]["summary"],
+        "required: email, webauthn; optional: okta verify; not allowed: phone"
+    );
     assert_eq!(condition(&admins, "Shadowed").unwrap()["status"], "False");
     let out = kubectl_ok(&["get", "enrollmentpolicies", "-n", &ns]);
-    assert!(out.contains("required: email, webauthn"), "SUMMARY column:\n{out}");
+    assert!(
+        out.contains("required: email, webauthn"),
+        "SUMMARY column:\n{out}"
+    );
 
     // Evaluate over the authenticated API.
     let url = op.url(&format!("/v1/orgs/{ns}/enrollment/evaluate"));
-    let request = json!({"user": {"id": "u1", "groups": ["staff", "admins"], "enrolled": ["okta_email"]}});
+    let request =
+        json!({"user": {"id": "u1", "groups": ["staff", "admins"], "enrolled": ["okta_email"]}});
     assert_eq!(http("POST", &url, None, Some(&request)).0, 401);
     let token = "idplane-admin-token";
     let (code, body) = http("POST", &url, Some(token), Some(&request));
@@ -52,17 +80,35 @@ fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
     assert_eq!(answer["policy"], "admins");
     assert_eq!(answer["rule"], "everywhere");
     let list = |field: &str| -> Vec<String> {
-        answer[field].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        answer[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
     };
     assert!(list("required").contains(&"webauthn".to_string()));
     assert!(list("enrollNow").contains(&"webauthn".to_string()));
     assert!(list("notAllowed").contains(&"phone_number".to_string()));
     // A user in no group gets the default policy.
-    let (_, body) = http("POST", &url, Some(token), Some(&json!({"user": {"id": "u2"}})));
+    let (_, body) = http(
+        "POST",
+        &url,
+        Some(token),
+        Some(&json!({"user": {"id": "u2"}})),
+    );
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["policy"], "everyone");
     // Bad input: a clear 400 naming the field.
-    let (code, body) = http("POST", &url, Some(token), Some(&json!({"user": {"id": "u3", "enrolled": ["magic"]}})));
+    let (code, body) = http(
+        "POST",
+        &url,
+        Some(token),
+        Some(&json!({"user": {"id": "u3", "enrolled": ["magic"]}})),
+    );
     assert_eq!(code, 400, "{body}");
-    assert!(body.contains("user.enrolled[0]") && body.contains("magic"), "{body}");
+    assert!(
+        body.contains("user.enrolled[0]") && body.contains("magic"),
+        "{body}"
+    );
 }

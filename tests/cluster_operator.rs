@@ -36,7 +36,9 @@ fn start_operator(ns: &str, identity: &str, tmp: &std::path::Path) -> Idplane {
 }
 
 fn secret(name: &str, key: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  {key}: {value}\n")
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  {key}: {value}\n"
+    )
 }
 
 fn hook(name: &str, extra: &str) -> String {
@@ -53,16 +55,26 @@ fn provider(name: &str) -> String {
 
 /// Waits until the object's condition has `status` (and `reason`, if given)
 /// for the object's current generation; returns the object.
-fn wait_condition(ns: &str, resource: &str, type_: &str, status: &str, reason: Option<&str>) -> Value {
-    wait_for(&format!("{resource} {type_}={status} {reason:?}"), T, || {
-        let obj = get_json(ns, resource)?;
-        let c = condition(&obj, type_)?;
-        let generation = obj["metadata"]["generation"].as_i64()?;
-        let current = c["observedGeneration"].as_i64() == Some(generation)
-            && obj["status"]["observedGeneration"].as_i64() == Some(generation);
-        let ok = c["status"] == status && reason.is_none_or(|r| c["reason"] == r);
-        (current && ok).then_some(obj)
-    })
+fn wait_condition(
+    ns: &str,
+    resource: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Value {
+    wait_for(
+        &format!("{resource} {type_}={status} {reason:?}"),
+        T,
+        || {
+            let obj = get_json(ns, resource)?;
+            let c = condition(&obj, type_)?;
+            let generation = obj["metadata"]["generation"].as_i64()?;
+            let current = c["observedGeneration"].as_i64() == Some(generation)
+                && obj["status"]["observedGeneration"].as_i64() == Some(generation);
+            let ok = c["status"] == status && reason.is_none_or(|r| c["reason"] == r);
+            (current && ok).then_some(obj)
+        },
+    )
 }
 
 #[test]
@@ -79,31 +91,72 @@ fn status_conflicts_failover_and_secret_rotation() {
     assert_eq!(condition(&obj, "Active").unwrap()["status"], "True");
     assert_eq!(condition(&obj, "Accepted").unwrap()["reason"], "Valid");
     let out = kubectl_ok(&["get", "telephonyhooks", "-n", &ns]);
-    assert!(out.lines().nth(1).unwrap().contains("True"), "READY column:\n{out}");
+    assert!(
+        out.lines().nth(1).unwrap().contains("True"),
+        "READY column:\n{out}"
+    );
 
     // An invalid change (CEL, which 1.20 does not enforce) gets a field-level
     // message, and the last valid version stays in use.
     apply_yaml(&ns, &hook("alpha", "  timeout: 11s\n"));
-    let obj = wait_condition(&ns, "telephonyhook/alpha", "Accepted", "False", Some("Invalid"));
-    let msg = condition(&obj, "Accepted").unwrap()["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("spec.timeout") && msg.contains("at most 10s"), "{msg}");
+    let obj = wait_condition(
+        &ns,
+        "telephonyhook/alpha",
+        "Accepted",
+        "False",
+        Some("Invalid"),
+    );
+    let msg = condition(&obj, "Accepted").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("spec.timeout") && msg.contains("at most 10s"),
+        "{msg}"
+    );
     apply_yaml(&ns, &hook("alpha", ""));
     wait_condition(&ns, "telephonyhook/alpha", "Accepted", "True", None);
 
     // Two active hooks: the oldest wins, the other reports the conflict.
     std::thread::sleep(Duration::from_millis(1100)); // distinct creationTimestamps
     apply_yaml(&ns, &hook("beta", ""));
-    let obj = wait_condition(&ns, "telephonyhook/beta", "Active", "False", Some("Conflict"));
-    let msg = condition(&obj, "Active").unwrap()["message"].as_str().unwrap().to_string();
+    let obj = wait_condition(
+        &ns,
+        "telephonyhook/beta",
+        "Active",
+        "False",
+        Some("Conflict"),
+    );
+    let msg = condition(&obj, "Active").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("alpha"), "names the winner: {msg}");
     // Deactivating the winner hands over at once.
     apply_yaml(&ns, &hook("alpha", "  active: false\n"));
     wait_condition(&ns, "telephonyhook/beta", "Active", "True", None);
-    let obj = wait_condition(&ns, "telephonyhook/alpha", "Active", "False", Some("Deactivated"));
-    assert!(condition(&obj, "Active").unwrap()["message"].as_str().unwrap().contains("active: false"));
+    let obj = wait_condition(
+        &ns,
+        "telephonyhook/alpha",
+        "Active",
+        "False",
+        Some("Deactivated"),
+    );
+    assert!(
+        condition(&obj, "Active").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("active: false")
+    );
     // Re-activate alpha (oldest): it wins again; deleting it fails over.
     apply_yaml(&ns, &hook("alpha", "  active: true\n"));
-    wait_condition(&ns, "telephonyhook/beta", "Active", "False", Some("Conflict"));
+    wait_condition(
+        &ns,
+        "telephonyhook/beta",
+        "Active",
+        "False",
+        Some("Conflict"),
+    );
     kubectl_ok(&["delete", "-n", &ns, "telephonyhook/alpha"]);
     wait_condition(&ns, "telephonyhook/beta", "Active", "True", None);
 
@@ -113,24 +166,58 @@ fn status_conflicts_failover_and_secret_rotation() {
     wait_condition(&ns, "emailprovider/first", "Ready", "True", None);
     std::thread::sleep(Duration::from_millis(1100));
     apply_yaml(&ns, &provider("second"));
-    let obj = wait_condition(&ns, "emailprovider/second", "Ready", "False", Some("Conflict"));
-    assert!(condition(&obj, "Ready").unwrap()["message"].as_str().unwrap().contains("first"));
+    let obj = wait_condition(
+        &ns,
+        "emailprovider/second",
+        "Ready",
+        "False",
+        Some("Conflict"),
+    );
+    assert!(
+        condition(&obj, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("first")
+    );
     kubectl_ok(&["delete", "-n", &ns, "emailprovider/first"]);
     wait_condition(&ns, "emailprovider/second", "Ready", "True", None);
 
     // Events were recorded for the transitions.
     let events = kubectl_ok(&["get", "events.v1.events.k8s.io", "-n", &ns, "-o", "json"]);
     let events: Value = serde_json::from_str(&events).unwrap();
-    let reasons: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
     for r in ["Activated", "Conflict", "Invalid", "Deactivated"] {
         assert!(reasons.contains(&r), "no {r} event in {reasons:?}");
     }
 
     // A missing Secret key: Ready=False SecretNotFound naming it, not its content.
     apply_yaml(&ns, &secret("sms", "other", "x"));
-    kubectl_ok(&["patch", "secret", "sms", "-n", &ns, "--type=json", "-p", r#"[{"op":"remove","path":"/data/token"}]"#]);
-    let obj = wait_condition(&ns, "telephonyhook/beta", "Ready", "False", Some("SecretNotFound"));
-    let msg = condition(&obj, "Ready").unwrap()["message"].as_str().unwrap().to_string();
+    kubectl_ok(&[
+        "patch",
+        "secret",
+        "sms",
+        "-n",
+        &ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/token"}]"#,
+    ]);
+    let obj = wait_condition(
+        &ns,
+        "telephonyhook/beta",
+        "Ready",
+        "False",
+        Some("SecretNotFound"),
+    );
+    let msg = condition(&obj, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("sms") && msg.contains("token"), "{msg}");
     assert!(!msg.contains("first-token"));
 
@@ -139,14 +226,32 @@ fn status_conflicts_failover_and_secret_rotation() {
     let before = config_secret_version(&op, &ns, &admin);
     apply_yaml(&ns, &secret("sms", "token", "rotated-token"));
     wait_condition(&ns, "telephonyhook/beta", "Ready", "True", None);
-    let after = wait_for("the rotated Secret in the runtime", Duration::from_secs(20), || {
-        let v = config_secret_version(&op, &ns, &admin);
-        (v != before && !v.is_empty()).then_some(v)
-    });
-    let rv = kubectl_ok(&["get", "secret", "sms", "-n", &ns, "-o", "jsonpath={.metadata.resourceVersion}"]);
-    assert!(after.contains(&rv), "{after} should name resourceVersion {rv}");
+    let after = wait_for(
+        "the rotated Secret in the runtime",
+        Duration::from_secs(20),
+        || {
+            let v = config_secret_version(&op, &ns, &admin);
+            (v != before && !v.is_empty()).then_some(v)
+        },
+    );
+    let rv = kubectl_ok(&[
+        "get",
+        "secret",
+        "sms",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    assert!(
+        after.contains(&rv),
+        "{after} should name resourceVersion {rv}"
+    );
     let (_, config) = http_get(&op.url(&format!("/v1/orgs/{ns}/config")), Some(&admin));
-    assert!(!config.contains("rotated-token") && !config.contains("first-token"), "{config}");
+    assert!(
+        !config.contains("rotated-token") && !config.contains("first-token"),
+        "{config}"
+    );
 }
 
 fn admin_token() -> String {
@@ -158,7 +263,10 @@ fn config_secret_version(op: &Idplane, ns: &str, token: &str) -> String {
     let (code, body) = http_get(&op.url(&format!("/v1/orgs/{ns}/config")), Some(token));
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    v["config"]["hooks"]["beta"]["authSecret"].as_str().unwrap_or_default().to_string()
+    v["config"]["hooks"]["beta"]["authSecret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -178,13 +286,23 @@ fn unchanged_status_is_not_written_again() {
     kubectl_ok(&["label", "-n", &ns, "telephonyhook/quiet", "team=sms"]);
     kubectl_ok(&["annotate", "-n", &ns, "telephonyhook/quiet", "note=hello"]);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(writes(), settled, "status was rewritten although nothing changed");
+    assert_eq!(
+        writes(),
+        settled,
+        "status was rewritten although nothing changed"
+    );
     // A status someone else overwrote is repaired.
     let mut obj = get_json(&ns, "telephonyhook/quiet").unwrap();
     obj["status"] = json!({"conditions": [{"type": "Ready", "status": "False", "reason": "Tampered",
         "message": "written by hand", "lastTransitionTime": "2020-01-01T00:00:00Z"}]});
     let out = kubectl_stdin(
-        &["replace", "--raw", &format!("/apis/idplane.dev/v1alpha1/namespaces/{ns}/telephonyhooks/quiet/status"), "-f", "-"],
+        &[
+            "replace",
+            "--raw",
+            &format!("/apis/idplane.dev/v1alpha1/namespaces/{ns}/telephonyhooks/quiet/status"),
+            "-f",
+            "-",
+        ],
         &obj.to_string(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -204,7 +322,9 @@ fn lease_hands_status_writing_to_the_other_replica() {
     let tmp = tempfile::tempdir().unwrap();
     apply_yaml(&ns, &secret("sms", "token", "t"));
     let mut a = start_operator(&ns, "replica-a", tmp.path());
-    wait_for("replica-a to lead", T, || (a.metric("idplane_leader") == 1.0).then_some(()));
+    wait_for("replica-a to lead", T, || {
+        (a.metric("idplane_leader") == 1.0).then_some(())
+    });
     let b = start_operator(&ns, "replica-b", tmp.path());
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(b.metric("idplane_leader"), 0.0, "only one leader");
@@ -213,22 +333,36 @@ fn lease_hands_status_writing_to_the_other_replica() {
     wait_condition(&ns, "telephonyhook/h1", "Ready", "True", None);
     for op in [&a, &b] {
         wait_for("both replicas to index h1", T, || {
-            let (c, body) = http_get(&op.url(&format!("/v1/orgs/{ns}/config")), Some(&admin_token()));
+            let (c, body) = http_get(
+                &op.url(&format!("/v1/orgs/{ns}/config")),
+                Some(&admin_token()),
+            );
             (c == 200 && body.contains("\"activeHook\":\"h1\"")).then_some(())
         });
     }
     // Kill the leader: the other takes over within the lease duration.
     a.child.kill().unwrap();
     let killed = std::time::Instant::now();
-    wait_for("replica-b to lead", Duration::from_secs(30), || (b.metric("idplane_leader") == 1.0).then_some(()));
-    assert!(killed.elapsed() < Duration::from_secs(6 + 2 + 3), "took {:?}", killed.elapsed());
+    wait_for("replica-b to lead", Duration::from_secs(30), || {
+        (b.metric("idplane_leader") == 1.0).then_some(())
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(6 + 2 + 3),
+        "took {:?}",
+        killed.elapsed()
+    );
     let lease = get_json(&ns, "lease/idplane-status-writer").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     // And writes status.
     std::thread::sleep(Duration::from_millis(1100));
     apply_yaml(&ns, &hook("h2", ""));
     let obj = wait_condition(&ns, "telephonyhook/h2", "Active", "False", Some("Conflict"));
-    assert!(condition(&obj, "Active").unwrap()["message"].as_str().unwrap().contains("h1"));
+    assert!(
+        condition(&obj, "Active").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("h1")
+    );
 }
 
 #[test]
@@ -240,7 +374,13 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
     for sa in ["allowed", "denied"] {
         kubectl_ok(&["create", "serviceaccount", sa, "-n", &ns]);
     }
-    kubectl_ok(&["apply", "-n", &ns, "-f", "examples/rbac/runtime-caller.yaml"]);
+    kubectl_ok(&[
+        "apply",
+        "-n",
+        &ns,
+        "-f",
+        "examples/rbac/runtime-caller.yaml",
+    ]);
     kubectl_ok(&[
         "create",
         "rolebinding",
@@ -251,7 +391,9 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
         &format!("--serviceaccount={ns}:allowed"),
     ]);
     let op = start_operator(&format!("{ns},{other}"), "authz", tmp.path());
-    wait_for("ready", T, || (http_get(&op.url("/readyz"), None).0 == 200).then_some(()));
+    wait_for("ready", T, || {
+        (http_get(&op.url("/readyz"), None).0 == 200).then_some(())
+    });
     let allowed = sa_token(&ns, "allowed");
     let denied = sa_token(&ns, "denied");
     let url = op.url(&format!("/v1/orgs/{ns}/config"));
@@ -276,7 +418,13 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
     assert_eq!(code, 200);
     assert!(body.contains("/v1/orgs/{org}/config"));
     let metrics = http_get(&op.url("/metrics"), None).1;
-    for name in ["idplane_reconciles_total", "idplane_reconcile_duration_seconds", "idplane_index_objects", "idplane_status_writes_total", "idplane_http_requests_total"] {
+    for name in [
+        "idplane_reconciles_total",
+        "idplane_reconcile_duration_seconds",
+        "idplane_index_objects",
+        "idplane_status_writes_total",
+        "idplane_http_requests_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 }
@@ -285,7 +433,13 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
 fn sa_token(ns: &str, sa: &str) -> String {
     let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}});
     let out = kubectl_stdin(
-        &["create", "--raw", &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"), "-f", "-"],
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
+            "-f",
+            "-",
+        ],
         &body.to_string(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));

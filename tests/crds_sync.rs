@@ -77,7 +77,11 @@ fn the_chart_carries_the_same_crds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for crd in idplane::resources::all_crds() {
         let name = idplane::resources::crd_file_name(&crd);
-        let chart = std::fs::read_to_string(root.join("charts/idplane/crds").join(&name)).unwrap_or_default();
-        assert!(chart == idplane::resources::crd_yaml(&crd).unwrap(), "charts/idplane/crds/{name} is stale; run scripts/gen-crds.sh");
+        let chart = std::fs::read_to_string(root.join("charts/idplane/crds").join(&name))
+            .unwrap_or_default();
+        assert!(
+            chart == idplane::resources::crd_yaml(&crd).unwrap(),
+            "charts/idplane/crds/{name} is stale; run scripts/gen-crds.sh"
+        );
     }
 }

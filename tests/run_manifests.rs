@@ -16,7 +16,12 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    for f in ["10-secrets.yaml", "20-telephony-hooks.yaml", "30-enrollment-policies.yaml", "40-email.yaml"] {
+    for f in [
+        "10-secrets.yaml",
+        "20-telephony-hooks.yaml",
+        "30-enrollment-policies.yaml",
+        "40-email.yaml",
+    ] {
         std::fs::copy(root().join("examples/org").join(f), manifests.join(f)).unwrap();
     }
     std::fs::write(
@@ -55,56 +60,106 @@ fn object(run: &Idplane, kind: &str, name: &str) -> Option<Value> {
         return None;
     }
     let v: Value = serde_json::from_str(&body).ok()?;
-    v["objects"].as_array()?.iter().find(|o| o["kind"] == kind && o["name"] == name).cloned()
+    v["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["kind"] == kind && o["name"] == name)
+        .cloned()
 }
 
 fn cond(obj: &Value, type_: &str) -> Value {
-    obj["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).cloned().unwrap()
+    obj["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap()
 }
 
 #[test]
 fn reloads_keeps_last_good_and_persists_status() {
     let (tmp, manifests) = setup();
     let run = start(tmp.path(), &manifests, "run1.log");
-    wait_for("ready", Duration::from_secs(30), || (http_get(&run.url("/readyz"), None).0 == 200).then_some(()));
+    wait_for("ready", Duration::from_secs(30), || {
+        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
+    });
     let primary = wait_for("primary Ready", Duration::from_secs(30), || {
         object(&run, "TelephonyHook", "primary").filter(|o| cond(o, "Ready")["status"] == "True")
     });
     assert_eq!(primary["generation"], 1);
-    assert_eq!(cond(&primary, "Active")["reason"], "InsecureHttp", "status says the hook runs over http://");
+    assert_eq!(
+        cond(&primary, "Active")["reason"],
+        "InsecureHttp",
+        "status says the hook runs over http://"
+    );
     let first_transition = cond(&primary, "Ready")["lastTransitionTime"].clone();
 
     // Tokens from the file, bound to orgs.
     assert_eq!(http_get(&run.url("/v1/orgs/acme/config"), None).0, 401);
-    assert_eq!(http_get(&run.url("/v1/orgs/acme/config"), Some("wrong-token-xxxxxxxxxxxx")).0, 401);
-    assert_eq!(http_get(&run.url("/v1/orgs/acme/config"), Some(OTHER)).0, 403);
+    assert_eq!(
+        http_get(
+            &run.url("/v1/orgs/acme/config"),
+            Some("wrong-token-xxxxxxxxxxxx")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http_get(&run.url("/v1/orgs/acme/config"), Some(OTHER)).0,
+        403
+    );
 
     // A file change is picked up: a new generation, the new timeout in use.
     let path = manifests.join("20-telephony-hooks.yaml");
     let original = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, original.replacen("timeout: 3s", "timeout: 4s", 1)).unwrap();
     wait_for("generation 2", Duration::from_secs(20), || {
-        object(&run, "TelephonyHook", "primary").filter(|o| o["generation"] == 2 && o["status"]["observedGeneration"] == 2)
+        object(&run, "TelephonyHook", "primary")
+            .filter(|o| o["generation"] == 2 && o["status"]["observedGeneration"] == 2)
     });
     let config = || -> Value {
         let (_, body) = http_get(&run.url("/v1/orgs/acme/config"), Some(ACME));
         serde_json::from_str(&body).unwrap()
     };
-    assert_eq!(config()["config"]["hooks"]["primary"]["timeoutMillis"], 4000);
+    assert_eq!(
+        config()["config"]["hooks"]["primary"]["timeoutMillis"],
+        4000
+    );
 
     // An invalid change: reported with the field, the last valid version stays.
     std::fs::write(&path, original.replacen("timeout: 3s", "timeout: 11s", 1)).unwrap();
     let bad = wait_for("Accepted=False", Duration::from_secs(20), || {
-        object(&run, "TelephonyHook", "primary").filter(|o| cond(o, "Accepted")["status"] == "False")
+        object(&run, "TelephonyHook", "primary")
+            .filter(|o| cond(o, "Accepted")["status"] == "False")
     });
-    assert!(cond(&bad, "Accepted")["message"].as_str().unwrap().contains("spec.timeout"));
-    assert_eq!(cond(&bad, "Ready")["status"], "True", "the last valid version serves");
-    assert_eq!(config()["config"]["hooks"]["primary"]["timeoutMillis"], 4000);
-    let log = wait_for("the problem printed with file and line", Duration::from_secs(10), || {
-        let log = std::fs::read_to_string(tmp.path().join("run1.log")).unwrap();
-        log.contains("20-telephony-hooks.yaml:").then_some(log)
-    });
-    assert!(log.contains("spec.timeout: timeout must be more than 0s and at most 10s"), "{log}");
+    assert!(
+        cond(&bad, "Accepted")["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.timeout")
+    );
+    assert_eq!(
+        cond(&bad, "Ready")["status"],
+        "True",
+        "the last valid version serves"
+    );
+    assert_eq!(
+        config()["config"]["hooks"]["primary"]["timeoutMillis"],
+        4000
+    );
+    let log = wait_for(
+        "the problem printed with file and line",
+        Duration::from_secs(10),
+        || {
+            let log = std::fs::read_to_string(tmp.path().join("run1.log")).unwrap();
+            log.contains("20-telephony-hooks.yaml:").then_some(log)
+        },
+    );
+    assert!(
+        log.contains("spec.timeout: timeout must be more than 0s and at most 10s"),
+        "{log}"
+    );
     // Secrets never appear in the config or the log.
     let body = config().to_string();
     assert!(!body.contains("dev-token-change-me") && !log.contains("dev-token-change-me"));
@@ -116,6 +171,11 @@ fn reloads_keeps_last_good_and_persists_status() {
     });
     drop(run);
     let run = start(tmp.path(), &manifests, "run2.log");
-    let again = wait_for("primary after restart", Duration::from_secs(30), || object(&run, "TelephonyHook", "primary"));
-    assert_eq!(cond(&again, "Ready")["lastTransitionTime"], first_transition);
+    let again = wait_for("primary after restart", Duration::from_secs(30), || {
+        object(&run, "TelephonyHook", "primary")
+    });
+    assert_eq!(
+        cond(&again, "Ready")["lastTransitionTime"],
+        first_transition
+    );
 }

@@ -235,5 +235,8 @@ fn run_manifests_prints_the_org_configuration_without_secrets() {
         !stdout.contains("dev-token-change-me") && !stdout.contains("smtp-password-change-me"),
         "secret leaked:\n{stdout}"
     );
-    assert!(stdout.contains("<redacted; Secret version manifest>"), "{stdout}");
+    assert!(
+        stdout.contains("<redacted; Secret version manifest>"),
+        "{stdout}"
+    );
 }

@@ -68,7 +68,10 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/v1/orgs/{org}/config", get(org_config))
         .route("/v1/orgs/{org}/status", get(org_status))
         .route("/v1/orgs/{org}/events", get(org_events))
-        .route("/v1/orgs/{org}/enrollment/evaluate", axum::routing::post(evaluate_enrollment))
+        .route(
+            "/v1/orgs/{org}/enrollment/evaluate",
+            axum::routing::post(evaluate_enrollment),
+        )
         .merge(extra)
         .fallback(|| async {
             ApiError::not_found("not_found", "no such endpoint; see /openapi.json")

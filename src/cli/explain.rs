@@ -87,7 +87,8 @@ pub fn request_json(a: &EnrollmentArgs) -> Value {
         "recovery": recovery,
     });
     if a.app_possession || !a.app_authenticators.is_empty() {
-        request["app"] = json!({"possession": a.app_possession, "authenticators": a.app_authenticators});
+        request["app"] =
+            json!({"possession": a.app_possession, "authenticators": a.app_authenticators});
     }
     if let Some(ip) = &a.ip {
         request["network"] = json!({"ip": ip});
@@ -97,9 +98,14 @@ pub fn request_json(a: &EnrollmentArgs) -> Value {
 
 async fn objects_from_cluster(namespace: &str) -> anyhow::Result<Vec<Value>> {
     use kube::api::{Api, ListParams};
-    let client = kube::Client::try_default().await.context("cannot reach a cluster (KUBECONFIG)")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach a cluster (KUBECONFIG)")?;
     let api: Api<crate::resources::EnrollmentPolicy> = Api::namespaced(client, namespace);
-    let list = api.list(&ListParams::default()).await.context("listing EnrollmentPolicies")?;
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .context("listing EnrollmentPolicies")?;
     Ok(list
         .items
         .iter()
@@ -126,14 +132,24 @@ pub async fn run(command: ExplainCommand) -> anyhow::Result<ExitCode> {
         None => objects_from_cluster(&args.namespace).await?,
     };
     let report = validate(&values, &options);
-    for f in report.findings.iter().filter(|f| f.object.namespace == args.namespace) {
-        eprintln!("warning: {} {}: {} (left out)", f.object, f.field, f.message);
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.object.namespace == args.namespace)
+    {
+        eprintln!(
+            "warning: {} {}: {} (left out)",
+            f.object, f.field, f.message
+        );
     }
     let (config, _) = crate::index::build(&report, &crate::index::Secrets::new());
-    let policies = config.get(&args.namespace).map(|o| o.policies.clone()).unwrap_or_default();
+    let policies = config
+        .get(&args.namespace)
+        .map(|o| o.policies.clone())
+        .unwrap_or_default();
     let engine = EnrollmentEngine::new(&policies);
-    let request: EvaluationRequest =
-        serde_json::from_value(request_json(&args)).context("building the request from the flags")?;
+    let request: EvaluationRequest = serde_json::from_value(request_json(&args))
+        .context("building the request from the flags")?;
     let evaluation = match engine.evaluate(&request) {
         Ok(e) => e,
         Err(e) => {

@@ -1,8 +1,8 @@
 //! The `idplane` command line. Parsing and printing live here; every
 //! decision is made by the library modules.
 
-pub mod preview;
 pub mod explain;
+pub mod preview;
 pub mod serve;
 pub mod test_email;
 pub mod validate;

@@ -70,7 +70,10 @@ pub struct ModuleSettings {
 }
 
 /// Starts the runtime modules; returns their routes.
-pub async fn start_modules(core: &Core, settings: &ModuleSettings) -> anyhow::Result<axum::Router<SharedState>> {
+pub async fn start_modules(
+    core: &Core,
+    settings: &ModuleSettings,
+) -> anyhow::Result<axum::Router<SharedState>> {
     let ctx = crate::runtime::ModuleContext {
         snapshots: core.snapshots.clone(),
         store: core.store.clone(),

@@ -246,7 +246,9 @@ pub async fn run(
                 StatusSink::Kube { .. } => None,
             };
             let mine_hash = written_hash.get(&key).copied();
-            let previous = mine.clone().or_else(|| view.observed_status.as_deref().cloned());
+            let previous = mine
+                .clone()
+                .or_else(|| view.observed_status.as_deref().cloned());
             let desired = desired_status(
                 &key,
                 view,
@@ -263,7 +265,8 @@ pub async fn run(
             let observed_seen = last_views
                 .get(&key)
                 .is_some_and(|v| v.observed_status.as_deref() == observed);
-            let mine_agrees = mine.as_ref() == Some(&desired) || mine_hash == Some(status_hash(&desired));
+            let mine_agrees =
+                mine.as_ref() == Some(&desired) || mine_hash == Some(status_hash(&desired));
             if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
                 metrics.status_write("unchanged");
                 last_views.insert(key.clone(), view.clone());

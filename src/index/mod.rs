@@ -185,7 +185,9 @@ pub fn policy_summary(spec: &crate::resources::EnrollmentPolicySpec) -> String {
             (None, None) => continue,
         };
         // Email set to optional is required in effect (enrolled automatically).
-        let value = if a.key == crate::resources::AuthenticatorKey::OktaEmail && value == Enrollment::Optional {
+        let value = if a.key == crate::resources::AuthenticatorKey::OktaEmail
+            && value == Enrollment::Optional
+        {
             Enrollment::Required
         } else {
             value
@@ -239,7 +241,10 @@ fn resolve(
                 "{field}: Secret {namespace}/{} has no key \"{}\"",
                 r.name, r.key
             )),
-            Some(v) => Ok(SecretValue(Arc::new(v.clone()), Arc::from(s.version.as_str()))),
+            Some(v) => Ok(SecretValue(
+                Arc::new(v.clone()),
+                Arc::from(s.version.as_str()),
+            )),
         },
     }
 }
@@ -417,9 +422,21 @@ pub fn build(
             Typed::EnrollmentPolicy(p) => {
                 let mut st = if p.spec.active {
                     org.policies.push(policy_config(p));
-                    state(true, true, None, reason::READY, "evaluated for the org's users")
+                    state(
+                        true,
+                        true,
+                        None,
+                        reason::READY,
+                        "evaluated for the org's users",
+                    )
                 } else {
-                    state(true, false, None, reason::DEACTIVATED, "active: false; not evaluated")
+                    state(
+                        true,
+                        false,
+                        None,
+                        reason::DEACTIVATED,
+                        "active: false; not evaluated",
+                    )
                 };
                 st.extra.insert(
                     "summary".into(),
@@ -471,7 +488,9 @@ pub fn build(
         org.policies.sort_by(|a, b| {
             (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
         });
-        org.enrollment = Some(Arc::new(crate::enrollment::EnrollmentEngine::new(&org.policies)));
+        org.enrollment = Some(Arc::new(crate::enrollment::EnrollmentEngine::new(
+            &org.policies,
+        )));
         mark_shadowed(ns, &org.policies, &mut states);
         // A fallback that could not be resolved is dropped from the chain.
         let names: Vec<String> = org.hooks.keys().cloned().collect();
@@ -486,7 +505,11 @@ pub fn build(
 
 /// Gives every active policy a `Shadowed` condition: True, naming the
 /// policies that hide it, when it can never apply.
-fn mark_shadowed(ns: &str, policies: &[PolicyConfig], states: &mut BTreeMap<ObjectKey, ObjectState>) {
+fn mark_shadowed(
+    ns: &str,
+    policies: &[PolicyConfig],
+    states: &mut BTreeMap<ObjectKey, ObjectState>,
+) {
     let hidden: BTreeMap<String, String> = crate::enrollment::shadowed(policies)
         .into_iter()
         .map(|s| (s.policy, s.message))
@@ -497,12 +520,21 @@ fn mark_shadowed(ns: &str, policies: &[PolicyConfig], states: &mut BTreeMap<Obje
             namespace: ns.to_string(),
             name: p.name.clone(),
         };
-        let Some(st) = states.get_mut(&key) else { continue };
-        let condition = match hidden.get(&p.name) {
-            Some(message) => serde_json::json!({"type": "Shadowed", "status": "True", "reason": "Shadowed", "message": message}),
-            None => serde_json::json!({"type": "Shadowed", "status": "False", "reason": "Reachable", "message": "some users can match this policy"}),
+        let Some(st) = states.get_mut(&key) else {
+            continue;
         };
-        st.extra.insert("conditions".into(), serde_json::Value::Array(vec![condition]));
+        let condition = match hidden.get(&p.name) {
+            Some(message) => {
+                serde_json::json!({"type": "Shadowed", "status": "True", "reason": "Shadowed", "message": message})
+            }
+            None => {
+                serde_json::json!({"type": "Shadowed", "status": "False", "reason": "Reachable", "message": "some users can match this policy"})
+            }
+        };
+        st.extra.insert(
+            "conditions".into(),
+            serde_json::Value::Array(vec![condition]),
+        );
     }
 }
 

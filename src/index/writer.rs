@@ -182,8 +182,12 @@ fn spec_identity(value: &Value) -> u64 {
     let meta = value.get("metadata");
     let mut h = std::collections::hash_map::DefaultHasher::new();
     hash_of(value.get("spec")).hash(&mut h);
-    meta.and_then(|m| m.get("generation")).and_then(Value::as_i64).hash(&mut h);
-    meta.and_then(|m| m.get("creationTimestamp")).and_then(Value::as_str).hash(&mut h);
+    meta.and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .hash(&mut h);
+    meta.and_then(|m| m.get("creationTimestamp"))
+        .and_then(Value::as_str)
+        .hash(&mut h);
     h.finish()
 }
 
@@ -244,7 +248,8 @@ impl IndexWriter {
                         .get(&checked.key.namespace)
                         .and_then(|o| o.get(&checked.key));
                     let last_good = before.and_then(|e| e.last_good.clone());
-                    let value = with_file_generation(value, before.map(|e| (e.generation, e.spec_hash)));
+                    let value =
+                        with_file_generation(value, before.map(|e| (e.generation, e.spec_hash)));
                     self.insert_entry(value, last_good);
                 }
                 self.listed = true;
@@ -394,11 +399,7 @@ pub fn secret_names(typed: Option<&Typed>) -> Vec<String> {
     }
 }
 
-fn build_org(
-    ns: &str,
-    org: &BTreeMap<ObjectKey, Entry>,
-    secrets: &Secrets,
-) -> BuiltOrg {
+fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> BuiltOrg {
     let mut checked = Vec::with_capacity(org.len());
     let mut own = Vec::with_capacity(org.len());
     let mut substituted = BTreeMap::new();

@@ -7,7 +7,10 @@ use serde_json::Value;
 use super::all_crds;
 
 fn type_of(schema: &Value) -> String {
-    let t = schema.get("type").and_then(Value::as_str).unwrap_or("object");
+    let t = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("object");
     match t {
         "array" => format!("[]{}", type_of(schema.get("items").unwrap_or(&Value::Null))),
         _ => t.to_string(),
@@ -23,10 +26,20 @@ fn constraints(schema: &Value, required: bool) -> String {
         parts.push(format!("default `{d}`"));
     }
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
-        let values: Vec<String> = e.iter().filter(|v| !v.is_null()).map(|v| format!("`{}`", v.as_str().unwrap_or(""))).collect();
+        let values: Vec<String> = e
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| format!("`{}`", v.as_str().unwrap_or("")))
+            .collect();
         parts.push(format!("one of {}", values.join(", ")));
     }
-    for (key, label) in [("minimum", "min"), ("maximum", "max"), ("minLength", "min length"), ("maxLength", "max length"), ("maxItems", "max items")] {
+    for (key, label) in [
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
+        ("maxItems", "max items"),
+    ] {
         if let Some(v) = schema.get(key) {
             parts.push(format!("{label} {v}"));
         }
@@ -34,7 +47,10 @@ fn constraints(schema: &Value, required: bool) -> String {
     if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
         parts.push(format!("pattern `` {p} ``"));
     }
-    if let Some(rules) = schema.get("x-kubernetes-validations").and_then(Value::as_array) {
+    if let Some(rules) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
         for r in rules {
             if let Some(m) = r.get("message").and_then(Value::as_str) {
                 parts.push(format!("rule: {m}"));
@@ -57,7 +73,11 @@ fn walk(schema: &Value, path: &str, out: &mut String) {
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     for (name, prop) in props {
-        let field = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+        let field = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
         let description = prop
             .get("description")
             .and_then(Value::as_str)
@@ -87,7 +107,9 @@ pub fn markdown() -> String {
         out.push_str(&format!(
             "\n## {}\n\n{}\n\nShort names: {}. Printer columns: {}.\n\n",
             names.kind,
-            root.get("description").and_then(Value::as_str).unwrap_or(""),
+            root.get("description")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
             names.short_names.clone().unwrap_or_default().join(", "),
             version
                 .additional_printer_columns
@@ -99,12 +121,20 @@ pub fn markdown() -> String {
                 .join(", ")
         ));
         for part in ["spec", "status"] {
-            out.push_str(&format!("### {part}\n\n| field | type | description | constraints |\n|---|---|---|---|\n"));
+            out.push_str(&format!(
+                "### {part}\n\n| field | type | description | constraints |\n|---|---|---|---|\n"
+            ));
             walk(&root["properties"][part], part, &mut out);
-            if let Some(rules) = root["properties"][part].get("x-kubernetes-validations").and_then(Value::as_array) {
+            if let Some(rules) = root["properties"][part]
+                .get("x-kubernetes-validations")
+                .and_then(Value::as_array)
+            {
                 out.push('\n');
                 for r in rules {
-                    out.push_str(&format!("- rule on `{part}`: {}\n", r["message"].as_str().unwrap_or("")));
+                    out.push_str(&format!(
+                        "- rule on `{part}`: {}\n",
+                        r["message"].as_str().unwrap_or("")
+                    ));
                 }
             }
             out.push('\n');

@@ -321,7 +321,9 @@ pub fn check_secret(value: &Value) -> Result<SecretData, Vec<FieldError>> {
         }
     }
     if errors.is_empty() {
-        let version = str_at(value, &["metadata", "resourceVersion"]).unwrap_or("manifest").to_string();
+        let version = str_at(value, &["metadata", "resourceVersion"])
+            .unwrap_or("manifest")
+            .to_string();
         Ok(SecretData { keys, version })
     } else {
         Err(errors)
