@@ -121,6 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Preview(args) => tokio_runtime()?.block_on(idplane::cli::preview::run(args)),
+        Command::TestEmail(args) => tokio_runtime()?.block_on(idplane::cli::test_email::run(args)),
         Command::Explain { what } => tokio_runtime()?.block_on(idplane::cli::explain::run(what)),
         Command::Operator {
             namespaces,

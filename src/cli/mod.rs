@@ -84,6 +84,8 @@ pub enum Command {
     },
     /// Preview a hook: build the request it would get, send it, and show the answer and how idplane judges it.
     Preview(preview::PreviewArgs),
+    /// Send one test email through the org's provider and print the SMTP outcome.
+    TestEmail(test_email::TestEmailArgs),
     /// Explain a runtime decision: which policy and rule apply, and why.
     Explain {
         #[command(subcommand)]
