@@ -105,6 +105,7 @@ async fn main() {
         t.await.unwrap();
     }
     let _ = child.kill();
+    let _ = child.wait();
     let n = done.load(Ordering::Relaxed);
     let report = format!(
         "enrollment over HTTP (cargo bench --bench enrollment_http)\n\
