@@ -7,17 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::ApiResource;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
 
 use super::conditions::{desired_status, transition};
 use super::extras::StatusExtras;
 use crate::index::{ObjectView, Snapshot};
-use crate::resources::{API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, TelephonyHook};
+use crate::resources::API_VERSION;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::validate::ObjectKey;
@@ -46,15 +45,6 @@ pub enum StatusSink {
     Store(Store),
 }
 
-fn api_resource(kind: &str) -> ApiResource {
-    match kind {
-        "TelephonyHook" => ApiResource::erase::<TelephonyHook>(&()),
-        "EnrollmentPolicy" => ApiResource::erase::<EnrollmentPolicy>(&()),
-        "EmailProvider" => ApiResource::erase::<EmailProvider>(&()),
-        _ => ApiResource::erase::<EmailDomain>(&()),
-    }
-}
-
 impl StatusSink {
     pub fn kube(client: Client, instance: &str) -> Self {
         let reporter = Reporter {
@@ -70,7 +60,7 @@ impl StatusSink {
     async fn write(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), WriteError> {
         match self {
             Self::Kube { client, .. } => {
-                let ar = api_resource(&key.kind);
+                let ar = crate::resources::api_resource(&key.kind);
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &key.namespace, &ar);
                 let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});
@@ -161,13 +151,6 @@ impl Default for WriterSettings {
             batch_window: Duration::from_millis(50),
         }
     }
-}
-
-fn status_hash(status: &Value) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    status.to_string().hash(&mut h);
-    h.finish()
 }
 
 /// Statuses as last written by this process in run mode, readable by the
@@ -265,8 +248,8 @@ pub async fn run(
             let observed_seen = last_views
                 .get(&key)
                 .is_some_and(|v| v.observed_status.as_deref() == observed);
-            let mine_agrees =
-                mine.as_ref() == Some(&desired) || mine_hash == Some(status_hash(&desired));
+            let mine_agrees = mine.as_ref() == Some(&desired)
+                || mine_hash == Some(crate::index::writer::hash_of(Some(&desired)));
             if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
                 metrics.status_write("unchanged");
                 last_views.insert(key.clone(), view.clone());
@@ -308,7 +291,7 @@ pub async fn run(
             match result {
                 Ok(()) => {
                     metrics.status_write("ok");
-                    written_hash.insert(key.clone(), status_hash(&desired));
+                    written_hash.insert(key.clone(), crate::index::writer::hash_of(Some(&desired)));
                     if matches!(sink, StatusSink::Store(_)) {
                         written.write().await.insert(key.clone(), desired);
                     }
@@ -338,14 +321,4 @@ pub async fn preload(
     let loaded = store.load_statuses().await?;
     written.write().await.extend(loaded);
     Ok(())
-}
-
-/// The CRD names, for messages.
-pub fn crd_names() -> Vec<String> {
-    vec![
-        TelephonyHook::crd_name().to_string(),
-        EnrollmentPolicy::crd_name().to_string(),
-        EmailProvider::crd_name().to_string(),
-        EmailDomain::crd_name().to_string(),
-    ]
 }

@@ -134,7 +134,8 @@ struct Entry {
     last_good: Option<Arc<Checked>>,
 }
 
-fn hash_of(value: Option<&Value>) -> u64 {
+/// A hash of a JSON value (of its text), for cheap "did it change" checks.
+pub fn hash_of(value: Option<&Value>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     value.map(Value::to_string).hash(&mut h);

@@ -53,6 +53,18 @@ fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     serde_json::from_value(value).expect("a CRD deserializes")
 }
 
+/// The API resource of one of [`KINDS`], for dynamic clients (EmailDomain for
+/// anything else: callers pass only idplane kinds).
+pub fn api_resource(kind: &str) -> kube::core::ApiResource {
+    use kube::core::ApiResource;
+    match kind {
+        "TelephonyHook" => ApiResource::erase::<TelephonyHook>(&()),
+        "EnrollmentPolicy" => ApiResource::erase::<EnrollmentPolicy>(&()),
+        "EmailProvider" => ApiResource::erase::<EmailProvider>(&()),
+        _ => ApiResource::erase::<EmailDomain>(&()),
+    }
+}
+
 /// The CRD of one kind.
 pub fn crd_for_kind(kind: &str) -> Option<CustomResourceDefinition> {
     all_crds().into_iter().find(|c| c.spec.names.kind == kind)

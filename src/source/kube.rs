@@ -11,7 +11,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
-use kube::core::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::Value;
@@ -19,20 +18,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::index::{Change, Referenced};
-use crate::resources::{
-    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, KINDS, TelephonyHook,
-};
+use crate::resources::{API_VERSION, KINDS};
 use crate::telemetry::Metrics;
 use crate::validate::{ObjectKey, SecretData};
-
-fn api_resource(kind: &str) -> ApiResource {
-    match kind {
-        "TelephonyHook" => ApiResource::erase::<TelephonyHook>(&()),
-        "EnrollmentPolicy" => ApiResource::erase::<EnrollmentPolicy>(&()),
-        "EmailProvider" => ApiResource::erase::<EmailProvider>(&()),
-        _ => ApiResource::erase::<EmailDomain>(&()),
-    }
-}
 
 /// An object as the index wants it: with apiVersion and kind (list items
 /// may lack them).
@@ -77,7 +65,7 @@ pub fn watch_resources(
     let mut handles = Vec::new();
     for scope in scopes {
         for kind in KINDS {
-            let ar = api_resource(kind);
+            let ar = crate::resources::api_resource(kind);
             let api: Api<DynamicObject> = match &scope {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                 None => Api::all_with(client.clone(), &ar),
