@@ -179,3 +179,36 @@ fn reloads_keeps_last_good_and_persists_status() {
         first_transition
     );
 }
+
+#[test]
+fn api_errors_name_what_is_wrong() {
+    let (tmp, manifests) = setup();
+    let run = start(tmp.path(), &manifests, "errors.log");
+    wait_for("ready", Duration::from_secs(30), || {
+        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
+    });
+    let (code, body) = http_get(&run.url("/v1/orgs/acme/events?limit=0"), Some(ACME));
+    assert_eq!(code, 400, "{body}");
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["code"], "invalid_limit");
+    assert_eq!(e["message"], "limit must be between 1 and 1000");
+    let (code, body) = http_get(&run.url("/v1/orgs/acme/events?after=abc"), Some(ACME));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"code\":\"invalid_cursor\""), "{body}");
+    // A body that is not JSON, and one that is JSON of the wrong shape.
+    let url = run.url("/v1/orgs/acme/enrollment/evaluate");
+    let (code, body) = http(
+        "POST",
+        &url,
+        Some(ACME),
+        Some(&serde_json::json!({"user": {"id": "u", "colour": 1}})),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("\"code\":\"invalid_request\"") && body.contains("colour"),
+        "{body}"
+    );
+    let (code, body) = http_get(&run.url("/v1/orgs/acme/nothing-here"), Some(ACME));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("\"code\":\"not_found\""), "{body}");
+}
