@@ -313,8 +313,10 @@ async fn run_lettre_transport(port: u16, n: usize) -> f64 {
 }
 
 /// lettre connections, one per pool slot, each sending its share in turn
-/// with the content in one write (as idplane sends): the SMTP cost alone.
-async fn run_lettre_connections(port: u16, n: usize) -> f64 {
+/// with the content in one write: the SMTP cost alone. Lock-step (MAIL,
+/// RCPT, DATA, content: four round trips) as lettre sends; with
+/// `pipelining`, as idplane sends to a server that offers it.
+async fn run_lettre_connections(port: u16, n: usize, pipelining: bool) -> f64 {
     let start = Instant::now();
     let per = n.div_ceil(POOL as usize);
     let tasks: Vec<_> = (0..POOL as usize)
@@ -330,7 +332,7 @@ async fn run_lettre_connections(port: u16, n: usize) -> f64 {
                 .await
                 .unwrap();
                 for i in (k * per)..((k + 1) * per).min(n) {
-                    transmit(&mut conn, &message(i)).await.unwrap();
+                    transmit(&mut conn, &message(i), pipelining).await.unwrap();
                 }
                 let _ = conn.quit().await;
             })
@@ -356,19 +358,23 @@ fn main() {
         .build()
         .unwrap();
     let transport = rt.block_on(run_lettre_transport(smtp_port, n.min(400)));
-    let direct = rt.block_on(run_lettre_connections(smtp_port, n));
+    let direct = rt.block_on(run_lettre_connections(smtp_port, n, false));
+    let pipelined = rt.block_on(run_lettre_connections(smtp_port, n, true));
     let r = rt.block_on(run_idplane(&base, n));
     let through = r.throughput;
     let ratio = through / direct;
+    let ratio_pipelined = through / pipelined;
     let report = format!(
         "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}\n\
          command: cargo bench --bench email\n\
          \n\
          throughput ({CLIENTS} API clients at once):\n\
          lettre AsyncSmtpTransport:      {transport:.0} messages/s (its pool; content and final dot in two writes meet Nagle + delayed ACK)\n\
-         lettre connections, direct:     {direct:.0} messages/s ({POOL} connections, content in one write; the baseline)\n\
-         through idplane:                {through:.0} messages/s (accept + SQLite commit, synchronous=FULL + queue + deliver)\n\
+         lettre connections, direct:     {direct:.0} messages/s ({POOL} connections, lock-step as lettre sends, content in one write; the baseline)\n\
+         same, pipelined (RFC 2920):     {pipelined:.0} messages/s ({POOL} connections, MAIL+RCPT+DATA in one write, as idplane sends)\n\
+         through idplane:                {through:.0} messages/s (HTTP accept + SQLite commit, synchronous=FULL + queue + pipelined delivery)\n\
          ratio idplane/baseline:         {ratio:.2} (aim >= 0.70)\n\
+         ratio idplane/pipelined direct: {ratio_pipelined:.2} (idplane's overhead over its own SMTP path)\n\
          accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
          accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (includes the backlog the clients build)\n\
          \n\

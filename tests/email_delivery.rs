@@ -530,3 +530,94 @@ fn idempotency_validation_and_the_default_provider_rule() {
     assert_eq!(providers.first(), Some(&"EmailProvider/corp"));
     assert_eq!(providers.last(), Some(&"default"));
 }
+
+/// A server that offers PIPELINING gets MAIL, RCPT and DATA in one write
+/// (the server sees the commands queued behind MAIL), and idplane still
+/// reads every reply in order: a refused recipient fails the message with
+/// the RCPT reply (5xx at once, 4xx retried), a message with one refused
+/// recipient out of two goes to nobody, and the connection keeps working.
+#[test]
+fn pipelined_commands_and_refused_recipients() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "pipelining",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            pipelining: true,
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        manifests.join("provider.yaml"),
+        provider_yaml(
+            "acme",
+            "corp",
+            server.port,
+            "none",
+            "mailer",
+            "pw-123",
+            &fast_retry(2),
+        ),
+    )
+    .unwrap();
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
+    wait_verified(&run, "acme", "corp", "True");
+    let send_to = |to: serde_json::Value, subject: &str| {
+        let (code, body) = send(
+            &run,
+            "acme",
+            json!({"to": to, "subject": subject, "text": "hello"}),
+        );
+        assert_eq!(code, 202, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    };
+
+    let first = send_to(json!("user@example.com"), "first");
+    assert_eq!(wait_final(&run, "acme", &first, T)["state"], "sent");
+    let records = server.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["pipelined"], true, "{records:?}");
+
+    let refused = send_to(json!("reject-me@example.com"), "refused");
+    let failed = wait_final(&run, "acme", &refused, T);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["attempts"].as_array().unwrap().len(), 1, "{failed}");
+    assert!(
+        failed["lastReply"].as_str().unwrap().starts_with("550"),
+        "{failed}"
+    );
+
+    let busy = send_to(json!("later@example.com"), "busy");
+    let failed = wait_final(&run, "acme", &busy, T);
+    assert_eq!(failed["attempts"].as_array().unwrap().len(), 2, "{failed}");
+    assert!(
+        failed["lastReply"].as_str().unwrap().starts_with("450"),
+        "{failed}"
+    );
+
+    let mixed = send_to(
+        json!(["user@example.com", "reject-too@example.com"]),
+        "mixed",
+    );
+    let failed = wait_final(&run, "acme", &mixed, T);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["lastReply"].as_str().unwrap().starts_with("550"),
+        "{failed}"
+    );
+
+    let last = send_to(json!("user@example.com"), "last");
+    assert_eq!(wait_final(&run, "acme", &last, T)["state"], "sent");
+    let subjects: Vec<String> = server
+        .records()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["first", "last"],
+        "only the two good messages arrived"
+    );
+}

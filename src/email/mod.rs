@@ -255,7 +255,21 @@ pub async fn start(
         dns::resolver(&settings.dns_nameservers, Duration::from_secs(5)).map_err(start_error)?;
 
     let (queue, committer) = queue::Queue::new(ctx.store.pool().clone());
-    tokio::spawn(committer.run());
+    // The committer runs on its own thread: on the shared runtime each of
+    // a batch's awaits waited behind request handlers, and every caller of
+    // the batch with it.
+    std::thread::Builder::new()
+        .name("email-committer".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(committer.run()),
+                Err(e) => tracing::error!(error = %e, "cannot start the email committer"),
+            }
+        })
+        .map_err(|e| start_error(format!("cannot start the email committer: {e}")))?;
     let pending = queue
         .pending_by_org()
         .await

@@ -271,6 +271,7 @@ impl Deliverer {
         let finished = Finished {
             id: m.id.clone(),
             attempt: m.attempt,
+            started_at: m.started_at,
             finished_at,
             outcome,
             reply: reply.clone(),

@@ -72,6 +72,9 @@ impl Store {
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file does not drop connections; a ping per acquire
+            // only adds a round trip to the connection's thread.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {

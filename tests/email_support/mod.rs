@@ -156,6 +156,8 @@ pub struct ServerOptions {
     pub fail_first: usize,
     pub fail_reply: Option<String>,
     pub delay_ms: u64,
+    /// Announce PIPELINING.
+    pub pipelining: bool,
     /// Reuse this port (a restart).
     pub port: Option<u16>,
 }
@@ -194,6 +196,9 @@ impl SmtpServer {
             .arg(o.delay_ms.to_string());
         if let Some(port) = o.port {
             cmd.arg("--port").arg(port.to_string());
+        }
+        if o.pipelining {
+            cmd.arg("--pipelining");
         }
         if let Some(reply) = &o.fail_reply {
             cmd.arg("--fail-reply").arg(reply);

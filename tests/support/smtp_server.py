@@ -2,7 +2,7 @@
 
 Usage: smtp_server.py --record FILE [--tls none|starttls|implicit --cert PEM --key PEM]
                       [--auth USER:PASSWORD] [--fail-first N] [--fail-reply "451 ..."]
-                      [--control FILE] [--delay-ms N]
+                      [--control FILE] [--delay-ms N] [--pipelining]
 
 Prints "READY <port>" once it accepts connections. Every DATA is recorded as
 one JSON line in FILE: {"time", "message_id", "from", "to", "reply"}.
@@ -10,6 +10,12 @@ The reply to DATA is, in order: the --fail-reply for the first --fail-first
 messages; else the first line of the --control file when it holds an SMTP
 reply (for example "451 4.3.0 Try again later" or "554 5.7.1 Rejected");
 else "250 OK". Runs until killed.
+
+Recipients whose local part starts with "reject" are refused at RCPT with
+550, those starting with "later" with 450. With --pipelining the server
+announces PIPELINING (aiosmtpd reads commands from a buffered stream, so it
+answers pipelined commands in order) and each record says whether the MAIL
+command arrived with more commands behind it ("pipelined").
 """
 
 import argparse
@@ -56,6 +62,29 @@ class Handler:
                 return line
         return "250 OK"
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.args.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # Bytes already buffered behind MAIL: the client pipelined.
+        envelope.pipelined = bool(getattr(server._reader, "_buffer", b""))
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0].lower()
+        if local.startswith("reject"):
+            return "550 5.1.1 Recipient rejected"
+        if local.startswith("later"):
+            return "450 4.2.1 Mailbox busy, try later"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         if self.args.delay_ms:
             await asyncio.sleep(self.args.delay_ms / 1000)
@@ -69,6 +98,7 @@ class Handler:
             "mail_from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "reply": reply,
+            "pipelined": getattr(envelope, "pipelined", False),
         }
         with self.lock, open(self.args.record, "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -105,6 +135,7 @@ def main():
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--fail-reply", default="451 4.3.0 Try again later")
     p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--pipelining", action="store_true")
     args = p.parse_args()
 
     port = args.port or free_port(args.host)
