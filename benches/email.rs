@@ -5,7 +5,8 @@
 //! accept-to-delivered p50, and writes them to `bench-results/email.txt`.
 //!
 //! Run: `cargo bench --bench email` (installs smtp-sink through
-//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (2000).
+//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (2000);
+//! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 
 const POOL: u32 = 4;
-const CLIENTS: usize = 16;
+const PACED: usize = 200;
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
 struct Killed(Child);
@@ -166,9 +167,38 @@ async fn delivered(client: &reqwest::Client, base: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn run_idplane(base: &str, n: usize) -> Run {
-    let client = reqwest::Client::new();
-    // Ready, and warm: one message end to end.
+/// Posts message `i`; (accept milliseconds, id).
+async fn send(client: &reqwest::Client, base: &str, i: usize) -> (f64, String) {
+    let t = Instant::now();
+    let r = client
+        .post(format!("{base}/v1/orgs/bench/emails"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"to": "user@example.com", "subject": format!("bench {i}"), "text": format!("message {i} of the email benchmark")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (t.elapsed().as_secs_f64() * 1000.0, id)
+}
+
+/// Waits until idplane has delivered `count` messages in all.
+async fn wait_delivered(client: &reqwest::Client, base: &str, count: usize, pause: Duration) {
+    let start = Instant::now();
+    while delivered(client, base).await < count as f64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "idplane did not deliver everything"
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Waits for readiness and sends one message end to end (warm-up).
+async fn warm_up(client: &reqwest::Client, base: &str) {
     let start = Instant::now();
     while client
         .get(format!("{base}/readyz"))
@@ -184,75 +214,58 @@ async fn run_idplane(base: &str, n: usize) -> Run {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let send = |i: usize| {
-        let client = client.clone();
-        let url = format!("{base}/v1/orgs/bench/emails");
-        async move {
-            let t = Instant::now();
-            let r = client
-                .post(url)
-                .bearer_auth(TOKEN)
-                .json(&json!({"to": "user@example.com", "subject": format!("bench {i}"), "text": format!("message {i} of the email benchmark")}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 202);
-            let id = r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            (t.elapsed().as_secs_f64() * 1000.0, id)
-        }
-    };
-    send(usize::MAX).await;
-    while delivered(&client, base).await < 1.0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    send(client, base, usize::MAX).await;
+    wait_delivered(client, base, 1, Duration::from_millis(5)).await;
+}
+
+/// `n` messages from `clients` concurrent API clients, until all are
+/// delivered; `done` messages were delivered before.
+async fn saturate(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+    clients: usize,
+    done: usize,
+) -> Saturated {
     let start = Instant::now();
     let results: Vec<(f64, String)> = futures::stream::iter(0..n)
-        .map(send)
-        .buffer_unordered(CLIENTS)
+        .map(|i| send(client, base, i))
+        .buffer_unordered(clients)
         .collect()
         .await;
-    while delivered(&client, base).await < (n + 1) as f64 {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "idplane did not deliver everything"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_delivered(client, base, done + n, Duration::from_millis(5)).await;
     let elapsed = start.elapsed().as_secs_f64();
     let ids: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
-    let saturated = accept_to_delivered(&client, base, ids).await;
-    // Latency without a backlog: one client, one message at a time.
-    let mut paced = Vec::new();
-    for i in 0..200 {
-        paced.push(send(n + i).await);
-        while delivered(&client, base).await < (n + 2 + i) as f64 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    let mut paced_accept: Vec<f64> = paced.iter().map(|r| r.0).collect();
-    paced_accept.sort_by(f64::total_cmp);
-    let unloaded =
-        accept_to_delivered(&client, base, paced.into_iter().map(|r| r.1).collect()).await;
     let mut accept: Vec<f64> = results.iter().map(|r| r.0).collect();
     accept.sort_by(f64::total_cmp);
-    Run {
+    Saturated {
+        clients,
         throughput: n as f64 / elapsed,
         accept,
-        saturated,
-        paced_accept,
-        unloaded,
+        to_delivered: accept_to_delivered(client, base, ids).await,
     }
 }
 
-struct Run {
+/// Latency without a backlog: one client, one message at a time, each
+/// after the previous was delivered; (accept, accept-to-delivered).
+async fn paced(client: &reqwest::Client, base: &str, done: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut sent = Vec::new();
+    for i in 0..PACED {
+        sent.push(send(client, base, i).await);
+        wait_delivered(client, base, done + i + 1, Duration::from_millis(1)).await;
+    }
+    let mut accept: Vec<f64> = sent.iter().map(|r| r.0).collect();
+    accept.sort_by(f64::total_cmp);
+    let to_delivered =
+        accept_to_delivered(client, base, sent.into_iter().map(|r| r.1).collect()).await;
+    (accept, to_delivered)
+}
+
+struct Saturated {
+    clients: usize,
     throughput: f64,
     accept: Vec<f64>,
-    saturated: Vec<f64>,
-    paced_accept: Vec<f64>,
-    unloaded: Vec<f64>,
+    to_delivered: Vec<f64>,
 }
 
 /// Sorted milliseconds from accept to delivery of each message, from the API.
@@ -274,7 +287,7 @@ async fn accept_to_delivered(client: &reqwest::Client, base: &str, ids: Vec<Stri
                     .unwrap()
             }
         })
-        .buffer_unordered(CLIENTS)
+        .buffer_unordered(16)
         .collect()
         .await;
     for d in details {
@@ -345,6 +358,11 @@ async fn run_lettre_connections(port: u16, n: usize, pipelining: bool) -> f64 {
 }
 
 fn main() {
+    let levels: Vec<usize> = std::env::var("IDPLANE_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "16,32".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
     let n: usize = std::env::var("IDPLANE_BENCH_EMAILS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -360,36 +378,55 @@ fn main() {
     let transport = rt.block_on(run_lettre_transport(smtp_port, n.min(400)));
     let direct = rt.block_on(run_lettre_connections(smtp_port, n, false));
     let pipelined = rt.block_on(run_lettre_connections(smtp_port, n, true));
-    let r = rt.block_on(run_idplane(&base, n));
-    let through = r.throughput;
-    let ratio = through / direct;
-    let ratio_pipelined = through / pipelined;
-    let report = format!(
-        "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}\n\
+    let client = reqwest::Client::new();
+    let (runs, (paced_accept, unloaded)) = rt.block_on(async {
+        warm_up(&client, &base).await;
+        let mut done = 1;
+        let mut runs = Vec::new();
+        for &clients in &levels {
+            runs.push(saturate(&client, &base, n, clients, done).await);
+            done += n;
+        }
+        (runs, paced(&client, &base, done).await)
+    });
+    let mut report = format!(
+        "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}, one run\n\
          command: cargo bench --bench email\n\
          \n\
-         throughput ({CLIENTS} API clients at once):\n\
+         direct (no idplane):\n\
          lettre AsyncSmtpTransport:      {transport:.0} messages/s (its pool; content and final dot in two writes meet Nagle + delayed ACK)\n\
-         lettre connections, direct:     {direct:.0} messages/s ({POOL} connections, lock-step as lettre sends, content in one write; the baseline)\n\
-         same, pipelined (RFC 2920):     {pipelined:.0} messages/s ({POOL} connections, MAIL+RCPT+DATA in one write, as idplane sends)\n\
-         through idplane:                {through:.0} messages/s (HTTP accept + SQLite commit, synchronous=FULL + queue + pipelined delivery)\n\
-         ratio idplane/baseline:         {ratio:.2} (aim >= 0.70)\n\
-         ratio idplane/pipelined direct: {ratio_pipelined:.2} (idplane's overhead over its own SMTP path)\n\
-         accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
-         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (includes the backlog the clients build)\n\
-         \n\
-         latency (200 messages, one client, each after the previous was delivered):\n\
-         accept latency p50 / p99:       {:.2} / {:.2} ms\n\
-         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms)\n",
-        percentile(&r.accept, 0.5),
-        percentile(&r.accept, 0.99),
-        percentile(&r.saturated, 0.5),
-        percentile(&r.saturated, 0.99),
-        percentile(&r.paced_accept, 0.5),
-        percentile(&r.paced_accept, 0.99),
-        percentile(&r.unloaded, 0.5),
-        percentile(&r.unloaded, 0.99),
+         lettre connections, lock-step:  {direct:.0} messages/s ({POOL} connections, MAIL, RCPT, DATA, content each awaited as lettre sends, content in one write; THE BASELINE)\n\
+         lettre connections, pipelined:  {pipelined:.0} messages/s ({POOL} connections, MAIL+RCPT+DATA in one write (RFC 2920), as idplane sends)\n"
     );
+    for r in &runs {
+        report.push_str(&format!(
+            "\n\
+             through idplane, {} API clients at once (HTTP accept + SQLite commit, synchronous=FULL + queue + pipelined delivery):\n\
+             throughput:                     {:.0} messages/s\n\
+             ratio to the baseline:          {:.2} (aim >= 0.70)\n\
+             ratio to pipelined direct:      {:.2} (idplane's cost over its own SMTP path)\n\
+             accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
+             accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms; includes the backlog the clients build)\n",
+            r.clients,
+            r.throughput,
+            r.throughput / direct,
+            r.throughput / pipelined,
+            percentile(&r.accept, 0.5),
+            percentile(&r.accept, 0.99),
+            percentile(&r.to_delivered, 0.5),
+            percentile(&r.to_delivered, 0.99),
+        ));
+    }
+    report.push_str(&format!(
+        "\n\
+         latency ({PACED} messages, one client, each after the previous was delivered):\n\
+         accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
+         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms)\n",
+        percentile(&paced_accept, 0.5),
+        percentile(&paced_accept, 0.99),
+        percentile(&unloaded, 0.5),
+        percentile(&unloaded, 0.99),
+    ));
     print!("{report}");
     let out = root().join("bench-results");
     std::fs::create_dir_all(&out).unwrap();
