@@ -5,7 +5,7 @@
 //! accept-to-delivered p50, and writes them to `bench-results/email.txt`.
 //!
 //! Run: `cargo bench --bench email` (installs smtp-sink through
-//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (2000);
+//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (10000);
 //! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32).
 
 use std::io::{BufRead, BufReader};
@@ -366,7 +366,7 @@ fn main() {
     let n: usize = std::env::var("IDPLANE_BENCH_EMAILS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     let sink = smtp_sink_path();
     let (_sink, smtp_port) = start_sink(&sink);
     let dir = tempfile::tempdir().unwrap();

@@ -66,7 +66,7 @@ pub fn route(org: Option<&OrgConfig>, default: Option<&DefaultProvider>) -> Opti
 /// Claimed messages buffered per worker: claims (commits) come in batches
 /// while the workers send. A message waits in the buffer for a few attempt
 /// times at most, well within its lease.
-const BUFFER_PER_WORKER: usize = 16;
+const BUFFER_PER_WORKER: usize = 64;
 
 /// An attempt made, its outcome not yet stored.
 struct AttemptDone {
@@ -117,16 +117,19 @@ impl Deliverer {
         let workers = self.concurrency.max(1);
         let (buffer, claimed_rx) = mpsc::channel::<Claimed>(workers * BUFFER_PER_WORKER);
         let claimed_rx = Arc::new(Mutex::new(claimed_rx));
+        // Workers signal here when they have taken half the buffer; new
+        // work (an accept, a retry) signals `wake`, which is not needed
+        // while the buffer is full.
+        let room = Arc::new(Notify::new());
         for _ in 0..workers {
-            tokio::spawn(self.clone().work(claimed_rx.clone()));
+            tokio::spawn(self.clone().work(claimed_rx.clone(), room.clone()));
         }
         loop {
             let free = buffer.capacity();
             if free == 0 || free < buffer.max_capacity() / 2 {
                 // Enough is buffered: claim again, in one larger batch, when
-                // the workers have taken half of it (a worker taking a
-                // message wakes us).
-                self.wake.notified().await;
+                // the workers have taken half of it.
+                room.notified().await;
                 continue;
             }
             let now = now_millis();
@@ -170,14 +173,25 @@ impl Deliverer {
 
     /// A worker: takes claimed messages one at a time and makes the attempt;
     /// the outcome is stored while it goes on with the next.
-    async fn work(self: Arc<Self>, claimed: Arc<Mutex<mpsc::Receiver<Claimed>>>) {
+    async fn work(
+        self: Arc<Self>,
+        claimed: Arc<Mutex<mpsc::Receiver<Claimed>>>,
+        room: Arc<Notify>,
+    ) {
         let half_lease = millis(self.lease) / 2;
         loop {
-            let next = claimed.lock().await.recv().await;
+            let (next, left) = {
+                let mut rx = claimed.lock().await;
+                let next = rx.recv().await;
+                (next, rx.len() * 2 <= rx.max_capacity())
+            };
             let Some(message) = next else {
                 return;
             };
-            self.wake.notify_one();
+            if left {
+                // Half the buffer is taken: time for the next claim.
+                room.notify_one();
+            }
             if now_millis() - message.started_at > half_lease {
                 // Waited too long for a worker: the lease is left to run out
                 // and the message is taken up again then, never twice at once.
@@ -187,8 +201,9 @@ impl Deliverer {
             let done = self.attempt(message).await;
             let this = self.clone();
             tokio::spawn(async move {
-                this.record(done).await;
-                this.wake.notify_one();
+                if this.record(done).await {
+                    this.wake.notify_one();
+                }
             });
         }
     }
@@ -286,8 +301,10 @@ impl Deliverer {
         }
     }
 
-    /// Stores an attempt's outcome and counts it.
-    async fn record(&self, done: AttemptDone) {
+    /// Stores an attempt's outcome and counts it; `true` when that changed
+    /// when the dispatcher next has work (a retry is scheduled, or the
+    /// outcome could not be stored and the message waits for its lease).
+    async fn record(&self, done: AttemptDone) -> bool {
         let AttemptDone {
             message: m,
             finished,
@@ -301,25 +318,40 @@ impl Deliverer {
         );
         match self.queue.finish(finished).await {
             Ok(true) => match next {
-                Next::Sent => self.stats.sent(&m.org, &via, m.created_at, finished_at),
-                Next::Failed => self.stats.failed(
-                    &m.org,
-                    &via,
-                    outcome == Outcome::Permanent,
-                    finished_at,
-                    &reply,
-                ),
-                Next::Retry(_) => self.stats.retried(&m.org, &via),
+                Next::Sent => {
+                    self.stats.sent(&m.org, &via, m.created_at, finished_at);
+                    false
+                }
+                Next::Failed => {
+                    self.stats.failed(
+                        &m.org,
+                        &via,
+                        outcome == Outcome::Permanent,
+                        finished_at,
+                        &reply,
+                    );
+                    false
+                }
+                Next::Retry(_) => {
+                    self.stats.retried(&m.org, &via);
+                    true
+                }
             },
-            Ok(false) => tracing::warn!(
-                message = %m.id,
-                "an attempt finished after its lease ran out; the newer attempt decides"
-            ),
-            Err(e) => tracing::error!(
-                message = %m.id,
-                error = %e,
-                "cannot store the outcome of an attempt; the message is retried after its lease"
-            ),
+            Ok(false) => {
+                tracing::warn!(
+                    message = %m.id,
+                    "an attempt finished after its lease ran out; the newer attempt decides"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::error!(
+                    message = %m.id,
+                    error = %e,
+                    "cannot store the outcome of an attempt; the message is retried after its lease"
+                );
+                true
+            }
         }
     }
 }
