@@ -226,7 +226,9 @@ async fn saturate(
     n: usize,
     clients: usize,
     done: usize,
+    pid: u32,
 ) -> Saturated {
+    let cpu_before = cpu_seconds(pid);
     let start = Instant::now();
     let results: Vec<(f64, String)> = futures::stream::iter(0..n)
         .map(|i| send(client, base, i))
@@ -235,11 +237,13 @@ async fn saturate(
         .await;
     wait_delivered(client, base, done + n, Duration::from_millis(5)).await;
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_micros = (cpu_seconds(pid) - cpu_before) / n as f64 * 1e6;
     let ids: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
     let mut accept: Vec<f64> = results.iter().map(|r| r.0).collect();
     accept.sort_by(f64::total_cmp);
     Saturated {
         clients,
+        cpu_micros,
         throughput: n as f64 / elapsed,
         accept,
         to_delivered: accept_to_delivered(client, base, ids).await,
@@ -261,8 +265,29 @@ async fn paced(client: &reqwest::Client, base: &str, done: usize) -> (Vec<f64>, 
     (accept, to_delivered)
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct Saturated {
     clients: usize,
+    /// idplane's CPU time per message, microseconds.
+    cpu_micros: f64,
     throughput: f64,
     accept: Vec<f64>,
     to_delivered: Vec<f64>,
@@ -370,7 +395,7 @@ fn main() {
     let sink = smtp_sink_path();
     let (_sink, smtp_port) = start_sink(&sink);
     let dir = tempfile::tempdir().unwrap();
-    let (_idplane, base) = start_idplane(dir.path(), smtp_port);
+    let (idplane, base) = start_idplane(dir.path(), smtp_port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -384,7 +409,7 @@ fn main() {
         let mut done = 1;
         let mut runs = Vec::new();
         for &clients in &levels {
-            runs.push(saturate(&client, &base, n, clients, done).await);
+            runs.push(saturate(&client, &base, n, clients, done, idplane.0.id()).await);
             done += n;
         }
         (runs, paced(&client, &base, done).await)
@@ -403,12 +428,14 @@ fn main() {
             "\n\
              through idplane, {} API clients at once (HTTP accept + SQLite commit, synchronous=FULL + queue + pipelined delivery):\n\
              throughput:                     {:.0} messages/s\n\
+             idplane CPU per message:        {:.0} us (user + system, all its threads)\n\
              ratio to the baseline:          {:.2} (aim >= 0.70)\n\
              ratio to pipelined direct:      {:.2} (idplane's cost over its own SMTP path)\n\
              accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
              accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms; includes the backlog the clients build)\n",
             r.clients,
             r.throughput,
+            r.cpu_micros,
             r.throughput / direct,
             r.throughput / pipelined,
             percentile(&r.accept, 0.5),

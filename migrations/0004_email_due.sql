@@ -18,3 +18,6 @@ DROP INDEX email_messages_due;
 DROP INDEX email_messages_lease;
 DROP INDEX email_messages_org_state;
 CREATE INDEX email_messages_due_at ON email_messages (due_at) WHERE due_at IS NOT NULL;
+
+-- Marks the rows one claim took, so that they are read back in one row.
+ALTER TABLE email_messages ADD COLUMN claim_token INTEGER;

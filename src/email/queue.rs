@@ -24,11 +24,11 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::TryStreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Either;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -663,17 +663,18 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
     serde_json::to_string(rows).map_err(|e| QueueError::Sql(format!("cannot encode rows: {e}")))
 }
 
-/// A whole batch in one round trip to SQLite's thread: eight statements
+/// A whole batch in one round trip to SQLite's thread: ten statements
 /// over one JSON parameter, [`BatchInput`]: `messages` to insert,
 /// `finishes` of attempts, and an optional `claim` (without one, nothing is
-/// claimed). Statement 4 returns the finishes that took effect, statement 7
-/// the claimed messages. (One parameter, because sqlx numbers the
-/// parameters of later statements wrongly when one skips a number.)
+/// claimed). Statement 4 returns the finishes that will take effect,
+/// statement 9 the claimed messages, each as one JSON array. (One
+/// parameter, because sqlx numbers the parameters of later statements
+/// wrongly when one skips a number.)
 ///
 /// A finish takes effect only while its attempt still holds the message
-/// (`sending`, same attempt number); its delivery event is written by the
-/// statement before the update, under the same condition, so that event
-/// and state change go together. `+state` keeps the planner on the primary
+/// (`sending`, same attempt number); its delivery event is written, and
+/// it is reported as applied, by the statements before the update, under
+/// the same condition, so that event, answer and state change go together. `+state` keeps the planner on the primary
 /// key (one lookup per row) rather than scanning the `sending` rows.
 /// Attempts whose lease ran out (their process died) are closed as
 /// interrupted and their messages queued again before the claim; a late
@@ -714,13 +715,17 @@ WHERE m.id = f.v->>'id' AND +m.state = 'sending' AND m.attempts = f.v->>'attempt
   AND f.v->>'$.log.org' IS NOT NULL;
 
 WITH f(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?1, '$.finishes'))
+SELECT json_group_array(json_array(m.id, m.attempts))
+FROM f CROSS JOIN email_messages AS m
+WHERE m.id = f.v->>'id' AND +m.state = 'sending' AND m.attempts = f.v->>'attempt';
+
+WITH f(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?1, '$.finishes'))
 UPDATE email_messages SET state = f.v->>'state', next_attempt_at = f.v->>'nextAt',
        due_at = f.v->>'dueAt', lease_until = NULL, finished_at = f.v->>'doneAt',
        last_reply = f.v->>'reply', provider = f.v->>'provider', updated_at = f.v->>'finishedAt'
 FROM f
 WHERE email_messages.id = f.v->>'id' AND +email_messages.state = 'sending'
-  AND email_messages.attempts = f.v->>'attempt'
-RETURNING id, attempts;
+  AND email_messages.attempts = f.v->>'attempt';
 
 INSERT INTO email_attempts (message_id, number, started_at, finished_at, outcome, reply)
 SELECT id, attempts, COALESCE(attempt_started_at, ?1->>'$.claim.now'), ?1->>'$.claim.now',
@@ -737,16 +742,20 @@ WHERE due_at <= ?1->>'$.claim.now' AND state = 'sending';
 
 UPDATE email_messages SET state = 'sending', attempts = attempts + 1,
        lease_until = ?1->>'$.claim.until', due_at = ?1->>'$.claim.until',
-       attempt_started_at = ?1->>'$.claim.now', updated_at = ?1->>'$.claim.now'
+       attempt_started_at = ?1->>'$.claim.now', updated_at = ?1->>'$.claim.now',
+       claim_token = ?1->>'$.claim.token'
 WHERE id IN (SELECT id FROM email_messages
              WHERE due_at <= ?1->>'$.claim.now' AND state IN ('queued', 'retrying')
-             ORDER BY due_at LIMIT COALESCE(?1->>'$.claim.limit', 0))
-RETURNING id, org, sender, content, attempts, interrupted, created_at;
+             ORDER BY due_at LIMIT COALESCE(?1->>'$.claim.limit', 0));
+
+SELECT json_group_array(json_array(id, org, sender, content, attempts, interrupted, created_at))
+FROM email_messages
+WHERE due_at = ?1->>'$.claim.until' AND claim_token = ?1->>'$.claim.token' AND state = 'sending';
 ";
 
 /// The statements of [`BATCH_SQL`] whose rows are read.
 const APPLIED_STATEMENT: usize = 4;
-const CLAIMED_STATEMENT: usize = 7;
+const CLAIMED_STATEMENT: usize = 9;
 
 /// What one run of [`BATCH_SQL`] returned.
 #[derive(Default)]
@@ -763,12 +772,20 @@ struct BatchInput<'a> {
     claim: Option<ClaimInput>,
 }
 
+/// A claim; `token` marks the rows it takes so that one statement can read
+/// them back (another claim in the same millisecond has the same lease
+/// end).
 #[derive(Serialize)]
 struct ClaimInput {
     now: i64,
     until: i64,
     limit: usize,
+    token: i64,
 }
+
+/// A claimed message as the batch statement aggregates it.
+#[derive(Deserialize)]
+struct ClaimedRow(String, String, String, String, i64, i64, i64);
 
 async fn run_batch(
     conn: &mut SqliteConnection,
@@ -781,7 +798,9 @@ async fn run_batch(
     // SQLite (and deprecates it in favour of `raw_sql`, which takes no
     // parameters). One run costs one round trip to the connection's thread
     // instead of eight; on a busy machine each round trip waited for a
-    // thread wake-up, and the batch's callers with it.
+    // thread wake-up, and the batch's callers with it. For the same reason
+    // the rows read back come aggregated, one JSON array per statement:
+    // sqlx hands every row over between threads on its own.
     #[allow(deprecated)]
     let mut results = sqlx::query(BATCH_SQL).bind(json).fetch_many(&mut *conn);
     let mut out = BatchRows::default();
@@ -794,11 +813,19 @@ async fn run_batch(
             }
             Either::Right(row) => row,
         };
+        let array: String = row.get(0);
+        let bad = |e: serde_json::Error| QueueError::Sql(format!("unreadable batch result: {e}"));
         match statement {
             APPLIED_STATEMENT => {
-                out.applied.insert((row.get(0), row.get(1)));
+                let applied: Vec<(String, i64)> = serde_json::from_str(&array).map_err(bad)?;
+                out.applied.extend(applied);
             }
-            CLAIMED_STATEMENT => out.claimed.push(claimed(&row, now)?),
+            CLAIMED_STATEMENT => {
+                let rows: Vec<ClaimedRow> = serde_json::from_str(&array).map_err(bad)?;
+                for r in rows {
+                    out.claimed.push(claimed(r, now)?);
+                }
+            }
             other => {
                 return Err(QueueError::Sql(format!(
                     "unexpected rows from batch statement {other}"
@@ -809,23 +836,20 @@ async fn run_batch(
     Ok(out)
 }
 
-fn claimed(r: &SqliteRow, now: i64) -> Result<Claimed, QueueError> {
-    let id: String = r.get(0);
-    let attempts: i64 = r.get(4);
-    let interrupted: i64 = r.get(5);
-    let content: String = r.get(3);
+fn claimed(r: ClaimedRow, now: i64) -> Result<Claimed, QueueError> {
+    let ClaimedRow(id, org, sender, content, attempts, interrupted, created_at) = r;
     let content = serde_json::from_str(&content).map_err(|e| QueueError::Corrupt {
         id: id.clone(),
         reason: e.to_string(),
     })?;
     Ok(Claimed {
         id,
-        org: r.get(1),
-        sender: r.get(2),
+        org,
+        sender,
         content,
         attempt: attempts as u32,
         counted: (attempts - interrupted).max(1) as u32,
-        created_at: r.get(6),
+        created_at,
         started_at: now,
     })
 }
@@ -980,7 +1004,12 @@ impl Batch {
             inserts.push(Inserted::New(m.id.clone()));
         }
         let finish_rows: Vec<FinishRow> = self.finishes.iter().map(FinishRow::from).collect();
-        let claim = |&(now, until, limit): &(i64, i64, usize)| ClaimInput { now, until, limit };
+        let claim = |&(now, until, limit): &(i64, i64, usize)| ClaimInput {
+            now,
+            until,
+            limit,
+            token: rand::random::<i64>(),
+        };
         let first = run_batch(
             conn,
             &BatchInput {
