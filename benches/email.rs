@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench email` (installs smtp-sink through
 //! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (10000);
-//! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32).
+//! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32,48).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -384,7 +384,7 @@ async fn run_lettre_connections(port: u16, n: usize, pipelining: bool) -> f64 {
 
 fn main() {
     let levels: Vec<usize> = std::env::var("IDPLANE_BENCH_CLIENTS")
-        .unwrap_or_else(|_| "16,32".into())
+        .unwrap_or_else(|_| "16,32,48".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
