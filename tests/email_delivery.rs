@@ -202,19 +202,7 @@ fn transient_failures_then_success_honour_the_delays() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        manifests.join("provider.yaml"),
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(5),
-        ),
-    )
-    .unwrap();
+    write_corp_provider(&manifests, server.port, &fast_retry(5));
     let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
     wait_verified(&run, "acme", "corp", "True");
     let id = send_ok(&run, "acme", "flaky");
@@ -265,19 +253,7 @@ fn permanent_failure_and_outage_longer_than_the_retries() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        manifests.join("provider.yaml"),
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(3),
-        ),
-    )
-    .unwrap();
+    write_corp_provider(&manifests, server.port, &fast_retry(3));
     let run = start_idplane(
         tmp.path(),
         &manifests,
@@ -366,20 +342,7 @@ fn idempotency_validation_and_the_default_provider_rule() {
             ..Default::default()
         },
     );
-    let file = manifests.join("provider.yaml");
-    std::fs::write(
-        &file,
-        provider_yaml(
-            "acme",
-            "corp",
-            custom.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(3),
-        ),
-    )
-    .unwrap();
+    let file = write_corp_provider(&manifests, custom.port, &fast_retry(3));
     // No default provider yet: an org without an EmailProvider gets 503.
     let run = start_idplane(
         tmp.path(),
@@ -487,19 +450,11 @@ fn idempotency_validation_and_the_default_provider_rule() {
     // A message stuck in retries at the custom provider moves to the
     // default provider once the org's provider is disabled.
     custom.answer(Some("451 4.3.0 Try again later"));
-    std::fs::write(
-        &file,
-        provider_yaml(
-            "acme",
-            "corp",
-            custom.port,
-            "none",
-            "mailer",
-            "pw-123",
-            "{maxAttempts: 10, initialDelay: 1s, multiplier: 1, maxDelay: 1s}",
-        ),
-    )
-    .unwrap();
+    write_corp_provider(
+        &manifests,
+        custom.port,
+        "{maxAttempts: 10, initialDelay: 1s, multiplier: 1, maxDelay: 1s}",
+    );
     wait("new retry policy in use", T, || {
         let (_, body) = common::http_get(&run.url("/v1/orgs/acme/config"), Some(TOKEN));
         body.contains("\"maxAttempts\":10").then_some(())
@@ -549,19 +504,7 @@ fn pipelined_commands_and_refused_recipients() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        manifests.join("provider.yaml"),
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(2),
-        ),
-    )
-    .unwrap();
+    write_corp_provider(&manifests, server.port, &fast_retry(2));
     let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
     wait_verified(&run, "acme", "corp", "True");
     let send_to = |to: serde_json::Value, subject: &str| {

@@ -29,19 +29,7 @@ fn brand_domain_polling_then_verified() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        manifests.join("provider.yaml"),
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(3),
-        ),
-    )
-    .unwrap();
+    write_corp_provider(&manifests, server.port, &fast_retry(3));
     std::fs::write(
         manifests.join("domain.yaml"),
         "apiVersion: idplane.dev/v1alpha1\nkind: EmailDomain\nmetadata:\n  name: acme\n  namespace: acme\nspec:\n  brand: acme\n  domain: acme.example.com\n  userName: noreply\n  displayName: Acme Support\n",

@@ -24,19 +24,7 @@ fn sigkill_with_messages_queued_and_in_flight_loses_none() {
             ..Default::default()
         },
     );
-    std::fs::write(
-        manifests.join("provider.yaml"),
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "none",
-            "mailer",
-            "pw-123",
-            &fast_retry(5),
-        ),
-    )
-    .unwrap();
+    write_corp_provider(&manifests, server.port, &fast_retry(5));
     let flags = ["--email-lease", "3s", "--email-concurrency", "4"];
     let mut run = start_idplane(tmp.path(), &manifests, "run1.log", &flags);
     let total = 40;

@@ -383,6 +383,19 @@ pub fn provider_yaml(
 }
 
 /// Retry settings with short delays, as YAML flow.
+/// Org `acme`'s EmailProvider `corp` for a server on loopback without TLS
+/// (user `mailer`, password `pw-123`), written to `provider.yaml`; the
+/// file's path.
+pub fn write_corp_provider(manifests: &Path, port: u16, retry: &str) -> PathBuf {
+    let file = manifests.join("provider.yaml");
+    std::fs::write(
+        &file,
+        provider_yaml("acme", "corp", port, "none", "mailer", "pw-123", retry),
+    )
+    .unwrap();
+    file
+}
+
 pub fn fast_retry(max_attempts: u32) -> String {
     format!("{{maxAttempts: {max_attempts}, initialDelay: 200ms, multiplier: 2, maxDelay: 2s}}")
 }
