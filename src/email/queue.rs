@@ -11,9 +11,9 @@
 //! Writes go through one [`Committer`] task that applies whatever is waiting
 //! in one transaction (group commit): with `synchronous=FULL` every commit
 //! costs a disk flush, and batching keeps accepting cheap under load while
-//! each caller still hears back only after its own write is durable. Within
-//! a batch each kind of write is one statement over a JSON array of rows
-//! (`json_each`), so a batch of 300 costs about as many statements as a
+//! each caller still hears back only after its own write is durable. A
+//! batch is one run of one multi-statement query ([`BATCH_SQL`]) over the
+//! batch as JSON, so a batch of 300 costs about as many statements as a
 //! batch of one: per-statement round trips, not the disk, were what limited
 //! throughput.
 //!
@@ -625,20 +625,17 @@ struct FinishRow<'a> {
     reply: &'a str,
     provider: &'a str,
     state: &'static str,
+    /// The retry's time, or the finish time of a final state.
     next_at: i64,
-    /// Set only for a retry: when the dispatcher takes the message again.
-    due_at: Option<i64>,
-    /// Set only for a final state.
-    done_at: Option<i64>,
     log: Option<LogRow<'a>>,
 }
 
 impl<'a> From<&'a Finished> for FinishRow<'a> {
     fn from(f: &'a Finished) -> Self {
-        let (state, next_at, done_at) = match f.next {
-            Next::Sent => ("sent", f.finished_at, Some(f.finished_at)),
-            Next::Failed => ("failed", f.finished_at, Some(f.finished_at)),
-            Next::Retry(at) => ("retrying", at, None),
+        let (state, next_at) = match f.next {
+            Next::Sent => ("sent", f.finished_at),
+            Next::Failed => ("failed", f.finished_at),
+            Next::Retry(at) => ("retrying", at),
         };
         Self {
             id: &f.id,
@@ -650,8 +647,6 @@ impl<'a> From<&'a Finished> for FinishRow<'a> {
             provider: &f.provider,
             state,
             next_at,
-            due_at: matches!(f.next, Next::Retry(_)).then_some(next_at),
-            done_at,
             log: f.log.as_ref().map(LogRow::from),
         }
     }
@@ -674,8 +669,9 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
 /// A finish takes effect only while its attempt still holds the message
 /// (`sending`, same attempt number); its delivery event is written, and
 /// it is reported as applied, by the statements before the update, under
-/// the same condition, so that event, answer and state change go together. `+state` keeps the planner on the primary
-/// key (one lookup per row) rather than scanning the `sending` rows.
+/// the same condition, so that event, answer and state change go
+/// together. `+state` keeps the planner on the primary key (one lookup per
+/// row) rather than scanning the `sending` rows.
 /// Attempts whose lease ran out (their process died) are closed as
 /// interrupted and their messages queued again before the claim; a late
 /// finish of such an attempt later replaces its row with the real reply.
@@ -691,7 +687,7 @@ CREATE TEMP TABLE IF NOT EXISTS batch_messages (id, org, key, sender, brand, con
     log_org, log_type, log_outcome, log_time, log_subject, log_detail);
 
 CREATE TEMP TABLE IF NOT EXISTS batch_finishes (id, attempt, started_at, finished_at, outcome,
-    reply, provider, state, next_at, due_at, done_at,
+    reply, provider, state, next_at,
     log_org, log_type, log_outcome, log_time, log_subject, log_detail);
 
 DELETE FROM temp.batch_messages;
@@ -708,7 +704,7 @@ FROM m;
 WITH f(v) AS MATERIALIZED (SELECT jsonb(value) FROM json_each(?1, '$.finishes'))
 INSERT INTO temp.batch_finishes
 SELECT v->>'id', v->>'attempt', v->>'startedAt', v->>'finishedAt', v->>'outcome', v->>'reply',
-       v->>'provider', v->>'state', v->>'nextAt', v->>'dueAt', v->>'doneAt',
+       v->>'provider', v->>'state', v->>'nextAt',
        v->>'$.log.org', v->>'$.log.type', v->>'$.log.outcome', v->>'$.log.time',
        v->>'$.log.subject', v->>'$.log.detail'
 FROM f;
@@ -738,9 +734,10 @@ SELECT json_group_array(json_array(m.id, m.attempts))
 FROM temp.batch_finishes AS f CROSS JOIN email_messages AS m
 WHERE m.id = f.id AND +m.state = 'sending' AND m.attempts = f.attempt;
 
-UPDATE email_messages SET state = f.state, next_attempt_at = f.next_at, due_at = f.due_at,
-       lease_until = NULL, finished_at = f.done_at, last_reply = f.reply,
-       provider = f.provider, updated_at = f.finished_at
+UPDATE email_messages SET state = f.state, next_attempt_at = f.next_at,
+       due_at = CASE f.state WHEN 'retrying' THEN f.next_at END, lease_until = NULL,
+       finished_at = CASE f.state WHEN 'retrying' THEN NULL ELSE f.finished_at END,
+       last_reply = f.reply, provider = f.provider, updated_at = f.finished_at
 FROM temp.batch_finishes AS f
 WHERE email_messages.id = f.id AND +email_messages.state = 'sending'
   AND email_messages.attempts = f.attempt;
@@ -815,7 +812,7 @@ async fn run_batch(
     // Several statements in one prepared query: sqlx 0.8 runs them for
     // SQLite (and deprecates it in favour of `raw_sql`, which takes no
     // parameters). One run costs one round trip to the connection's thread
-    // instead of eight; on a busy machine each round trip waited for a
+    // instead of one per statement; on a busy machine each round trip waited for a
     // thread wake-up, and the batch's callers with it. For the same reason
     // the rows read back come aggregated, one JSON array per statement:
     // sqlx hands every row over between threads on its own.
