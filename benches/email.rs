@@ -8,9 +8,8 @@
 //! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (10000);
 //! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32,48).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -23,16 +22,10 @@ use serde_json::{Value, json};
 
 const POOL: u32 = 4;
 const PACED: usize = 200;
+mod support;
+use support::{Killed, run_idplane};
+
 const TOKEN: &str = "bench-token-0123456789abcdef";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,21 +79,16 @@ fn start_sink(sink: &Path) -> (Killed, u16) {
 fn start_idplane(dir: &Path, smtp_port: u16) -> (Killed, String) {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(
-        dir.join("tokens.yaml"),
-        format!("tokens:\n  - {{name: bench, token: {TOKEN}, orgs: ['*']}}\n"),
-    )
-    .unwrap();
     let port = smtp_port.to_string();
     let pool = POOL.to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idplane"))
-        .args(["run", "--manifests"])
-        .arg(&manifests)
-        .args(["--listen", "127.0.0.1:0", "--database"])
-        .arg(dir.join("state/idplane.db"))
-        .arg("--tokens")
-        .arg(dir.join("tokens.yaml"))
-        .args([
+    let database = dir.join("state/idplane.db");
+    run_idplane(
+        dir,
+        &manifests,
+        TOKEN,
+        &[
+            "--database",
+            database.to_str().unwrap(),
             "--smtp-host",
             "127.0.0.1",
             "--smtp-port",
@@ -108,26 +96,14 @@ fn start_idplane(dir: &Path, smtp_port: u16) -> (Killed, String) {
             "--smtp-tls",
             "none",
             "--smtp-allow-insecure",
-        ])
-        .args(["--smtp-pool-size", &pool, "--email-concurrency", &pool])
-        .args(["--email-default-sender", "Bench <bench@idplane.example>"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("idplane starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("idplane listens");
-    (Killed(child), format!("http://{addr}"))
+            "--smtp-pool-size",
+            &pool,
+            "--email-concurrency",
+            &pool,
+            "--email-default-sender",
+            "Bench <bench@idplane.example>",
+        ],
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

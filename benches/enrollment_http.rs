@@ -3,11 +3,12 @@
 //! for 5 seconds with users in 1-50 groups. Results go to
 //! bench-results/enrollment-http.txt.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::run_idplane;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
@@ -39,41 +40,13 @@ async fn main() {
     }
     yaml.push_str("---\napiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata: {name: everyone}\nspec:\n  priority: 5000\n  default: true\n  authenticators: [{key: okta_email, enroll: REQUIRED}]\n");
     std::fs::write(dir.join("policies.yaml"), yaml).unwrap();
-    std::fs::write(
-        tmp.path().join("tokens.yaml"),
-        format!("tokens:\n  - {{name: bench, token: {TOKEN}, orgs: [\"*\"]}}\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idplane"))
-        .args([
-            "run",
-            "--manifests",
-            dir.to_str().unwrap(),
-            "-n",
-            "bench",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            ":memory:",
-        ])
-        .args(["--tokens", tmp.path().join("tokens.yaml").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("listening on ") {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("idplane listening");
-    let url = format!("http://{addr}/v1/orgs/bench/enrollment/evaluate");
+    let (idplane, base) = run_idplane(
+        tmp.path(),
+        &dir,
+        TOKEN,
+        &["-n", "bench", "--database", ":memory:"],
+    );
+    let url = format!("{base}/v1/orgs/bench/enrollment/evaluate");
     let client = reqwest::Client::new();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let done = Arc::new(AtomicU64::new(0));
@@ -104,8 +77,7 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(idplane);
     let n = done.load(Ordering::Relaxed);
     let report = format!(
         "enrollment over HTTP (cargo bench --bench enrollment_http)\n\

@@ -15,9 +15,7 @@
 //! written to bench-results/telephony.txt.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,17 +23,11 @@ use axum::Router;
 use axum::routing::post;
 use serde_json::json;
 
+mod support;
+use support::{Killed, run_idplane};
+
 const TOKEN: &str = "bench-api-token-0123456789";
 const HOOK_SECRET: &str = "bench-hook-secret";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A hook that answers SUCCESSFUL after `delay`.
 async fn hook_server(delay: Duration) -> String {
@@ -77,45 +69,21 @@ fn manifests(dir: &Path, hooks: &[(&str, &str)]) {
     std::fs::write(dir.join("hooks.yaml"), yaml).unwrap();
 }
 
-fn start_idplane(dir: &Path) -> (Process, String) {
-    std::fs::write(
-        dir.join("tokens.yaml"),
-        format!("tokens:\n  - {{name: bench, token: {TOKEN}, orgs: ['*']}}\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idplane"))
-        .args([
-            "run",
-            "--manifests",
-            dir.join("m").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
+fn start_idplane(dir: &Path) -> (Killed, String) {
+    let database = dir.join("bench.db");
+    run_idplane(
+        dir,
+        &dir.join("m"),
+        TOKEN,
+        &[
             "--database",
-            dir.join("bench.db").to_str().unwrap(),
-            "--tokens",
-            dir.join("tokens.yaml").to_str().unwrap(),
+            database.to_str().unwrap(),
             "--otp-phone-limit",
             "0",
             "--otp-org-limit",
             "0",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the idplane binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = tx.send(addr.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("idplane listens");
-    (Process(child), format!("http://{addr}"))
+        ],
+    )
 }
 
 /// What one measurement saw.

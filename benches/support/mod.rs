@@ -1,0 +1,53 @@
+//! What the HTTP benchmarks share: the release binary run as
+//! `idplane run --manifests DIR` with a token file, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process, killed (and waited for) on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `tokens.yaml` in `dir` granting `token` every org, starts
+/// `idplane run --manifests MANIFESTS --listen 127.0.0.1:0 --tokens …`
+/// with `extra` flags, and returns once it prints the address it listens
+/// on: the process and `http://ADDR`.
+pub fn run_idplane(dir: &Path, manifests: &Path, token: &str, extra: &[&str]) -> (Killed, String) {
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!("tokens:\n  - {{name: bench, token: {token}, orgs: ['*']}}\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idplane"))
+        .args(["run", "--manifests"])
+        .arg(manifests)
+        .args(["--listen", "127.0.0.1:0", "--tokens"])
+        .arg(&tokens)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the idplane binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("idplane listens");
+    (Killed(child), format!("http://{addr}"))
+}
