@@ -12,7 +12,7 @@
 //! in one transaction (group commit): with `synchronous=FULL` every commit
 //! costs a disk flush, and batching keeps accepting cheap under load while
 //! each caller still hears back only after its own write is durable. A
-//! batch is one run of one multi-statement query ([`BATCH_TX_SQL`]:
+//! batch is one run of one multi-statement query (`BATCH_TX_SQL`:
 //! `BEGIN`, the statements, `COMMIT`) over the batch as JSON, so a batch of
 //! 300 costs about as many statements as a batch of one, and one round trip
 //! to the connection's thread: those round trips, not the disk, were what
