@@ -564,3 +564,74 @@ fn pipelined_commands_and_refused_recipients() {
         "only the two good messages arrived"
     );
 }
+
+/// A backlog goes out chained on one pipelining connection: each message's
+/// content in the same write as the next message's MAIL, RCPT and DATA
+/// (the server finds the next MAIL behind the content). A recipient refused
+/// in the middle of a chain fails that message alone, at once; every other
+/// message arrives exactly once, in one attempt.
+#[test]
+fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
+    let (tmp, manifests) = workspace();
+    // The slow first message lets the others queue up behind it.
+    let server = SmtpServer::start(
+        tmp.path(),
+        "chain",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            pipelining: true,
+            delay_ms: 300,
+            ..Default::default()
+        },
+    );
+    write_corp_provider(&manifests, server.port, &fast_retry(2));
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &["--email-concurrency", "1"],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let ids: Vec<(String, String)> = (0..10)
+        .map(|i| {
+            let to = if i == 4 {
+                "reject-me@example.com"
+            } else {
+                "user@example.com"
+            };
+            let subject = format!("chain {i}");
+            let (code, body) = send(
+                &run,
+                "acme",
+                json!({"to": to, "subject": subject, "text": "hello"}),
+            );
+            assert_eq!(code, 202, "{body}");
+            (subject, body["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    for (i, (subject, id)) in ids.iter().enumerate() {
+        let e = wait_final(&run, "acme", id, T);
+        assert_eq!(e["attempts"].as_array().unwrap().len(), 1, "{e}");
+        if i == 4 {
+            assert_eq!(e["state"], "failed", "{e}");
+            assert!(e["lastReply"].as_str().unwrap().starts_with("550"), "{e}");
+        } else {
+            assert_eq!(e["state"], "sent", "{subject}: {e}");
+        }
+    }
+    let records = server.records();
+    let mut subjects: Vec<String> = records
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap().to_string())
+        .collect();
+    subjects.sort();
+    let mut expected: Vec<String> = (0..10)
+        .filter(|&i| i != 4)
+        .map(|i| format!("chain {i}"))
+        .collect();
+    expected.sort();
+    assert_eq!(subjects, expected, "each good message exactly once");
+    let chained = records.iter().filter(|r| r["chained"] == true).count();
+    assert!(chained >= 4, "{chained} chained: {records:?}");
+}

@@ -173,6 +173,52 @@ pub fn offers_pipelining(ehlo: &Response) -> bool {
     })
 }
 
+/// MAIL FROM for a message (8BITMIME when its content is not ASCII).
+fn mail_command(envelope: &lettre::address::Envelope, bytes: &[u8]) -> Mail {
+    let mut params = Vec::new();
+    if !bytes.is_ascii() {
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Mail::new(envelope.from().cloned(), params)
+}
+
+/// MAIL and the RCPTs (and DATA, with `data`) as one pipelined group.
+fn envelope_group(mail: &Mail, envelope: &lettre::address::Envelope, data: bool) -> String {
+    let mut group = mail.to_string();
+    for to in envelope.to() {
+        group.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
+    }
+    if data {
+        group.push_str(&Data.to_string());
+    }
+    group
+}
+
+/// Writes `text` (when given) and reads `count` replies in order: all are
+/// read, so the connection stays in step, and the first negative one
+/// decides. A broken connection ends the reading at once.
+async fn replies(
+    conn: &mut AsyncSmtpConnection,
+    text: Option<String>,
+    count: usize,
+) -> Result<(), lettre::transport::smtp::Error> {
+    let mut outcome = match text {
+        Some(t) => conn.command(Raw(t)).await.map(drop),
+        None => conn.read_response().await.map(drop),
+    };
+    if outcome.as_ref().is_err_and(|e| e.status().is_none()) {
+        return outcome;
+    }
+    for _ in 1..count {
+        match conn.read_response().await.map(drop) {
+            Err(e) if e.status().is_none() => return Err(e),
+            r if outcome.is_ok() => outcome = r,
+            _ => {}
+        }
+    }
+    outcome
+}
+
 /// Sends one message on an open connection: MAIL, RCPT, DATA and the
 /// content. Unlike lettre's `send`, the content and its final dot go out in
 /// one write: two writes in a row meet Nagle's algorithm and the server's
@@ -195,11 +241,7 @@ pub async fn transmit(
         return conn.send(message.envelope(), &bytes).await;
     };
     let envelope = message.envelope();
-    let mut params = Vec::new();
-    if !bytes.is_ascii() {
-        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-    }
-    let mail = Mail::new(envelope.from().cloned(), params);
+    let mail = mail_command(envelope, &bytes);
     if !pipelining {
         conn.command(mail).await?;
         for to in envelope.to() {
@@ -209,31 +251,80 @@ pub async fn transmit(
         return conn.command(Raw(body)).await;
     }
     let data_too = envelope.to().len() == 1;
-    let mut group = mail.to_string();
-    for to in envelope.to() {
-        group.push_str(&Rcpt::new(to.clone(), Vec::new()).to_string());
-    }
-    if data_too {
-        group.push_str(&Data.to_string());
-    }
-    let replies = 1 + envelope.to().len() + usize::from(data_too);
-    // `command` writes the group and reads the first reply; the others
-    // follow in order and are all read, so the connection stays in step.
-    let mut outcome = conn.command(Raw(group)).await.map(drop);
-    for _ in 1..replies {
-        let reply = conn.read_response().await.map(drop);
-        match reply {
-            // Not a reply (the connection broke): nothing more to read.
-            Err(e) if e.status().is_none() => return Err(e),
-            r if outcome.is_ok() => outcome = r,
-            _ => {}
-        }
-    }
-    outcome?;
+    let group = envelope_group(&mail, envelope, data_too);
+    let count = 1 + envelope.to().len() + usize::from(data_too);
+    replies(conn, Some(group), count).await?;
     if !data_too {
         conn.command(Data).await?;
     }
     conn.command(Raw(body)).await
+}
+
+/// A single-recipient message ready for [`transmit_chain`]: its MAIL, RCPT
+/// and DATA as one group, and its content after DATA.
+pub struct Chained {
+    group: String,
+    body: String,
+}
+
+/// The message as a link of a chain; `None` when it has several recipients
+/// (DATA must then wait for the RCPT replies) or content that is not text.
+pub fn chainable(message: &lettre::Message) -> Option<Chained> {
+    let envelope = message.envelope();
+    if envelope.to().len() != 1 {
+        return None;
+    }
+    let bytes = message.formatted();
+    let body = data_body(&bytes)?;
+    let group = envelope_group(&mail_command(envelope, &bytes), envelope, true);
+    Some(Chained { group, body })
+}
+
+/// Sends messages in a row on one connection whose server offers
+/// PIPELINING: each message's content goes out in the same write as the
+/// next message's MAIL, RCPT and DATA (RFC 2920 lets message content start
+/// a group), so a message costs one round trip instead of two. Replies are
+/// read in order and each message's outcome is handed to `done` (with its
+/// index) as soon as it is known. The chain stops at the first failure:
+/// the connection may then be out of step and must be closed, and the
+/// messages after it were not tried (the server drops the transaction the
+/// next one had begun). Returns how many messages got an outcome and
+/// whether the last of them failed.
+pub async fn transmit_chain(
+    conn: &mut AsyncSmtpConnection,
+    chain: &[Chained],
+    done: &mut (dyn FnMut(usize, Result<Response, lettre::transport::smtp::Error>) + Send),
+) -> (usize, bool) {
+    let Some(first) = chain.first() else {
+        return (0, false);
+    };
+    if let Err(e) = replies(conn, Some(first.group.clone()), 3).await {
+        done(0, Err(e));
+        return (1, true);
+    }
+    for (k, link) in chain.iter().enumerate() {
+        let next = chain.get(k + 1);
+        let mut text = String::with_capacity(link.body.len() + next.map_or(0, |n| n.group.len()));
+        text.push_str(&link.body);
+        if let Some(n) = next {
+            text.push_str(&n.group);
+        }
+        // The first reply after the content is the message's own.
+        let reply = conn.command(Raw(text)).await;
+        let failed = reply.is_err();
+        done(k, reply);
+        if failed {
+            return (k + 1, true);
+        }
+        if next.is_none() {
+            break;
+        }
+        if let Err(e) = replies(conn, None, 3).await {
+            done(k + 1, Err(e));
+            return (k + 2, true);
+        }
+    }
+    (chain.len(), false)
 }
 
 /// The reply text of a server response: `250 2.0.0 Ok: queued`.
@@ -365,6 +456,71 @@ impl SmtpClient {
             }
         }
         AttemptResult::Transient("no connection".into())
+    }
+
+    /// Delivers messages to one endpoint, in order: the single-recipient
+    /// ones chained on a pooled pipelining connection (see
+    /// [`transmit_chain`]), the others, and those after a failure in a
+    /// chain, one at a time through [`Self::deliver`]. Each outcome goes to
+    /// `done` with the message's index as soon as it is known.
+    pub async fn deliver_all(
+        &self,
+        endpoint: &Endpoint,
+        messages: &[lettre::Message],
+        done: &mut (dyn FnMut(usize, AttemptResult) + Send),
+    ) {
+        let mut next = 0;
+        while next < messages.len() {
+            let rest = &messages[next..];
+            let chained = self
+                .deliver_chain(endpoint, rest, &mut |k, r| done(next + k, r))
+                .await;
+            if chained == 0 {
+                done(next, self.deliver(endpoint, &rest[0]).await);
+                next += 1;
+            } else {
+                next += chained;
+            }
+        }
+    }
+
+    /// The leading single-recipient messages chained on an idle connection
+    /// that pipelines; how many got an outcome (up to and including the
+    /// first failure). None when there are fewer than two such messages, no
+    /// such connection, or the pooled connection turns out closed before
+    /// its first reply (then [`Self::deliver`] tries again on a fresh one).
+    async fn deliver_chain(
+        &self,
+        endpoint: &Endpoint,
+        messages: &[lettre::Message],
+        done: &mut (dyn FnMut(usize, AttemptResult) + Send),
+    ) -> usize {
+        let chain: Vec<Chained> = messages.iter().map_while(chainable).collect();
+        if chain.len() < 2 {
+            return 0;
+        }
+        let Some(mut conn) = self.take_idle(endpoint) else {
+            return 0;
+        };
+        if !conn.pipelining {
+            self.give_back(endpoint, conn);
+            return 0;
+        }
+        // A pooled connection the server closed meanwhile fails before any
+        // reply: that first message is left to `deliver`.
+        let mut stale = false;
+        let (count, failed) = transmit_chain(&mut conn.inner, &chain, &mut |k, r| match r {
+            Ok(response) => done(k, AttemptResult::Delivered(reply_text(&response))),
+            Err(e) if k == 0 && e.status().is_none() => stale = true,
+            Err(e) => done(k, classify(&e, endpoint)),
+        })
+        .await;
+        if failed {
+            conn.inner.abort().await;
+        } else {
+            self.give_back(endpoint, conn);
+        }
+        if stale { 0 } else { count }
     }
 
     /// Opens a fresh connection: connect, TLS as configured, AUTH.

@@ -1,8 +1,9 @@
 //! Delivery: the dispatcher takes due messages from the queue as soon as a
 //! commit or a finished attempt wakes it (or the next due time comes; there
-//! is no polling), and one task per message makes an attempt through the
-//! provider the org has *now*, then records the outcome the retry rule
-//! decides.
+//! is no polling), and workers make the attempts through the provider each
+//! org has *now* (a worker takes a share of a backlog at once, which goes
+//! out chained on one connection), then record the outcomes the retry rule
+//! decides, each as soon as it is known.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,11 @@ pub fn route(org: Option<&OrgConfig>, default: Option<&DefaultProvider>) -> Opti
 /// while the workers send. A message waits in the buffer for a few attempt
 /// times at most, well within its lease.
 const BUFFER_PER_WORKER: usize = 64;
+
+/// Most claimed messages a worker takes at once from a backlog: those for
+/// one provider go out chained on one connection (one round trip each
+/// instead of two).
+const CHAIN: usize = 8;
 
 /// An attempt made, its outcome not yet stored.
 struct AttemptDone {
@@ -171,68 +177,135 @@ impl Deliverer {
         }
     }
 
-    /// A worker: takes claimed messages one at a time and makes the attempt;
-    /// the outcome is stored while it goes on with the next.
+    /// A worker: takes a claimed message (and, while more are waiting than
+    /// there are workers, up to [`CHAIN`] in all) and makes the attempts;
+    /// each outcome is stored, as soon as it is known, while it goes on.
     async fn work(
         self: Arc<Self>,
         claimed: Arc<Mutex<mpsc::Receiver<Claimed>>>,
         room: Arc<Notify>,
     ) {
+        let workers = self.concurrency.max(1);
         let half_lease = millis(self.lease) / 2;
+        let mut taken = Vec::with_capacity(CHAIN);
         loop {
-            let (next, left) = {
+            let left = {
                 let mut rx = claimed.lock().await;
-                let next = rx.recv().await;
-                (next, rx.len() * 2 <= rx.max_capacity())
-            };
-            let Some(message) = next else {
-                return;
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                taken.push(first);
+                // A share of a backlog only: with few waiting, the other
+                // workers take them.
+                for _ in 0..(rx.len() / workers).min(CHAIN - 1) {
+                    match rx.try_recv() {
+                        Ok(m) => taken.push(m),
+                        Err(_) => break,
+                    }
+                }
+                rx.len() * 2 <= rx.max_capacity()
             };
             if left {
                 // Half the buffer is taken: time for the next claim.
                 room.notify_one();
             }
-            if now_millis() - message.started_at > half_lease {
-                // Waited too long for a worker: the lease is left to run out
-                // and the message is taken up again then, never twice at once.
-                tracing::warn!(message = %message.id, "claimed message waited past half its lease; retaken after the lease");
-                continue;
-            }
-            let done = self.attempt(message).await;
-            let this = self.clone();
-            tokio::spawn(async move {
-                if this.record(done).await {
-                    this.wake.notify_one();
-                }
-            });
+            let now = now_millis();
+            let fresh: Vec<Claimed> = taken
+                .drain(..)
+                .filter(|m| {
+                    // Waited too long for a worker: the lease is left to run
+                    // out and the message is taken up again then, never
+                    // twice at once.
+                    let stale = now - m.started_at > half_lease;
+                    if stale {
+                        tracing::warn!(message = %m.id, "claimed message waited past half its lease; retaken after the lease");
+                    }
+                    !stale
+                })
+                .collect();
+            self.attempt_all(fresh).await;
         }
     }
 
-    /// One attempt for one message; the outcome to store.
-    async fn attempt(&self, m: Claimed) -> AttemptDone {
+    /// One attempt for each message, through the provider its org has now;
+    /// each outcome is stored as soon as it is known. Messages for the same
+    /// provider go out together, chained on one connection when the server
+    /// pipelines.
+    async fn attempt_all(self: &Arc<Self>, messages: Vec<Claimed>) {
         let snapshot = self.snapshots.borrow().clone();
-        let route = route(
-            snapshot.org(&m.org).map(|c| c.as_ref()),
-            self.default.as_ref(),
-        );
-        // An attempt never outlives its lease: past it another attempt may start.
-        let deadline = self.lease.mul_f64(0.8);
-        let result = match &route {
-            None => AttemptResult::Transient(
-                "no email provider: the org has no enabled EmailProvider and the installation has no default provider".into(),
-            ),
-            Some(r) => match message::build(&m.id, &m.sender, &m.content) {
-                Err(e) => AttemptResult::Permanent(e),
-                Ok(msg) => tokio::time::timeout(deadline, self.smtp.deliver(&r.endpoint, &msg))
-                    .await
-                    .unwrap_or_else(|_| {
-                        AttemptResult::Transient(format!(
-                            "the attempt took longer than {}s",
-                            deadline.as_secs()
-                        ))
-                    }),
-            },
-        };
+        let mut slots: Vec<Option<(Claimed, Option<Route>)>> = Vec::with_capacity(messages.len());
+        // (endpoint, [(slot, message)]) in the order first seen.
+        let mut groups: Vec<(Endpoint, Vec<(usize, lettre::Message)>)> = Vec::new();
+        for m in messages {
+            let route = route(
+                snapshot.org(&m.org).map(|c| c.as_ref()),
+                self.default.as_ref(),
+            );
+            let early = match &route {
+                None => Some(AttemptResult::Transient(
+                    "no email provider: the org has no enabled EmailProvider and the installation has no default provider".into(),
+                )),
+                Some(r) => match message::build(&m.id, &m.sender, &m.content) {
+                    Err(e) => Some(AttemptResult::Permanent(e)),
+                    Ok(msg) => {
+                        let slot = slots.len();
+                        match groups.iter_mut().find(|(e, _)| *e == r.endpoint) {
+                            Some((_, g)) => g.push((slot, msg)),
+                            None => groups.push((r.endpoint.clone(), vec![(slot, msg)])),
+                        }
+                        None
+                    }
+                },
+            };
+            match early {
+                Some(result) => self.store(self.conclude(m, route, result)),
+                None => slots.push(Some((m, route))),
+            }
+        }
+        for (endpoint, group) in groups {
+            let (indexes, built): (Vec<usize>, Vec<lettre::Message>) = group.into_iter().unzip();
+            // No attempt outlives its lease (past it another attempt may
+            // start): the group stops at the earliest claim's deadline.
+            let claimed_at = indexes
+                .iter()
+                .filter_map(|&i| slots[i].as_ref().map(|(m, _)| m.started_at))
+                .min()
+                .unwrap_or_else(now_millis);
+            let deadline = claimed_at + millis(self.lease.mul_f64(0.8));
+            let left = Duration::from_millis((deadline - now_millis()).max(0) as u64);
+            let mut done = |k: usize, result: AttemptResult| {
+                if let Some((m, route)) = slots[indexes[k]].take() {
+                    self.store(self.conclude(m, route, result));
+                }
+            };
+            let _ = tokio::time::timeout(left, self.smtp.deliver_all(&endpoint, &built, &mut done))
+                .await;
+            for &i in &indexes {
+                if let Some((m, route)) = slots[i].take() {
+                    let result = AttemptResult::Transient(format!(
+                        "the attempt took longer than {}s",
+                        self.lease.mul_f64(0.8).as_secs()
+                    ));
+                    self.store(self.conclude(m, route, result));
+                }
+            }
+        }
+    }
+
+    /// Stores an outcome in the background, waking the dispatcher when that
+    /// changed when it next has work.
+    fn store(self: &Arc<Self>, done: AttemptDone) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if this.record(done).await {
+                this.wake.notify_one();
+            }
+        });
+    }
+
+    /// The outcome to store for one attempt: the retry rule's decision and
+    /// the delivery event.
+    fn conclude(&self, m: Claimed, route: Option<Route>, result: AttemptResult) -> AttemptDone {
         let policy = route
             .as_ref()
             .map(|r| r.policy)

@@ -15,7 +15,8 @@ Recipients whose local part starts with "reject" are refused at RCPT with
 550, those starting with "later" with 450. With --pipelining the server
 announces PIPELINING (aiosmtpd reads commands from a buffered stream, so it
 answers pipelined commands in order) and each record says whether the MAIL
-command arrived with more commands behind it ("pipelined").
+command arrived with more commands behind it ("pipelined") and whether the
+next message's MAIL arrived behind the content ("chained").
 """
 
 import argparse
@@ -86,6 +87,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        # The next MAIL already buffered behind the content: chained.
+        chained = bytes(getattr(server._reader, "_buffer", b"")).upper().startswith(b"MAIL")
         if self.args.delay_ms:
             await asyncio.sleep(self.args.delay_ms / 1000)
         reply = self.reply()
@@ -99,6 +102,7 @@ class Handler:
             "to": envelope.rcpt_tos,
             "reply": reply,
             "pipelined": getattr(envelope, "pipelined", False),
+            "chained": chained,
         }
         with self.lock, open(self.args.record, "a") as f:
             f.write(json.dumps(entry) + "\n")
