@@ -635,3 +635,58 @@ fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
     let chained = records.iter().filter(|r| r["chained"] == true).count();
     assert!(chained >= 4, "{chained} chained: {records:?}");
 }
+
+/// A chain never outlives the lease of its messages: past 0.8 of the lease
+/// (here 1 s) from their claim, what the chain has not finished is given
+/// up as a transient failure and retried, so no attempt runs while the
+/// dispatcher may hand the message to another. Every message still
+/// arrives (at least once: one whose content was sent when the deadline
+/// came may arrive twice).
+#[test]
+fn a_chain_stops_at_the_lease_deadline() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "slow-chain",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            pipelining: true,
+            delay_ms: 300,
+            ..Default::default()
+        },
+    );
+    write_corp_provider(&manifests, server.port, &fast_retry(10));
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &["--email-concurrency", "1", "--email-lease", "1s"],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let ids: Vec<String> = (0..8)
+        .map(|i| send_ok(&run, "acme", &format!("slow {i}")))
+        .collect();
+    let mut gave_up = 0;
+    for id in &ids {
+        let e = wait_final(&run, "acme", id, T);
+        assert_eq!(e["state"], "sent", "{e}");
+        gave_up += e["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| {
+                a["reply"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("took longer"))
+            })
+            .count();
+    }
+    assert!(gave_up >= 1, "no attempt reached the deadline");
+    let subjects: std::collections::HashSet<String> = server
+        .records()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects.len(), 8, "every message arrived: {subjects:?}");
+}
