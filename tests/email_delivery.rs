@@ -9,6 +9,7 @@ mod email_support;
 
 use std::time::Duration;
 
+use common::Idplane;
 use email_support::*;
 use serde_json::json;
 
@@ -565,18 +566,17 @@ fn pipelined_commands_and_refused_recipients() {
     );
 }
 
-/// A backlog goes out chained on one pipelining connection: each message's
-/// content in the same write as the next message's MAIL, RCPT and DATA
-/// (the server finds the next MAIL behind the content). A recipient refused
-/// in the middle of a chain fails that message alone, at once; every other
-/// message arrives exactly once, in one attempt.
-#[test]
-fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
+/// An aiosmtpd server that announces PIPELINING and takes 300 ms over each
+/// message, org `acme`'s provider `corp` on it (`max_attempts`, short
+/// delays), and idplane with one delivery worker and `extra` flags.
+fn one_worker_and_a_slow_pipelining_server(
+    max_attempts: u32,
+    extra: &[&str],
+) -> (tempfile::TempDir, SmtpServer, Idplane) {
     let (tmp, manifests) = workspace();
-    // The slow first message lets the others queue up behind it.
     let server = SmtpServer::start(
         tmp.path(),
-        "chain",
+        "slow-pipelining",
         None,
         ServerOptions {
             auth: Some(("mailer", "pw-123")),
@@ -585,14 +585,23 @@ fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
             ..Default::default()
         },
     );
-    write_corp_provider(&manifests, server.port, &fast_retry(2));
-    let run = start_idplane(
-        tmp.path(),
-        &manifests,
-        "run.log",
-        &["--email-concurrency", "1"],
-    );
+    write_corp_provider(&manifests, server.port, &fast_retry(max_attempts));
+    let mut flags = vec!["--email-concurrency", "1"];
+    flags.extend_from_slice(extra);
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &flags);
     wait_verified(&run, "acme", "corp", "True");
+    (tmp, server, run)
+}
+
+/// A backlog goes out chained on one pipelining connection: each message's
+/// content in the same write as the next message's MAIL, RCPT and DATA
+/// (the server finds the next MAIL behind the content). A recipient refused
+/// in the middle of a chain fails that message alone, at once; every other
+/// message arrives exactly once, in one attempt.
+#[test]
+fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
+    // The slow first message lets the others queue up behind it.
+    let (_tmp, server, run) = one_worker_and_a_slow_pipelining_server(2, &[]);
     let ids: Vec<(String, String)> = (0..10)
         .map(|i| {
             let to = if i == 4 {
@@ -644,26 +653,7 @@ fn backlog_is_chained_and_a_refusal_ends_only_its_message() {
 /// came may arrive twice).
 #[test]
 fn a_chain_stops_at_the_lease_deadline() {
-    let (tmp, manifests) = workspace();
-    let server = SmtpServer::start(
-        tmp.path(),
-        "slow-chain",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            pipelining: true,
-            delay_ms: 300,
-            ..Default::default()
-        },
-    );
-    write_corp_provider(&manifests, server.port, &fast_retry(10));
-    let run = start_idplane(
-        tmp.path(),
-        &manifests,
-        "run.log",
-        &["--email-concurrency", "1", "--email-lease", "1s"],
-    );
-    wait_verified(&run, "acme", "corp", "True");
+    let (_tmp, server, run) = one_worker_and_a_slow_pipelining_server(10, &["--email-lease", "1s"]);
     let ids: Vec<String> = (0..8)
         .map(|i| send_ok(&run, "acme", &format!("slow {i}")))
         .collect();
