@@ -668,7 +668,7 @@ fn a_chain_stops_at_the_lease_deadline() {
             .filter(|a| {
                 a["reply"]
                     .as_str()
-                    .is_some_and(|r| r.contains("took longer"))
+                    .is_some_and(|r| r == "the attempt took longer than 0.8s")
             })
             .count();
     }

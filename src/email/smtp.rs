@@ -495,14 +495,18 @@ impl SmtpClient {
         messages: &[lettre::Message],
         done: &mut (dyn FnMut(usize, AttemptResult) + Send),
     ) -> usize {
-        let chain: Vec<Chained> = messages.iter().map_while(chainable).collect();
-        if chain.len() < 2 {
+        if messages.len() < 2 {
             return 0;
         }
         let Some(mut conn) = self.take_idle(endpoint) else {
             return 0;
         };
-        if !conn.pipelining {
+        let chain: Vec<Chained> = if conn.pipelining {
+            messages.iter().map_while(chainable).collect()
+        } else {
+            Vec::new()
+        };
+        if chain.len() < 2 {
             self.give_back(endpoint, conn);
             return 0;
         }

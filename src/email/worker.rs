@@ -283,8 +283,8 @@ impl Deliverer {
             for &i in &indexes {
                 if let Some((m, route)) = slots[i].take() {
                     let result = AttemptResult::Transient(format!(
-                        "the attempt took longer than {}s",
-                        self.lease.mul_f64(0.8).as_secs()
+                        "the attempt took longer than {:.1}s",
+                        self.lease.mul_f64(0.8).as_secs_f64()
                     ));
                     self.store(self.conclude(m, route, result));
                 }
