@@ -534,6 +534,19 @@ impl SmtpClient {
             message: redact(&message, endpoint),
             permanent,
         };
+        // A command on the open connection failed: `HOST:PORT: WHAT failed: REASON`.
+        let refused = |step: Step, what: &str, e: &lettre::transport::smtp::Error| {
+            fail(
+                step,
+                format!(
+                    "{}:{}: {what} failed: {}",
+                    endpoint.host,
+                    endpoint.port,
+                    describe(e, endpoint)
+                ),
+                e.is_permanent(),
+            )
+        };
         let hello = ClientId::default();
         let implicit = match endpoint.tls {
             TlsMode::Implicit => Some(
@@ -582,16 +595,7 @@ impl SmtpClient {
                 .map_err(|m| fail(Step::Tls, m, false))?;
             if let Err(e) = conn.starttls(params, &hello).await {
                 conn.abort().await;
-                return Err(fail(
-                    Step::Tls,
-                    format!(
-                        "{}:{}: STARTTLS failed: {}",
-                        endpoint.host,
-                        endpoint.port,
-                        describe(&e, endpoint)
-                    ),
-                    e.is_permanent(),
-                ));
+                return Err(refused(Step::Tls, "STARTTLS", &e));
             }
             how = "STARTTLS".into();
         }
@@ -601,16 +605,7 @@ impl SmtpClient {
             Ok(reply) => offers_pipelining(&reply),
             Err(e) => {
                 conn.abort().await;
-                return Err(fail(
-                    Step::Connect,
-                    format!(
-                        "{}:{}: EHLO failed: {}",
-                        endpoint.host,
-                        endpoint.port,
-                        describe(&e, endpoint)
-                    ),
-                    e.is_permanent(),
-                ));
+                return Err(refused(Step::Connect, "EHLO", &e));
             }
         };
         let mut summary = format!("connected to {}:{} ({how})", endpoint.host, endpoint.port);
@@ -625,15 +620,10 @@ impl SmtpClient {
                 }
                 Err(e) => {
                     conn.abort().await;
-                    return Err(fail(
+                    return Err(refused(
                         Step::Auth,
-                        format!(
-                            "{}:{}: authentication as {user} failed: {}",
-                            endpoint.host,
-                            endpoint.port,
-                            describe(&e, endpoint)
-                        ),
-                        e.is_permanent(),
+                        &format!("authentication as {user}"),
+                        &e,
                     ));
                 }
             }
