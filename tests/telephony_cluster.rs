@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,28 +18,23 @@ const T: Duration = Duration::from_secs(60);
 
 /// The reference bridge, killed when dropped; its stdout lines arrive on `lines`.
 struct Bridge {
-    child: Child,
+    _child: Killed,
     url: String,
     lines: mpsc::Receiver<String>,
 }
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Bridge {
     fn start(token: &str) -> Bridge {
-        let mut child = Command::new("python3")
-            .arg(root().join("examples/telephony-bridge/bridge.py"))
-            .env("BRIDGE_PORT", "0")
-            .env("BRIDGE_TOKEN", token)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 runs the bridge");
+        let mut child = Killed(
+            Command::new("python3")
+                .arg(root().join("examples/telephony-bridge/bridge.py"))
+                .env("BRIDGE_PORT", "0")
+                .env("BRIDGE_TOKEN", token)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 runs the bridge"),
+        );
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -55,7 +50,7 @@ impl Bridge {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected first line: {first}"));
         Bridge {
-            child,
+            _child: child,
             url: format!("http://{address}"),
             lines,
         }

@@ -159,7 +159,17 @@ fn rand_suffix() -> u32 {
 }
 
 /// Polls `check` until it returns Some, or panics after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_every(what, timeout, Duration::from_millis(200), check)
+}
+
+/// [`wait_for`], checking every `every`.
+pub fn wait_every<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
@@ -169,7 +179,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
 }
 
@@ -191,18 +201,35 @@ pub fn condition(obj: &serde_json::Value, type_: &str) -> Option<serde_json::Val
         .cloned()
 }
 
-/// A running idplane process, killed when dropped.
-pub struct Idplane {
-    pub child: Child,
-    pub addr: String,
-    pub log: PathBuf,
+/// A child process (a server a test started), killed and reaped when
+/// dropped, however the test ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Idplane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
     }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// A running idplane process, killed when dropped.
+pub struct Idplane {
+    pub child: Killed,
+    pub addr: String,
+    pub log: PathBuf,
 }
 
 impl Idplane {
@@ -241,10 +268,45 @@ impl Idplane {
                 )
             });
         Idplane {
-            child,
+            child: Killed(child),
             addr,
             log: log.to_path_buf(),
         }
+    }
+
+    /// `idplane run` on a manifest directory with its own database and
+    /// token file, on a free loopback port, re-reading the manifests every
+    /// 100 ms, with `extra` flags; returns once it is ready.
+    pub fn run_manifests(
+        manifests: &Path,
+        database: &Path,
+        tokens: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Idplane {
+        let mut args = vec![
+            "run",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            database.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--poll-millis",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        let run = Idplane::start(&args, env, log);
+        wait_every(
+            "ready",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || (http_get(&run.url("/readyz"), None).0 == 200).then_some(()),
+        );
+        run
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,13 +6,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::common::{Idplane, http, http_get, root};
+use super::common::{Idplane, Killed, http, http_get, root, wait_every};
 
 pub const TOKEN: &str = "email-test-token-0123456789abcdef";
 
@@ -52,18 +52,8 @@ pub fn tools() -> &'static Tools {
 }
 
 /// Polls until `check` gives Some, or panics after `timeout`.
-pub fn wait<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+pub fn wait<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_every(what, timeout, Duration::from_millis(50), check)
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -164,18 +154,11 @@ pub struct ServerOptions {
 
 /// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
 pub struct SmtpServer {
-    child: Child,
+    child: Killed,
     pub port: u16,
     pub record: PathBuf,
     /// Its first line, when it is an SMTP reply, is the answer to DATA.
     pub control: PathBuf,
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl SmtpServer {
@@ -210,7 +193,7 @@ impl SmtpServer {
             cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("smtp_server.py starts");
+        let mut child = Killed(cmd.spawn().expect("smtp_server.py starts"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -257,16 +240,9 @@ impl SmtpServer {
 
 /// Postfix's smtp-sink on loopback, appending every message to one file.
 pub struct SmtpSink {
-    child: Child,
+    child: Killed,
     pub port: u16,
     pub dump: PathBuf,
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn free_port() -> u16 {
@@ -288,16 +264,18 @@ impl SmtpSink {
         }
         let dump = sink_dir.join("dump");
         let port = free_port();
-        let child = Command::new(&tools().smtp_sink)
-            .args(["-u", "postfix", "-D"])
-            .arg(&dump)
-            .args(["-m", "256"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("256")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("smtp-sink starts");
+        let child = Killed(
+            Command::new(&tools().smtp_sink)
+                .args(["-u", "postfix", "-D"])
+                .arg(&dump)
+                .args(["-m", "256"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("256")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("smtp-sink starts"),
+        );
         wait("smtp-sink listening", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -320,15 +298,8 @@ impl SmtpSink {
 
 /// dnsmasq on loopback answering the given TXT records and nothing else.
 pub struct Dns {
-    child: Child,
+    child: Killed,
     pub port: u16,
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Dns {
@@ -349,11 +320,12 @@ impl Dns {
         for (name, value) in txt {
             cmd.arg(format!("--txt-record={name},{value}"));
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq starts");
+        let child = Killed(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq starts"),
+        );
         wait("dnsmasq listening", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -415,32 +387,22 @@ pub fn workspace() -> (tempfile::TempDir, PathBuf) {
 
 /// Starts `idplane run --manifests` with the given extra flags.
 pub fn start_idplane(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
-    let database = tmp.join("state/idplane.db");
-    let mut args = vec![
-        "run",
-        "--manifests",
-        manifests.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--database",
-        database.to_str().unwrap(),
-        "--tokens",
-    ];
-    let tokens = tmp.join("tokens.yaml");
-    args.push(tokens.to_str().unwrap());
-    args.extend(["--poll-millis", "100", "--smtp-timeout", "5s"]);
+    let mut flags = vec!["--smtp-timeout", "5s"];
     if !extra.contains(&"--email-default-sender") {
-        args.extend([
+        flags.extend([
             "--email-default-sender",
             "Idplane <noreply@idplane.example>",
         ]);
     }
-    args.extend(extra);
-    let run = Idplane::start(&args, &[("RUST_LOG", "idplane=info")], &tmp.join(log));
-    wait("ready", Duration::from_secs(30), || {
-        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
-    });
-    run
+    flags.extend(extra);
+    Idplane::run_manifests(
+        manifests,
+        &tmp.join("state/idplane.db"),
+        &tmp.join("tokens.yaml"),
+        &flags,
+        &[("RUST_LOG", "idplane=info")],
+        &tmp.join(log),
+    )
 }
 
 /// `POST /v1/orgs/{org}/emails`; (status, body).

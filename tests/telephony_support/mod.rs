@@ -254,28 +254,14 @@ impl Workspace {
 
     /// `idplane run` on these manifests with extra flags; waits until ready.
     pub fn run(&self, log: &str, extra: &[&str]) -> Idplane {
-        let manifests = self.manifests();
-        let database = self.database();
-        let tokens = self.path().join("tokens.yaml");
-        let mut args = vec![
-            "run",
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            database.to_str().unwrap(),
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--poll-millis",
-            "100",
-        ];
-        args.extend_from_slice(extra);
-        let run = Idplane::start(&args, &[("RUST_LOG", "info")], &self.path().join(log));
-        wait_for("ready", Duration::from_secs(30), || {
-            (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
-        });
-        run
+        Idplane::run_manifests(
+            &self.manifests(),
+            &self.database(),
+            &self.path().join("tokens.yaml"),
+            extra,
+            &[("RUST_LOG", "info")],
+            &self.path().join(log),
+        )
     }
 
     /// Passcodes stored as delivered and not yet used or locked.
