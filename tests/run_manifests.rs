@@ -212,3 +212,48 @@ fn api_errors_name_what_is_wrong() {
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"code\":\"not_found\""), "{body}");
 }
+
+/// Every `/v1/orgs/{org}/…` route of the OpenAPI document refuses a caller
+/// without a token (401) or with another org's token (403), and does so
+/// before it looks at the request: a body of the wrong shape still gets
+/// 401/403, not a validation error.
+#[test]
+fn every_org_route_is_authorized_before_the_request_is_read() {
+    let (tmp, manifests) = setup();
+    let run = start(tmp.path(), &manifests, "routes.log");
+    wait_for("ready", Duration::from_secs(30), || {
+        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
+    });
+    let (code, body) = http_get(&run.url("/openapi.json"), None);
+    assert_eq!(code, 200, "{body}");
+    let document: Value = serde_json::from_str(&body).unwrap();
+    let wrong_shape = serde_json::json!({"unexpected": [1, 2, 3]});
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let Some(rest) = path.strip_prefix("/v1/orgs/{org}") else {
+            continue;
+        };
+        let url = run.url(&format!(
+            "/v1/orgs/acme{}",
+            rest.replace("{id}", "em-1").replace("{name}", "primary")
+        ));
+        for method in item.as_object().unwrap().keys() {
+            let body = (method != "get").then_some(&wrong_shape);
+            let (code, text) = http(&method.to_uppercase(), &url, None, body);
+            assert_eq!(code, 401, "{method} {url} without a token: {text}");
+            assert!(
+                text.contains("\"code\":\"unauthorized\""),
+                "{method} {url}: {text}"
+            );
+            let (code, text) = http(&method.to_uppercase(), &url, Some(OTHER), body);
+            assert_eq!(code, 403, "{method} {url} with another org's token: {text}");
+            checked += 1;
+        }
+    }
+    // config, status, events, enrollment, OTP send/verify/preview, emails,
+    // an email, the test email.
+    assert!(
+        checked >= 10,
+        "only {checked} routes under /v1/orgs/{{org}}"
+    );
+}

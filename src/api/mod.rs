@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod openapi;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Path, Query, Request, State};
@@ -60,11 +61,8 @@ impl AppState {
 
 /// The router with every route; later modules merge theirs in `app`.
 pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+    // Every `/v1/orgs/{org}/…` route, `extra`'s included.
+    let orgs = Router::new()
         .route("/v1/orgs/{org}/config", get(org_config))
         .route("/v1/orgs/{org}/status", get(org_status))
         .route("/v1/orgs/{org}/events", get(org_events))
@@ -73,6 +71,16 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
             axum::routing::post(evaluate_enrollment),
         )
         .merge(extra)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize_org,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(orgs)
         .fallback(|| async {
             ApiError::not_found("not_found", "no such endpoint; see /openapi.json")
         })
@@ -82,6 +90,23 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Authorizes each `/v1/orgs/{org}/…` call for its org before the handler
+/// runs and before the body is read: in one place, so that no route can
+/// leave it out, and a caller without access learns nothing from the
+/// validation of its request.
+async fn authorize_org(
+    State(state): State<SharedState>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let org = params
+        .get("org")
+        .ok_or_else(|| ApiError::internal("this route has no {org} to authorize"))?;
+    state.authorize(request.headers(), org).await?;
+    Ok(next.run(request).await)
 }
 
 async fn count_requests(
@@ -135,9 +160,7 @@ async fn metrics(State(state): State<SharedState>) -> Response {
 async fn org_config(
     State(state): State<SharedState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &org).await?;
     let snapshot = state.snapshot();
     let config = snapshot
         .org(&org)
@@ -152,9 +175,7 @@ async fn org_config(
 async fn org_status(
     State(state): State<SharedState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &org).await?;
     let snapshot = state.snapshot();
     let written = state.written.read().await;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -190,9 +211,7 @@ async fn org_events(
     State(state): State<SharedState>,
     Path(org): Path<String>,
     Query(q): Query<EventQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &org).await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -226,10 +245,8 @@ async fn org_events(
 async fn evaluate_enrollment(
     State(state): State<SharedState>,
     Path(org): Path<String>,
-    headers: HeaderMap,
     JsonBody(request): JsonBody<crate::enrollment::EvaluationRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &org).await?;
     let snapshot = state.snapshot();
     let engine = match snapshot.org(&org).and_then(|o| o.enrollment.clone()) {
         Some(e) => e,
