@@ -680,3 +680,103 @@ fn a_chain_stops_at_the_lease_deadline() {
         .collect();
     assert_eq!(subjects.len(), 8, "every message arrived: {subjects:?}");
 }
+
+/// A pooled connection that the server closed while it was idle is
+/// replaced at once: the message goes out on a fresh connection in its
+/// first attempt, whether the server closed silently (aiosmtpd) or said
+/// `421` first (Postfix), with and without pipelining, and whether the
+/// message was sent alone or at the head of a chain.
+#[test]
+fn a_pooled_connection_the_server_closed_is_replaced_at_once() {
+    let postfix = Some("421 4.4.2 idle: Error: timeout exceeded");
+    for (pipelining, idle_reply) in [(true, None), (true, postfix), (false, postfix)] {
+        let (tmp, manifests) = workspace();
+        let server = SmtpServer::start(
+            tmp.path(),
+            "idle-close",
+            None,
+            ServerOptions {
+                auth: Some(("mailer", "pw-123")),
+                pipelining,
+                idle: Some((1.0, idle_reply)),
+                ..Default::default()
+            },
+        );
+        // The installation's default provider, slow, keeps the one worker
+        // busy while a backlog for acme builds up.
+        let slow = SmtpServer::start(
+            tmp.path(),
+            "slow-default",
+            None,
+            ServerOptions {
+                delay_ms: 1500,
+                ..Default::default()
+            },
+        );
+        write_corp_provider(&manifests, server.port, &fast_retry(3));
+        let slow_port = slow.port.to_string();
+        let run = start_idplane(
+            tmp.path(),
+            &manifests,
+            "run.log",
+            &[
+                "--email-concurrency",
+                "1",
+                "--smtp-host",
+                "127.0.0.1",
+                "--smtp-port",
+                &slow_port,
+                "--smtp-tls",
+                "none",
+                "--smtp-allow-insecure",
+            ],
+        );
+        wait_verified(&run, "acme", "corp", "True");
+        let case = format!(
+            "{}, pipelining {pipelining}",
+            idle_reply.unwrap_or("closed silently")
+        );
+
+        // Alone: the connection of the first message is pooled, closed by
+        // the server, and the second message finds it closed.
+        let first = send_ok(&run, "acme", "first");
+        assert_eq!(wait_final(&run, "acme", &first, T)["state"], "sent");
+        std::thread::sleep(Duration::from_millis(1800));
+        let alone = send_ok(&run, "acme", "alone");
+        let e = wait_final(&run, "acme", &alone, T);
+        assert_eq!(e["state"], "sent", "{case}: {e}");
+        assert_eq!(e["attempts"].as_array().unwrap().len(), 1, "{case}: {e}");
+
+        if !pipelining {
+            continue;
+        }
+        // At the head of a chain: the worker is busy with the slow default
+        // provider while six messages for acme queue up, and acme's pooled
+        // connection is closed by then.
+        std::thread::sleep(Duration::from_millis(1800));
+        let (code, body) = send(
+            &run,
+            "other",
+            json!({"to": "user@example.com", "subject": "slow", "text": "hello"}),
+        );
+        assert_eq!(code, 202, "{body}");
+        std::thread::sleep(Duration::from_millis(200));
+        let backlog: Vec<String> = (0..6)
+            .map(|i| send_ok(&run, "acme", &format!("backlog {i}")))
+            .collect();
+        for id in &backlog {
+            let e = wait_final(&run, "acme", id, T);
+            assert_eq!(e["state"], "sent", "{case}: {e}");
+            assert_eq!(e["attempts"].as_array().unwrap().len(), 1, "{case}: {e}");
+        }
+        let records = server.records();
+        let subjects: Vec<&str> = records
+            .iter()
+            .filter_map(|r| r["subject"].as_str())
+            .filter(|s| s.starts_with("backlog"))
+            .collect();
+        assert_eq!(subjects.len(), 6, "{case}: each once: {subjects:?}");
+        let chained = records.iter().filter(|r| r["chained"] == true).count();
+        assert!(chained >= 2, "{case}: the backlog was chained: {records:?}");
+    }
+}

@@ -219,6 +219,15 @@ async fn replies(
     outcome
 }
 
+/// Whether the first reply on a pooled connection says the server closed
+/// it while it was idle: no reply at all (closed silently), or `421`
+/// (closing the channel, as Postfix says to a connection idle too long).
+/// The message then goes out on a fresh connection at once instead of
+/// counting a failed attempt.
+fn closed_meanwhile(e: &lettre::transport::smtp::Error) -> bool {
+    e.status().is_none_or(|code| code.to_string() == "421")
+}
+
 /// Sends one message on an open connection: MAIL, RCPT, DATA and the
 /// content. Unlike lettre's `send`, the content and its final dot go out in
 /// one write: two writes in a row meet Nagle's algorithm and the server's
@@ -446,9 +455,7 @@ impl SmtpClient {
                 }
                 Err(e) => {
                     conn.inner.abort().await;
-                    // A pooled connection the server closed meanwhile: try
-                    // once more on a fresh one.
-                    if reused && e.status().is_none() {
+                    if reused && closed_meanwhile(&e) {
                         continue;
                     }
                     return classify(&e, endpoint);
@@ -510,12 +517,12 @@ impl SmtpClient {
             self.give_back(endpoint, conn);
             return 0;
         }
-        // A pooled connection the server closed meanwhile fails before any
-        // reply: that first message is left to `deliver`.
+        // A pooled connection the server closed meanwhile fails at its
+        // first reply: that first message is left to `deliver`.
         let mut stale = false;
         let (count, failed) = transmit_chain(&mut conn.inner, &chain, &mut |k, r| match r {
             Ok(response) => done(k, AttemptResult::Delivered(reply_text(&response))),
-            Err(e) if k == 0 && e.status().is_none() => stale = true,
+            Err(e) if k == 0 && closed_meanwhile(&e) => stale = true,
             Err(e) => done(k, classify(&e, endpoint)),
         })
         .await;

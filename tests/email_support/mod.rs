@@ -150,6 +150,8 @@ pub struct ServerOptions {
     pub pipelining: bool,
     /// Reuse this port (a restart).
     pub port: Option<u16>,
+    /// Close a connection idle this long, after this reply when given.
+    pub idle: Option<(f64, Option<&'static str>)>,
 }
 
 /// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
@@ -182,6 +184,12 @@ impl SmtpServer {
         }
         if o.pipelining {
             cmd.arg("--pipelining");
+        }
+        if let Some((seconds, reply)) = o.idle {
+            cmd.arg("--idle-timeout").arg(seconds.to_string());
+            if let Some(reply) = reply {
+                cmd.arg("--idle-reply").arg(reply);
+            }
         }
         if let Some(reply) = &o.fail_reply {
             cmd.arg("--fail-reply").arg(reply);
@@ -354,7 +362,6 @@ pub fn provider_yaml(
     )
 }
 
-/// Retry settings with short delays, as YAML flow.
 /// Org `acme`'s EmailProvider `corp` for a server on loopback without TLS
 /// (user `mailer`, password `pw-123`), written to `provider.yaml`; the
 /// file's path.
@@ -368,6 +375,7 @@ pub fn write_corp_provider(manifests: &Path, port: u16, retry: &str) -> PathBuf 
     file
 }
 
+/// Retry settings with short delays, as YAML flow.
 pub fn fast_retry(max_attempts: u32) -> String {
     format!("{{maxAttempts: {max_attempts}, initialDelay: 200ms, multiplier: 2, maxDelay: 2s}}")
 }

@@ -3,6 +3,7 @@
 Usage: smtp_server.py --record FILE [--tls none|starttls|implicit --cert PEM --key PEM]
                       [--auth USER:PASSWORD] [--fail-first N] [--fail-reply "451 ..."]
                       [--control FILE] [--delay-ms N] [--pipelining]
+                      [--idle-timeout SECONDS [--idle-reply "421 ..."]]
 
 Prints "READY <port>" once it accepts connections. Every DATA is recorded as
 one JSON line in FILE: {"time", "message_id", "from", "to", "reply"}.
@@ -17,6 +18,10 @@ announces PIPELINING (aiosmtpd reads commands from a buffered stream, so it
 answers pipelined commands in order) and each record says whether the MAIL
 command arrived with more commands behind it ("pipelined") and whether the
 next message's MAIL arrived behind the content ("chained").
+
+With --idle-timeout the server closes a connection idle that long, as
+servers do with pooled connections; with --idle-reply it first sends that
+reply, as Postfix sends "421 4.4.2 ... Error: timeout exceeded".
 """
 
 import argparse
@@ -32,7 +37,7 @@ import time
 import warnings
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 def free_port(host):
@@ -109,6 +114,22 @@ class Handler:
         return reply
 
 
+class IdleReplySMTP(SMTP):
+    """Sends `idle_reply` before closing a connection idle too long."""
+
+    idle_reply = None
+
+    def _timeout_cb(self):
+        if self.idle_reply and self.transport is not None:
+            self.transport.write((self.idle_reply + "\r\n").encode())
+        super()._timeout_cb()
+
+
+class IdleReplyController(Controller):
+    def factory(self):
+        return IdleReplySMTP(self.handler, **self.SMTP_kwargs)
+
+
 class Authenticator:
     def __init__(self, user, password):
         self.user = user.encode()
@@ -140,6 +161,8 @@ def main():
     p.add_argument("--fail-reply", default="451 4.3.0 Try again later")
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--pipelining", action="store_true")
+    p.add_argument("--idle-timeout", type=float)
+    p.add_argument("--idle-reply")
     args = p.parse_args()
 
     port = args.port or free_port(args.host)
@@ -158,7 +181,10 @@ def main():
         # aiosmtpd counts only STARTTLS as TLS; implicit TLS is encrypted
         # from the first byte, so AUTH is offered there too.
         kwargs["auth_require_tls"] = args.tls == "starttls"
-    controller = Controller(
+    if args.idle_timeout:
+        kwargs["timeout"] = args.idle_timeout
+    IdleReplySMTP.idle_reply = args.idle_reply
+    controller = IdleReplyController(
         Handler(args),
         hostname=args.host,
         port=port,
