@@ -1368,6 +1368,39 @@ mod tests {
         assert_eq!(ids, ["m1", "m3"]);
     }
 
+    /// The batch's answers are read by position; statements that return
+    /// other than exactly two rows (a statement edited, one lost) make an
+    /// error, never a batch answered from the wrong rows.
+    #[tokio::test]
+    async fn batch_rows_other_than_two_are_an_error() {
+        let store = crate::store::Store::memory().await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let input = BatchInput {
+            messages: &[],
+            finishes: &[],
+            claim: None,
+        };
+        for (sql, rows) in [
+            ("SELECT json_array() WHERE json_valid(?1);", 1),
+            (
+                "SELECT json_array() WHERE json_valid(?1); SELECT json_array(); SELECT json_array();",
+                3,
+            ),
+        ] {
+            let e = run_batch(&mut conn, sql, &input).await.err().unwrap();
+            assert_eq!(
+                e.to_string(),
+                QueueError::Sql(format!(
+                    "the batch statements returned {rows} rows instead of 2"
+                ))
+                .to_string()
+            );
+        }
+        let two = "SELECT json_array() WHERE json_valid(?1); SELECT json_array();";
+        let rows = run_batch(&mut conn, two, &input).await.unwrap();
+        assert!(rows.applied.is_empty() && rows.claimed.is_empty());
+    }
+
     #[tokio::test]
     async fn retry_waits_until_due() {
         let q = queue().await;
