@@ -32,23 +32,14 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, manifests)
 }
 
+/// `idplane run` on the org's manifests (namespace acme only); waits
+/// until ready.
 fn start(tmp: &std::path::Path, manifests: &std::path::Path, log: &str) -> Idplane {
-    Idplane::start(
-        &[
-            "run",
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "-n",
-            "acme",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.join("state/idplane.db").to_str().unwrap(),
-            "--tokens",
-            tmp.join("tokens.yaml").to_str().unwrap(),
-            "--poll-millis",
-            "100",
-        ],
+    Idplane::run_manifests(
+        manifests,
+        &tmp.join("state/idplane.db"),
+        &tmp.join("tokens.yaml"),
+        &["-n", "acme"],
         &[],
         &tmp.join(log),
     )
@@ -81,9 +72,6 @@ fn cond(obj: &Value, type_: &str) -> Value {
 fn reloads_keeps_last_good_and_persists_status() {
     let (tmp, manifests) = setup();
     let run = start(tmp.path(), &manifests, "run1.log");
-    wait_for("ready", Duration::from_secs(30), || {
-        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
-    });
     let primary = wait_for("primary Ready", Duration::from_secs(30), || {
         object(&run, "TelephonyHook", "primary").filter(|o| cond(o, "Ready")["status"] == "True")
     });
@@ -184,9 +172,6 @@ fn reloads_keeps_last_good_and_persists_status() {
 fn api_errors_name_what_is_wrong() {
     let (tmp, manifests) = setup();
     let run = start(tmp.path(), &manifests, "errors.log");
-    wait_for("ready", Duration::from_secs(30), || {
-        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
-    });
     let (code, body) = http_get(&run.url("/v1/orgs/acme/events?limit=0"), Some(ACME));
     assert_eq!(code, 400, "{body}");
     let e: Value = serde_json::from_str(&body).unwrap();
@@ -221,9 +206,6 @@ fn api_errors_name_what_is_wrong() {
 fn every_org_route_is_authorized_before_the_request_is_read() {
     let (tmp, manifests) = setup();
     let run = start(tmp.path(), &manifests, "routes.log");
-    wait_for("ready", Duration::from_secs(30), || {
-        (http_get(&run.url("/readyz"), None).0 == 200).then_some(())
-    });
     let (code, body) = http_get(&run.url("/openapi.json"), None);
     assert_eq!(code, 200, "{body}");
     let document: Value = serde_json::from_str(&body).unwrap();
