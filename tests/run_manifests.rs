@@ -196,6 +196,19 @@ fn api_errors_name_what_is_wrong() {
     let (code, body) = http_get(&run.url("/v1/orgs/acme/nothing-here"), Some(ACME));
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"code\":\"not_found\""), "{body}");
+    // Each request is timed by route: the two event listings above.
+    let events = r#"{method="GET",route="/v1/orgs/{org}/events"}"#;
+    assert_eq!(
+        run.metric(&format!(
+            "idplane_http_request_duration_seconds_count{events} "
+        )),
+        2.0
+    );
+    assert!(
+        run.metric(&format!(
+            "idplane_http_request_duration_seconds_sum{events} "
+        )) > 0.0
+    );
 }
 
 /// Every `/v1/orgs/{org}/…` route of the OpenAPI document refuses a caller

@@ -25,7 +25,7 @@ use crate::controller::extras::StatusExtras;
 use crate::controller::writer::WrittenStatuses;
 use crate::index::Snapshot;
 use crate::store::Store;
-use crate::telemetry::{Metrics, RequestLabel};
+use crate::telemetry::{Metrics, RequestLabel, RouteLabel};
 pub use auth::Authenticator;
 pub use error::{ApiError, JsonBody};
 
@@ -120,7 +120,17 @@ async fn count_requests(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
+    let start = std::time::Instant::now();
     let response = next.run(request).await;
+    let seconds = start.elapsed().as_secs_f64();
+    state
+        .metrics
+        .http_request_duration
+        .get_or_create(&RouteLabel {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(seconds);
     state
         .metrics
         .http_requests
