@@ -123,20 +123,18 @@ async fn count_requests(
     let start = std::time::Instant::now();
     let response = next.run(request).await;
     let seconds = start.elapsed().as_secs_f64();
+    let label = RouteLabel { method, route };
     state
         .metrics
         .http_request_duration
-        .get_or_create(&RouteLabel {
-            method: method.clone(),
-            route: route.clone(),
-        })
+        .get_or_create(&label)
         .observe(seconds);
     state
         .metrics
         .http_requests
         .get_or_create(&RequestLabel {
-            method,
-            route,
+            method: label.method,
+            route: label.route,
             code: response.status().as_u16(),
         })
         .inc();
