@@ -268,3 +268,42 @@ async fn evaluate_enrollment(
         .map(Json)
         .map_err(|e| ApiError::internal(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A route put under the authorizing layer without an `{org}` is an
+    /// error for every caller, never a route that skips authorization.
+    #[tokio::test]
+    async fn a_route_without_an_org_is_refused_not_left_open() {
+        let (_keep, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let state = Arc::new(AppState {
+            snapshots,
+            auth: Authenticator::Tokens(auth::TokenFile { tokens: vec![] }),
+            metrics: Arc::new(Metrics::new()),
+            store: Store::memory().await.unwrap(),
+            written: WrittenStatuses::default(),
+            extras: Arc::new(StatusExtras::default()),
+        });
+        let extra = Router::new().route("/v1/orgless", get(|| async { "open" }));
+        let response = router(state, extra)
+            .oneshot(
+                axum::http::Request::get("/v1/orgless")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            error,
+            json!({"code": "internal", "message": "this route has no {org} to authorize"})
+        );
+    }
+}
