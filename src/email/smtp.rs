@@ -493,7 +493,7 @@ impl SmtpClient {
 
     /// The leading single-recipient messages chained on an idle connection
     /// that pipelines; how many got an outcome (up to and including the
-    /// first failure). None when there are fewer than two such messages, no
+    /// first failure). 0 when there are fewer than two such messages, no
     /// such connection, or the pooled connection turns out closed before
     /// its first reply (then [`Self::deliver`] tries again on a fresh one).
     async fn deliver_chain(

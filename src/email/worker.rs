@@ -262,16 +262,17 @@ impl Deliverer {
                 None => slots.push(Some((m, route))),
             }
         }
+        // No attempt outlives its lease (past it another attempt may start).
+        let limit = self.lease.mul_f64(0.8);
         for (endpoint, group) in groups {
             let (indexes, built): (Vec<usize>, Vec<lettre::Message>) = group.into_iter().unzip();
-            // No attempt outlives its lease (past it another attempt may
-            // start): the group stops at the earliest claim's deadline.
+            // The group stops at the earliest claim's deadline.
             let claimed_at = indexes
                 .iter()
                 .filter_map(|&i| slots[i].as_ref().map(|(m, _)| m.started_at))
                 .min()
                 .unwrap_or_else(now_millis);
-            let deadline = claimed_at + millis(self.lease.mul_f64(0.8));
+            let deadline = claimed_at + millis(limit);
             let left = Duration::from_millis((deadline - now_millis()).max(0) as u64);
             let mut done = |k: usize, result: AttemptResult| {
                 if let Some((m, route)) = slots[indexes[k]].take() {
@@ -284,7 +285,7 @@ impl Deliverer {
                 if let Some((m, route)) = slots[i].take() {
                     let result = AttemptResult::Transient(format!(
                         "the attempt took longer than {:.1}s",
-                        self.lease.mul_f64(0.8).as_secs_f64()
+                        limit.as_secs_f64()
                     ));
                     self.store(self.conclude(m, route, result));
                 }

@@ -243,7 +243,7 @@ impl Idplane {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("idplane starts");
+        let mut child = Killed(cmd.spawn().expect("idplane starts"));
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log_path = log.to_path_buf();
@@ -268,7 +268,7 @@ impl Idplane {
                 )
             });
         Idplane {
-            child: Killed(child),
+            child,
             addr,
             log: log.to_path_buf(),
         }
