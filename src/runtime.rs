@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::controller::extras::StatusExtras;
 use crate::index::Snapshot;
@@ -22,6 +24,18 @@ pub struct ModuleContext {
     pub metrics: Arc<Metrics>,
     /// Where modules publish status fields (metrics, test results...).
     pub extras: Arc<StatusExtras>,
+    /// The process's stop: modules stop taking new work when it is
+    /// requested and run what must finish first on its tracker.
+    pub stop: Stop,
+}
+
+/// A graceful stop (SIGTERM): `requested` is cancelled once; the process
+/// exits when every task on `tracker` has ended or the grace period runs
+/// out, whichever comes first.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub requested: CancellationToken,
+    pub tracker: TaskTracker,
 }
 
 /// A module could not start (bad settings, store unavailable...).

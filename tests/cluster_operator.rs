@@ -13,6 +13,15 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(60);
 
 fn start_operator(ns: &str, identity: &str, tmp: &std::path::Path) -> Idplane {
+    start_operator_leasing(ns, identity, tmp, "6")
+}
+
+fn start_operator_leasing(
+    ns: &str,
+    identity: &str,
+    tmp: &std::path::Path,
+    lease_seconds: &str,
+) -> Idplane {
     let kc = kubeconfig();
     Idplane::start(
         &[
@@ -28,7 +37,7 @@ fn start_operator(ns: &str, identity: &str, tmp: &std::path::Path) -> Idplane {
             "--identity",
             identity,
             "--lease-seconds",
-            "6",
+            lease_seconds,
         ],
         &[("KUBECONFIG", kc.to_str().unwrap()), ("RUST_LOG", "info")],
         &tmp.join(format!("{identity}.log")),
@@ -363,6 +372,30 @@ fn lease_hands_status_writing_to_the_other_replica() {
             .unwrap()
             .contains("h1")
     );
+}
+
+#[test]
+fn a_leader_stopped_with_sigterm_gives_the_lease_up() {
+    install_crds();
+    let ns = temp_namespace("release");
+    let tmp = tempfile::tempdir().unwrap();
+    // A 30 s lease: the other replica (trying every 10 s) could take it
+    // within the wait below only if it was given up.
+    let mut a = start_operator_leasing(&ns, "replica-a", tmp.path(), "30");
+    wait_for("replica-a to lead", T, || {
+        (a.metric("idplane_leader") == 1.0).then_some(())
+    });
+    let b = start_operator_leasing(&ns, "replica-b", tmp.path(), "30");
+    let status = a.stop(Duration::from_secs(30));
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let lease = get_json(&ns, "lease/idplane-status-writer").unwrap();
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("");
+    assert_ne!(holder, "replica-a", "{lease}");
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(log.contains("lease: released"), "{log}");
+    wait_for("replica-b to lead", Duration::from_secs(20), || {
+        (b.metric("idplane_leader") == 1.0).then_some(())
+    });
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! At-least-once: idplane is killed (SIGKILL) with messages queued and in
 //! flight; after a restart on the same database every accepted message
-//! reaches the server (counted there by Message-ID).
+//! reaches the server (counted there by Message-ID). And a graceful stop
+//! (SIGTERM) finishes the attempts under way and queues the claimed rest
+//! again, so that nothing waits for a lease and nothing is sent twice.
 
 mod common;
 mod email_support;
@@ -84,4 +86,66 @@ fn sigkill_with_messages_queued_and_in_flight_loses_none() {
     );
     let events = events(&run, "acme", "email.delivery");
     assert_eq!(events.len(), total, "one SUCCESS event per message");
+}
+
+#[test]
+fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "slow",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            delay_ms: 400,
+            ..Default::default()
+        },
+    );
+    write_corp_provider(&manifests, server.port, &fast_retry(5));
+    // A lease far longer than the waits below: a message the stop left
+    // leased would still be `sending` when they give up.
+    let flags = ["--email-lease", "180s", "--email-concurrency", "4"];
+    let mut run = start_idplane(tmp.path(), &manifests, "run1.log", &flags);
+    let total = 40;
+    let ids: Vec<String> = (0..total)
+        .map(|i| send_ok(&run, "acme", &format!("message {i}")))
+        .collect();
+    wait("a first delivery", Duration::from_secs(20), || {
+        (!server.accepted().is_empty()).then_some(())
+    });
+    // Four attempts are always under way now (each reply takes 400 ms).
+    let before = server.accepted().len();
+    let status = run.stop(Duration::from_secs(30));
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let after = server.accepted().len();
+    assert!(
+        after > before,
+        "attempts under way at the stop were finished: {before} delivered before, {after} after"
+    );
+    assert!(after < total, "stopped before the queue drained");
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(
+        log.contains("claimed emails not yet tried are queued again"),
+        "{log}"
+    );
+    assert!(log.contains("stopped cleanly"), "{log}");
+
+    let run = start_idplane(tmp.path(), &manifests, "run2.log", &flags);
+    for id in &ids {
+        let e = wait_final(&run, "acme", id, Duration::from_secs(60));
+        assert_eq!(e["state"], "sent", "{e}");
+        let attempts = e["attempts"].as_array().unwrap();
+        assert_eq!(
+            attempts.len(),
+            1,
+            "one attempt each: none cut short, a released claim is no attempt: {e}"
+        );
+        assert_eq!(attempts[0]["outcome"], "sent", "{e}");
+    }
+    let mut at_server = server.accepted();
+    assert_eq!(at_server.len(), total, "every message exactly once");
+    at_server.sort();
+    at_server.dedup();
+    assert_eq!(at_server.len(), total, "no message twice");
+    assert_eq!(events(&run, "acme", "email.delivery").len(), total);
 }

@@ -16,6 +16,7 @@ use crate::controller::extras::StatusExtras;
 use crate::controller::lease::{self, LeaseSettings};
 use crate::controller::writer::{self, StatusSink, WriterSettings, WrittenStatuses};
 use crate::index::{self, Change, IndexWriter, Referenced, Snapshot};
+use crate::runtime::Stop;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::validate::Options;
@@ -29,6 +30,7 @@ pub struct Core {
     pub extras: Arc<StatusExtras>,
     pub written: WrittenStatuses,
     pub store: Store,
+    pub stop: Stop,
 }
 
 /// Starts the index writer.
@@ -57,16 +59,90 @@ pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Cor
         extras: Arc::new(StatusExtras::default()),
         written: WrittenStatuses::default(),
         store,
+        stop: Stop::default(),
     })
 }
 
 /// Settings of the runtime modules, shared by `run` and `operator`.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct ModuleSettings {
+    /// On SIGTERM or SIGINT: how long to finish what is under way (HTTP
+    /// requests, SMTP attempts) before exiting. Claimed mail not yet tried
+    /// goes back to the queue at once. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long = "shutdown-grace", default_value = "20s", value_parser = crate::email::parse_duration)]
+    pub shutdown_grace: Duration,
     #[command(flatten)]
     pub telephony: crate::telephony::TelephonySettings,
     #[command(flatten)]
     pub email: crate::email::EmailSettings,
+}
+
+impl Default for ModuleSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            telephony: Default::default(),
+            email: Default::default(),
+        }
+    }
+}
+
+/// Cancels `stop.requested` on the first SIGTERM or SIGINT; a second one
+/// ends the process at once.
+fn stop_on_signals(stop: &Stop) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let requested = stop.requested.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stop requested: finishing work under way (a second signal exits at once)");
+        requested.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Serves until a stop signal (or the server failing), then waits up to
+/// `grace` for the server's open requests and the modules' tracked work.
+async fn serve_until_stopped(
+    stop: &Stop,
+    server: tokio::task::JoinHandle<()>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    stop_on_signals(stop)?;
+    let mut server = server;
+    tokio::select! {
+        joined = &mut server => {
+            joined.context("API server task")?;
+            anyhow::bail!("the API server stopped");
+        }
+        () = stop.requested.cancelled() => {}
+    }
+    stop.tracker.close();
+    let drained = async {
+        let _ = server.await;
+        stop.tracker.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!(
+            grace = ?grace,
+            tasks = stop.tracker.len(),
+            "shutdown grace ran out; mail still being sent is retried after its lease"
+        );
+    } else {
+        tracing::info!("stopped cleanly");
+    }
+    Ok(())
 }
 
 /// Starts the runtime modules; returns their routes.
@@ -79,13 +155,14 @@ pub async fn start_modules(
         store: core.store.clone(),
         metrics: core.metrics.clone(),
         extras: core.extras.clone(),
+        stop: core.stop.clone(),
     };
     let telephony = crate::telephony::start(ctx.clone(), settings.telephony.clone()).await?;
     let email = crate::email::start(ctx, settings.email.clone()).await?;
     Ok(telephony.merge(email))
 }
 
-/// Binds the API and serves it until the process ends.
+/// Binds the API and serves it until a stop is requested.
 pub async fn serve_api(
     core: &Core,
     auth: Authenticator,
@@ -106,8 +183,13 @@ pub async fn serve_api(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     eprintln!("listening on {bound}");
+    let stopping = core.stop.requested.clone().cancelled_owned();
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        // On a stop: no new connections; requests under way are answered.
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping)
+            .await
+        {
             tracing::error!(error = %e, "API server stopped");
         }
     }))
@@ -123,7 +205,7 @@ pub struct OperatorSettings {
     pub modules: ModuleSettings,
 }
 
-/// Runs the operator until killed.
+/// Runs the operator until stopped (SIGTERM, SIGINT).
 pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -142,10 +224,11 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         core.metrics.clone(),
     ));
     let (leader_tx, leader_rx) = watch::channel(false);
-    tokio::spawn(lease::run(
+    core.stop.tracker.spawn(lease::run(
         client.clone(),
         settings.lease.clone(),
         leader_tx,
+        core.stop.requested.clone(),
     ));
     tokio::spawn(writer::run(
         core.snapshots.clone(),
@@ -158,8 +241,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     ));
     let routes = start_modules(&core, &settings.modules).await?;
     let server = serve_api(&core, Authenticator::kube(client), settings.listen, routes).await?;
-    server.await.context("API server task")?;
-    Ok(())
+    serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
 }
 
 /// Settings of `idplane run`.
@@ -218,7 +300,7 @@ fn standalone_auth(tokens: Option<&Path>, database: &Path) -> anyhow::Result<Aut
     }))
 }
 
-/// Runs from a directory of manifests until killed.
+/// Runs from a directory of manifests until stopped (SIGTERM, SIGINT).
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
     let core = start_core(settings.options.clone(), &settings.database).await?;
@@ -243,6 +325,5 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let server = serve_api(&core, auth, settings.listen, routes).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = _leader_tx;
-    server.await.context("API server task")?;
-    Ok(())
+    serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
 }

@@ -1,7 +1,8 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease: every replica
 //! serves the runtime from its own index, but only the Lease holder writes
 //! status. The holder renews every `duration / 3`; another replica takes
-//! over once `renewTime + leaseDurationSeconds` has passed.
+//! over once `renewTime + leaseDurationSeconds` has passed, or at once
+//! when the holder stopped gracefully and gave the lease up.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the election.
 #[derive(Clone, Debug)]
@@ -94,11 +96,47 @@ async fn try_lead(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, kube::Err
     }
 }
 
-/// Runs the election loop forever, publishing leadership on `leader`.
-pub async fn run(client: Client, settings: LeaseSettings, leader: watch::Sender<bool>) {
+/// Gives the lease up if this replica holds it, so that another replica
+/// takes over at its next try instead of after the lease runs out.
+async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(&s.name).await? else {
+        return Ok(false);
+    };
+    let mut spec = lease.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(s.identity.as_str()) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.renew_time = Some(micro_now());
+    lease.spec = Some(spec);
+    match api.replace(&s.name, &PostParams::default(), &lease).await {
+        Ok(_) => Ok(true),
+        // Someone else wrote it meanwhile: it is no longer ours to give.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs the election loop until `stop`, publishing leadership on `leader`;
+/// on `stop`, gives the lease up.
+pub async fn run(
+    client: Client,
+    settings: LeaseSettings,
+    leader: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let period = settings.duration / 3;
     loop {
+        if stop.is_cancelled() {
+            leader.send_replace(false);
+            match release(&api, &settings).await {
+                Ok(true) => tracing::info!(identity = %settings.identity, "lease: released"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "lease: cannot release; it runs out instead"),
+            }
+            return;
+        }
         let leads = match try_lead(&api, &settings).await {
             Ok(l) => l,
             Err(e) => {
@@ -115,7 +153,10 @@ pub async fn run(client: Client, settings: LeaseSettings, leader: watch::Sender<
                 false
             }
         });
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.cancelled() => {}
+        }
     }
 }
 

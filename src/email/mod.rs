@@ -295,8 +295,9 @@ pub async fn start(
         wake: wake.clone(),
         concurrency: settings.email_concurrency.max(1),
         lease: settings.email_lease,
+        stop: ctx.stop.clone(),
     });
-    tokio::spawn(deliverer.run());
+    ctx.stop.tracker.spawn(deliverer.run());
     tokio::spawn(verify::run(
         ctx.snapshots.clone(),
         smtp.clone(),

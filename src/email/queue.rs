@@ -235,6 +235,35 @@ impl Queue {
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
+    /// Undoes the claims of messages not tried (a stop came first): each
+    /// is due again at once, as it was before, unless its attempt
+    /// `(id, attempt)` no longer holds it. Returns how many were released.
+    /// Written on a connection of its own: it waits for the committer's
+    /// transaction, which is fine when stopping.
+    pub async fn release(&self, claims: &[(String, u32)], now: i64) -> Result<u64, QueueError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE email_messages
+             SET state = CASE WHEN last_reply IS NULL THEN 'queued' ELSE 'retrying' END,
+                 attempts = attempts - 1, due_at = next_attempt_at, lease_until = NULL,
+                 attempt_started_at = NULL, claim_token = NULL, updated_at = ?2
+             FROM (SELECT value->>0 AS id, value->>1 AS attempt FROM json_each(?1)) AS r
+             WHERE email_messages.id = r.id AND email_messages.attempts = r.attempt
+               AND email_messages.state = 'sending'",
+        )
+        .bind(rows_json(claims)?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(done)
+    }
+
     /// The earliest time something becomes due: a queued or retrying
     /// message, or a lease running out.
     pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {
@@ -1298,6 +1327,47 @@ mod tests {
         );
         assert_eq!(q.pending_by_org().await.unwrap().get("acme"), None);
         assert_eq!(q.next_due().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_released_claim_is_due_again_as_before() {
+        let q = queue().await;
+        q.insert(message("m1", None, 100)).await.unwrap();
+        q.insert(message("m2", None, 100)).await.unwrap();
+        assert_eq!(q.claim(200, 10_000, 10).await.unwrap().len(), 2);
+        // m2's attempt 7 does not hold it: no release.
+        let released = q
+            .release(&[("m1".into(), 1), ("m2".into(), 7)], 300)
+            .await
+            .unwrap();
+        assert_eq!(released, 1);
+        let m1 = q.get("acme", "m1").await.unwrap().unwrap();
+        assert_eq!(m1.state, "queued");
+        assert!(m1.attempts.is_empty(), "a release is no attempt");
+        assert_eq!(q.get("acme", "m2").await.unwrap().unwrap().state, "sending");
+        assert_eq!(q.next_due().await.unwrap(), Some(100), "due as before");
+        let again = q.claim(300, 10_000, 10).await.unwrap();
+        let taken: Vec<_> = again.iter().map(|c| (c.id.as_str(), c.attempt)).collect();
+        assert_eq!(taken, [("m1", 1)]);
+        // A message retrying when claimed goes back to retrying.
+        let transient = Finished {
+            id: "m1".into(),
+            attempt: 1,
+            started_at: 300,
+            finished_at: 310,
+            outcome: Outcome::Transient,
+            reply: "451 later".into(),
+            provider: "default".into(),
+            next: Next::Retry(400),
+            log: None,
+        };
+        assert!(q.finish(transient).await.unwrap());
+        let second = q.claim(400, 10_000, 10).await.unwrap();
+        assert_eq!(second[0].attempt, 2);
+        assert_eq!(q.release(&[("m1".into(), 2)], 410).await.unwrap(), 1);
+        let m1 = q.get("acme", "m1").await.unwrap().unwrap();
+        assert_eq!((m1.state.as_str(), m1.attempts.len()), ("retrying", 1));
+        assert_eq!(q.claim(410, 10_000, 10).await.unwrap()[0].attempt, 2);
     }
 
     #[tokio::test]

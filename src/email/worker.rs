@@ -17,6 +17,7 @@ use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
 use super::smtp::{Endpoint, Secret, SmtpClient};
 use super::stats::{DeliveryStats, Via};
 use crate::index::{OrgConfig, ProviderConfig, Snapshot};
+use crate::runtime::Stop;
 
 /// The installation's default provider (flags).
 #[derive(Clone, Debug)]
@@ -92,6 +93,9 @@ pub struct Deliverer {
     pub wake: Arc<Notify>,
     pub concurrency: usize,
     pub lease: Duration,
+    /// On a stop the dispatcher claims no more, attempts under way finish
+    /// and are stored, and claimed messages not yet tried are released.
+    pub stop: Stop,
 }
 
 pub fn now_millis() -> i64 {
@@ -109,13 +113,14 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl Deliverer {
-    /// Runs the dispatcher until the process ends.
+    /// Runs the dispatcher until the process ends or stops.
     pub async fn run(self: Arc<Self>) {
         // Before the first full sync no org has its provider yet: an attempt
         // now would fail for want of configuration.
         let mut snapshots = self.snapshots.clone();
-        if snapshots.wait_for(|s| s.synced).await.is_err() {
-            return;
+        tokio::select! {
+            synced = snapshots.wait_for(|s| s.synced) => if synced.is_err() { return },
+            () = self.stop.requested.cancelled() => return,
         }
         // `concurrency` workers, each with one SMTP attempt at a time, fed
         // through a buffer of as many claimed messages, so that claiming
@@ -128,23 +133,35 @@ impl Deliverer {
         // while the buffer is full.
         let room = Arc::new(Notify::new());
         for _ in 0..workers {
-            tokio::spawn(self.clone().work(claimed_rx.clone(), room.clone()));
+            self.stop
+                .tracker
+                .spawn(self.clone().work(claimed_rx.clone(), room.clone()));
         }
+        // Returning drops `buffer`: the workers release what it still
+        // holds, then end.
+        let stopping = self.stop.requested.clone();
         loop {
             let free = buffer.capacity();
             if free == 0 || free < buffer.max_capacity() / 2 {
                 // Enough is buffered: claim again, in one larger batch, when
                 // the workers have taken half of it.
-                room.notified().await;
-                continue;
+                tokio::select! {
+                    () = room.notified() => continue,
+                    () = stopping.cancelled() => return,
+                }
+            }
+            if stopping.is_cancelled() {
+                return;
             }
             let now = now_millis();
             let claimed = match self.queue.claim(now, now + millis(self.lease), free).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take emails from the queue; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = stopping.cancelled() => return,
+                    }
                 }
             };
             let full = claimed.len() == free;
@@ -170,9 +187,13 @@ impl Deliverer {
                     tokio::select! {
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
+                        () = stopping.cancelled() => return,
                     }
                 }
-                None => self.wake.notified().await,
+                None => tokio::select! {
+                    _ = self.wake.notified() => {}
+                    () = stopping.cancelled() => return,
+                },
             }
         }
     }
@@ -180,6 +201,8 @@ impl Deliverer {
     /// A worker: takes a claimed message (and, while more are waiting than
     /// there are workers, up to [`CHAIN`] in all) and makes the attempts;
     /// each outcome is stored, as soon as it is known, while it goes on.
+    /// Once a stop is requested it releases what it takes instead, and
+    /// ends when the dispatcher has gone.
     async fn work(
         self: Arc<Self>,
         claimed: Arc<Mutex<mpsc::Receiver<Claimed>>>,
@@ -203,8 +226,28 @@ impl Deliverer {
                         Err(_) => break,
                     }
                 }
+                if self.stop.requested.is_cancelled() {
+                    while let Ok(m) = rx.try_recv() {
+                        taken.push(m);
+                    }
+                }
                 rx.len() * 2 <= rx.max_capacity()
             };
+            if self.stop.requested.is_cancelled() {
+                let released: Vec<(String, u32)> =
+                    taken.drain(..).map(|m| (m.id, m.attempt)).collect();
+                match self.queue.release(&released, now_millis()).await {
+                    Ok(n) => tracing::info!(
+                        released = n,
+                        "stopping: claimed emails not yet tried are queued again"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "stopping: cannot release claimed emails; they are taken up after their lease"
+                    ),
+                }
+                continue;
+            }
             if left {
                 // Half the buffer is taken: time for the next claim.
                 room.notify_one();
@@ -297,7 +340,8 @@ impl Deliverer {
     /// changed when it next has work.
     fn store(self: &Arc<Self>, done: AttemptDone) {
         let this = self.clone();
-        tokio::spawn(async move {
+        // Tracked: a stop waits until the outcome is stored.
+        self.stop.tracker.spawn(async move {
             if this.record(done).await {
                 this.wake.notify_one();
             }

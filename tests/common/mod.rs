@@ -309,6 +309,20 @@ impl Idplane {
         run
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the
+    /// process to exit.
+    pub fn stop(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        wait_every(
+            "idplane to exit after SIGTERM",
+            timeout,
+            Duration::from_millis(50),
+            || self.child.try_wait().unwrap(),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
