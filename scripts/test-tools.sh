@@ -4,6 +4,8 @@
 #   - Postfix's smtp-sink (Debian package postfix, installed unconfigured),
 #   - dnsmasq (Debian package dnsmasq-base: the binary, no system service),
 #   - openssl (test certificates),
+#   - Go (Debian package golang-go: the chart tests render the Helm chart
+#     with Go's text/template, Helm's template engine),
 #   - aiosmtpd in a virtualenv at ${IDPLANE_VENV:-/tmp/idplane-venv}
 #     (never in the system Python).
 # Idempotent: a second run only checks and prints.
@@ -15,6 +17,7 @@ need=()
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
@@ -34,4 +37,5 @@ fi
 
 echo "export IDPLANE_VENV=$venv"
 echo "export IDPLANE_SMTP_SINK=/usr/sbin/smtp-sink"
+echo "export IDPLANE_GO=$(command -v go)"
 echo "export IDPLANE_DNSMASQ=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"

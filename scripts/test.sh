@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
-log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, aiosmtpd in a virtualenv)"
+log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, Go, aiosmtpd in a virtualenv)"
 eval "$(scripts/test-tools.sh)"
 
 log "cargo fmt --check"
