@@ -29,12 +29,14 @@ pub struct ModuleContext {
     pub stop: Stop,
 }
 
-/// A graceful stop (SIGTERM): `requested` is cancelled once; the process
-/// exits when every task on `tracker` has ended or the grace period runs
-/// out, whichever comes first.
+/// A graceful stop (SIGTERM): `requested` is cancelled once; `served` once
+/// the API has answered its last request (so that what requests left
+/// queued can be flushed after it); the process exits when every task on
+/// `tracker` has ended or the grace period runs out, whichever comes first.
 #[derive(Clone, Default)]
 pub struct Stop {
     pub requested: CancellationToken,
+    pub served: CancellationToken,
     pub tracker: TaskTracker,
 }
 

@@ -387,11 +387,14 @@ fn a_leader_stopped_with_sigterm_gives_the_lease_up() {
     });
     let b = start_operator_leasing(&ns, "replica-b", tmp.path(), "30");
     let status = a.stop(Duration::from_secs(30));
-    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status:?}\n{log}"
+    );
     let lease = get_json(&ns, "lease/idplane-status-writer").unwrap();
     let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("");
     assert_ne!(holder, "replica-a", "{lease}");
-    let log = std::fs::read_to_string(&a.log).unwrap();
     assert!(log.contains("lease: released"), "{log}");
     wait_for("replica-b to lead", Duration::from_secs(20), || {
         (b.metric("idplane_leader") == 1.0).then_some(())

@@ -181,3 +181,30 @@ fn metrics_survive_a_restart() {
     // The events of both processes are in the org's log.
     assert_eq!(wait_events(&run, "acme", "telephony.send", 8).len(), 8);
 }
+
+#[test]
+fn a_graceful_stop_keeps_every_passcode_sent_before_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = Workspace::new();
+    let hook = HookServer::start(&rt, successful("sms"));
+    ws.write_org("acme", &[HookSpec::active("primary", hook.url())]);
+    let flags = ["--otp-hash-key", "a-hash-key-of-at-least-32-characters!"];
+    let mut run = ws.run("stop1.log", &flags);
+    wait_configured(&run, "acme");
+    let sent: Vec<(String, String)> = (0..20)
+        .map(|i| sent(&run, &hook, "acme", &format!("+141555502{i:02}")))
+        .collect();
+    // Stopped at once: the ledger commits after each send has answered.
+    let status = run.stop(Duration::from_secs(30));
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(log.contains("telephony ledger flushed"), "{log}");
+
+    let run = ws.run("stop2.log", &flags);
+    wait_configured(&run, "acme");
+    for (tx, code) in &sent {
+        assert_eq!(verify(&run, "acme", tx, code).1["result"], "verified");
+    }
+    wait_metrics(&run, "acme", "primary", 20, 0);
+    assert_eq!(wait_events(&run, "acme", "telephony.send", 20).len(), 20);
+}

@@ -119,18 +119,26 @@ async fn serve_until_stopped(
     server: tokio::task::JoinHandle<()>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    stop_on_signals(stop)?;
     let mut server = server;
+    // The server also ends once a stop is requested: that is no failure.
+    let mut server_ended = false;
     tokio::select! {
+        biased;
+        () = stop.requested.cancelled() => {}
         joined = &mut server => {
             joined.context("API server task")?;
-            anyhow::bail!("the API server stopped");
+            if !stop.requested.is_cancelled() {
+                anyhow::bail!("the API server stopped");
+            }
+            server_ended = true;
         }
-        () = stop.requested.cancelled() => {}
     }
     stop.tracker.close();
     let drained = async {
-        let _ = server.await;
+        if !server_ended {
+            let _ = server.await;
+        }
+        stop.served.cancel();
         stop.tracker.wait().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
@@ -211,6 +219,8 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
     let core = start_core(Options::default(), &settings.database).await?;
+    // From here on a stop signal is handled (before "listening on").
+    stop_on_signals(&core.stop)?;
     crate::source::kube::watch_resources(
         client.clone(),
         &settings.namespaces,
@@ -304,6 +314,7 @@ fn standalone_auth(tokens: Option<&Path>, database: &Path) -> anyhow::Result<Aut
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
     let core = start_core(settings.options.clone(), &settings.database).await?;
+    stop_on_signals(&core.stop)?;
     writer::preload(&core.store, &core.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),

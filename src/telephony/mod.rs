@@ -191,6 +191,16 @@ pub async fn start(
             .max(Duration::from_millis(100)),
     ));
     tokio::spawn(purge(sender.ledger.clone()));
+    // The ledger commits passcodes and executions after the send has
+    // answered: on a stop, what the last requests queued is committed
+    // before the process exits.
+    let ledger = sender.ledger.clone();
+    let served = ctx.stop.served.clone();
+    ctx.stop.tracker.spawn(async move {
+        served.cancelled().await;
+        ledger.barrier().await;
+        tracing::info!("stopping: telephony ledger flushed");
+    });
     Ok(routes::router(sender))
 }
 
