@@ -132,6 +132,15 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
     let pod = &set["spec"]["template"]["spec"];
     assert!(pod.get("volumes").is_none(), "the claim, not an emptyDir");
     assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["fsGroup"], 65532,
+        "the state volume is writable"
+    );
+    assert_eq!(
+        container(&objects)["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
     let args = args(&objects);
     assert!(
         args.contains(&"--shutdown-grace=20s".to_string()),
