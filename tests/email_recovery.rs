@@ -12,12 +12,30 @@ use std::time::Duration;
 
 use email_support::*;
 
-#[test]
-fn sigkill_with_messages_queued_and_in_flight_loses_none() {
-    let (tmp, manifests) = workspace();
-    // A slow server keeps attempts in flight when the process dies.
+/// Messages accepted but not yet delivered when a test stops idplane.
+const TOTAL: usize = 40;
+
+/// idplane with four delivery workers and `lease`.
+fn start(
+    tmp: &std::path::Path,
+    manifests: &std::path::Path,
+    log: &str,
+    lease: &str,
+) -> common::Idplane {
+    let flags = ["--email-lease", lease, "--email-concurrency", "4"];
+    start_idplane(tmp, manifests, log, &flags)
+}
+
+/// A slow server (400 ms a reply, so attempts are in flight at any time),
+/// idplane delivering to it with four workers and `lease`, and [`TOTAL`]
+/// messages accepted, the first of them delivered.
+fn delivering(
+    tmp: &std::path::Path,
+    manifests: &std::path::Path,
+    lease: &str,
+) -> (SmtpServer, common::Idplane, Vec<String>) {
     let server = SmtpServer::start(
-        tmp.path(),
+        tmp,
         "slow",
         None,
         ServerOptions {
@@ -26,23 +44,29 @@ fn sigkill_with_messages_queued_and_in_flight_loses_none() {
             ..Default::default()
         },
     );
-    write_corp_provider(&manifests, server.port, &fast_retry(5));
-    let flags = ["--email-lease", "3s", "--email-concurrency", "4"];
-    let mut run = start_idplane(tmp.path(), &manifests, "run1.log", &flags);
-    let total = 40;
-    let ids: Vec<String> = (0..total)
+    write_corp_provider(manifests, server.port, &fast_retry(5));
+    let run = start(tmp, manifests, "run1.log", lease);
+    let ids: Vec<String> = (0..TOTAL)
         .map(|i| send_ok(&run, "acme", &format!("message {i}")))
         .collect();
-    // Some delivered, some in flight, most still queued.
     wait("a first delivery", Duration::from_secs(20), || {
         (!server.accepted().is_empty()).then_some(())
     });
+    (server, run, ids)
+}
+
+#[test]
+fn sigkill_with_messages_queued_and_in_flight_loses_none() {
+    let (tmp, manifests) = workspace();
+    // Some delivered, some in flight, most still queued.
+    let (server, mut run, ids) = delivering(tmp.path(), &manifests, "3s");
+    let total = TOTAL;
     run.child.kill().unwrap(); // SIGKILL
     run.child.wait().unwrap();
     let delivered_before = server.accepted().len();
     assert!(delivered_before < total, "killed before the queue drained");
 
-    let run = start_idplane(tmp.path(), &manifests, "run2.log", &flags);
+    let run = start(tmp.path(), &manifests, "run2.log", "3s");
     for id in &ids {
         let e = wait_final(&run, "acme", id, Duration::from_secs(60));
         assert_eq!(e["state"], "sent", "{e}");
@@ -91,28 +115,10 @@ fn sigkill_with_messages_queued_and_in_flight_loses_none() {
 #[test]
 fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
     let (tmp, manifests) = workspace();
-    let server = SmtpServer::start(
-        tmp.path(),
-        "slow",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            delay_ms: 400,
-            ..Default::default()
-        },
-    );
-    write_corp_provider(&manifests, server.port, &fast_retry(5));
     // A lease far longer than the waits below: a message the stop left
     // leased would still be `sending` when they give up.
-    let flags = ["--email-lease", "180s", "--email-concurrency", "4"];
-    let mut run = start_idplane(tmp.path(), &manifests, "run1.log", &flags);
-    let total = 40;
-    let ids: Vec<String> = (0..total)
-        .map(|i| send_ok(&run, "acme", &format!("message {i}")))
-        .collect();
-    wait("a first delivery", Duration::from_secs(20), || {
-        (!server.accepted().is_empty()).then_some(())
-    });
+    let (server, mut run, ids) = delivering(tmp.path(), &manifests, "180s");
+    let total = TOTAL;
     // Four attempts are always under way now (each reply takes 400 ms).
     let before = server.accepted().len();
     let status = run.stop(Duration::from_secs(30));
@@ -130,7 +136,7 @@ fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
     );
     assert!(log.contains("stopped cleanly"), "{log}");
 
-    let run = start_idplane(tmp.path(), &manifests, "run2.log", &flags);
+    let run = start(tmp.path(), &manifests, "run2.log", "180s");
     for id in &ids {
         let e = wait_final(&run, "acme", id, Duration::from_secs(60));
         assert_eq!(e["state"], "sent", "{e}");
