@@ -131,7 +131,11 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
     assert!(claims[0]["spec"].get("storageClassName").is_none());
     let pod = &set["spec"]["template"]["spec"];
     assert!(pod.get("volumes").is_none(), "the claim, not an emptyDir");
-    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    assert_eq!(
+        container(&objects)["lifecycle"]["preStop"]["exec"]["command"],
+        json!(["sleep", "5"])
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["fsGroup"], 65532,
@@ -163,6 +167,7 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
         "replicas": 2,
         "namespaces": ["acme", "globex"],
         "shutdownGraceSeconds": 45,
+        "preStopSeconds": 0,
         "persistence": {"enabled": false},
         "email": {
             "defaultSender": "Acme Mail <noreply@acme.example>",
@@ -211,6 +216,7 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0], json!({"name": "state", "emptyDir": {}}));
     assert_eq!(pod["terminationGracePeriodSeconds"], 55);
+    assert!(container(&objects).get("lifecycle").is_none());
     dry_run(&yaml);
 }
 
