@@ -117,8 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 poll: std::time::Duration::from_millis(poll_millis.max(50)),
                 modules,
             };
-            tokio_runtime()?.block_on(idplane::cli::serve::run(settings))?;
-            Ok(ExitCode::SUCCESS)
+            serve(idplane::cli::serve::run(settings))
         }
         Command::Preview(args) => tokio_runtime()?.block_on(idplane::cli::preview::run(args)),
         Command::TestEmail(args) => tokio_runtime()?.block_on(idplane::cli::test_email::run(args)),
@@ -157,10 +156,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 modules,
             };
-            tokio_runtime()?.block_on(idplane::cli::serve::operator(settings))?;
-            Ok(ExitCode::SUCCESS)
+            serve(idplane::cli::serve::operator(settings))
         }
     }
+}
+
+/// Runs a long-running mode. Once it returns (stopped), the runtime gets
+/// one second for tasks still running: dropping it would wait for every
+/// blocking task, such as a DNS lookup of the system resolver, past the
+/// grace period the pod was given.
+fn serve(mode: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio_runtime()?;
+    let result = runtime.block_on(mode);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

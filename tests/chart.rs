@@ -37,6 +37,11 @@ fn merge(base: &mut Value, over: &Value) {
 /// The chart rendered with its values.yaml plus `overrides`: the text and
 /// the objects.
 fn render(overrides: Value) -> (String, Vec<Value>) {
+    try_render(overrides).unwrap_or_else(|e| panic!("rendering failed: {e}"))
+}
+
+/// The chart rendered, or the renderer's error (a template's `fail`).
+fn try_render(overrides: Value) -> Result<(String, Vec<Value>), String> {
     let chart = root().join("charts/idplane");
     let defaults = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
     let mut values: Value = serde_yaml::from_str(&defaults).unwrap();
@@ -59,17 +64,15 @@ fn render(overrides: Value) -> (String, Vec<Value>) {
                 go().display()
             )
         });
-    assert!(
-        out.status.success(),
-        "rendering failed: {}",
-        text(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
     let yaml = text(&out.stdout);
     let objects = serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect();
-    (yaml, objects)
+    Ok((yaml, objects))
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -104,19 +107,13 @@ fn dry_run(yaml: &str) {
     );
 }
 
-/// Every `--flag` the chart passes is one `idplane operator` takes.
-fn flags_exist(args: &[String]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_idplane"))
-        .args(["operator", "--help"])
-        .output()
-        .unwrap();
-    let help = text(&out.stdout);
-    for a in args.iter().skip(1) {
-        let flag = a.split('=').next().unwrap();
-        assert!(
-            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
-            "idplane operator has no {flag}:\n{help}"
-        );
+/// idplane's own command line takes the container's arguments: every
+/// flag exists and every value parses.
+fn flags_parse(args: &[String]) {
+    use clap::Parser;
+    let line = std::iter::once("idplane").chain(args.iter().map(String::as_str));
+    if let Err(e) = idplane::cli::Cli::try_parse_from(line) {
+        panic!("idplane refuses the chart's arguments {args:?}: {e}");
     }
 }
 
@@ -152,7 +149,7 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
     );
     assert!(args.contains(&"--lease-name=rel-status-writer".to_string()));
     assert!(!args.iter().any(|a| a.starts_with("--smtp-")), "{args:?}");
-    flags_exist(&args);
+    flags_parse(&args);
     assert_eq!(
         find(&objects, "Service", "rel-pods")["spec"]["clusterIP"],
         "None"
@@ -200,7 +197,7 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
     ] {
         assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
     }
-    flags_exist(&args);
+    flags_parse(&args);
     let env = container(&objects)["env"].as_array().unwrap();
     let password = env
         .iter()
@@ -223,17 +220,24 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
 #[test]
 fn a_default_provider_without_a_password_secret_sends_no_password_variable() {
     let (_, objects) = render(json!({
-        "email": {"defaultProvider": {"host": "relay.internal", "port": 25, "tls": "none"}},
-        "extraArgs": ["--smtp-allow-insecure"],
+        "email": {"defaultProvider": {
+            "host": "relay.internal", "port": 25, "tls": "none", "allowInsecure": true,
+        }},
+        "status": {"writesPerSecond": 1_000_000},
         "persistence": {"storageClass": "fast"},
     }));
     let args = args(&objects);
     assert!(args.contains(&"--smtp-host=relay.internal".to_string()));
+    assert!(args.contains(&"--smtp-allow-insecure".to_string()));
+    assert!(
+        args.contains(&"--status-writes-per-second=1000000".to_string()),
+        "a large number as an integer, not 1e+06: {args:?}"
+    );
     assert!(
         !args.iter().any(|a| a.starts_with("--smtp-username")),
         "{args:?}"
     );
-    flags_exist(&args);
+    flags_parse(&args);
     let env = container(&objects)["env"].as_array().unwrap();
     assert!(env.iter().all(|e| e["name"] != "IDPLANE_SMTP_PASSWORD"));
     let set = find(&objects, "StatefulSet", "rel");
@@ -241,4 +245,28 @@ fn a_default_provider_without_a_password_secret_sends_no_password_variable() {
         set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
         "fast"
     );
+}
+
+#[test]
+fn values_idplane_would_refuse_at_start_fail_the_install_with_the_reason() {
+    let no_secret = try_render(json!({
+        "email": {"defaultProvider": {"host": "smtp.acme.example", "username": "mailer"}},
+    }))
+    .unwrap_err();
+    assert!(
+        no_secret.contains(
+            "email.defaultProvider.username needs email.defaultProvider.passwordSecret.name"
+        ),
+        "{no_secret}"
+    );
+    let clear_text = try_render(json!({
+        "email": {"defaultProvider": {"host": "relay.internal", "tls": "none"}},
+    }))
+    .unwrap_err();
+    assert!(
+        clear_text.contains("set email.defaultProvider.allowInsecure: true"),
+        "{clear_text}"
+    );
+    // Without a host there is no default provider, and nothing to refuse.
+    assert!(try_render(json!({"email": {"defaultProvider": {"username": "mailer"}}})).is_ok());
 }

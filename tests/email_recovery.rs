@@ -119,7 +119,9 @@ fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
     // leased would still be `sending` when they give up.
     let (server, mut run, ids) = delivering(tmp.path(), &manifests, "180s");
     let total = TOTAL;
-    // Four attempts are always under way now (each reply takes 400 ms).
+    // Four attempts are always under way now (each reply takes 400 ms),
+    // and each worker holds a chain of up to 8 claimed messages that this
+    // server, which does not pipeline, gets one after another.
     let before = server.accepted().len();
     let status = run.stop(Duration::from_secs(30));
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
@@ -127,6 +129,14 @@ fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
     assert!(
         after > before,
         "attempts under way at the stop were finished: {before} delivered before, {after} after"
+    );
+    // No message begun after the stop: at most the one under way per
+    // worker, and one a worker began in the instant between counting and
+    // the signal.
+    assert!(
+        after - before <= 2 * 4,
+        "{} delivered after the stop: the workers went on with their chains",
+        after - before
     );
     assert!(after < total, "stopped before the queue drained");
     let log = std::fs::read_to_string(&run.log).unwrap();

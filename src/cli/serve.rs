@@ -33,8 +33,9 @@ pub struct Core {
     pub stop: Stop,
 }
 
-/// Starts the index writer.
-pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Core> {
+/// Starts the index writer; `stop` is the process's (its signal handler
+/// already installed).
+pub async fn start_core(options: Options, database: &Path, stop: Stop) -> anyhow::Result<Core> {
     let store = if database.as_os_str() == ":memory:" {
         Store::memory().await?
     } else {
@@ -59,7 +60,7 @@ pub async fn start_core(options: Options, database: &Path) -> anyhow::Result<Cor
         extras: Arc::new(StatusExtras::default()),
         written: WrittenStatuses::default(),
         store,
-        stop: Stop::default(),
+        stop,
     })
 }
 
@@ -102,15 +103,19 @@ fn stop_on_signals(stop: &Stop) -> anyhow::Result<()> {
         }
         tracing::info!("stop requested: finishing work under way (a second signal exits at once)");
         requested.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        // 128 + the signal's number, as a shell reports a process it killed.
+        let code = tokio::select! {
+            _ = term.recv() => 143,
+            _ = int.recv() => 130,
+        };
         tracing::warn!("second stop signal: exiting without waiting");
-        std::process::exit(130);
+        std::process::exit(code);
     });
     Ok(())
 }
+
+/// After the grace period: how long flushes still get.
+const LAST_FLUSH: Duration = Duration::from_secs(2);
 
 /// Serves until a stop signal (or the server failing), then waits up to
 /// `grace` for the server's open requests and the modules' tracked work.
@@ -147,6 +152,10 @@ async fn serve_until_stopped(
             tasks = stop.tracker.len(),
             "shutdown grace ran out; mail still being sent is retried after its lease"
         );
+        // A request still running kept `served` back: what the others left
+        // queued (the telephony ledger) gets a short last chance.
+        stop.served.cancel();
+        let _ = tokio::time::timeout(LAST_FLUSH, stop.tracker.wait()).await;
     } else {
         tracing::info!("stopped cleanly");
     }
@@ -215,12 +224,15 @@ pub struct OperatorSettings {
 
 /// Runs the operator until stopped (SIGTERM, SIGINT).
 pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
+    // First: in a container idplane is PID 1, and the kernel drops a
+    // SIGTERM to PID 1 that has no handler. A stop during start-up takes
+    // effect once the API is up.
+    let stop = Stop::default();
+    stop_on_signals(&stop)?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
-    let core = start_core(Options::default(), &settings.database).await?;
-    // From here on a stop signal is handled (before "listening on").
-    stop_on_signals(&core.stop)?;
+    let core = start_core(Options::default(), &settings.database, stop).await?;
     crate::source::kube::watch_resources(
         client.clone(),
         &settings.namespaces,
@@ -312,9 +324,10 @@ fn standalone_auth(tokens: Option<&Path>, database: &Path) -> anyhow::Result<Aut
 
 /// Runs from a directory of manifests until stopped (SIGTERM, SIGINT).
 pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
+    let stop = Stop::default();
+    stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
-    let core = start_core(settings.options.clone(), &settings.database).await?;
-    stop_on_signals(&core.stop)?;
+    let core = start_core(settings.options.clone(), &settings.database, stop).await?;
     writer::preload(&core.store, &core.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),

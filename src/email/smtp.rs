@@ -469,15 +469,18 @@ impl SmtpClient {
     /// ones chained on a pooled pipelining connection (see
     /// [`transmit_chain`]), the others, and those after a failure in a
     /// chain, one at a time through [`Self::deliver`]. Each outcome goes to
-    /// `done` with the message's index as soon as it is known.
+    /// `done` with the message's index as soon as it is known. Before each
+    /// chain or message, `go_on` decides whether to start it: when it says
+    /// no (a stop), the rest get no outcome and are not sent.
     pub async fn deliver_all(
         &self,
         endpoint: &Endpoint,
         messages: &[lettre::Message],
+        go_on: &(dyn Fn() -> bool + Sync),
         done: &mut (dyn FnMut(usize, AttemptResult) + Send),
     ) {
         let mut next = 0;
-        while next < messages.len() {
+        while next < messages.len() && go_on() {
             let rest = &messages[next..];
             let chained = self
                 .deliver_chain(endpoint, rest, &mut |k, r| done(next + k, r))

@@ -234,18 +234,8 @@ impl Deliverer {
                 rx.len() * 2 <= rx.max_capacity()
             };
             if self.stop.requested.is_cancelled() {
-                let released: Vec<(String, u32)> =
-                    taken.drain(..).map(|m| (m.id, m.attempt)).collect();
-                match self.queue.release(&released, now_millis()).await {
-                    Ok(n) => tracing::info!(
-                        released = n,
-                        "stopping: claimed emails not yet tried are queued again"
-                    ),
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "stopping: cannot release claimed emails; they are taken up after their lease"
-                    ),
-                }
+                let released = taken.drain(..).map(|m| (m.id, m.attempt)).collect();
+                self.release(released).await;
                 continue;
             }
             if left {
@@ -322,8 +312,24 @@ impl Deliverer {
                     self.store(self.conclude(m, route, result));
                 }
             };
-            let _ = tokio::time::timeout(left, self.smtp.deliver_all(&endpoint, &built, &mut done))
-                .await;
+            let stopping = &self.stop.requested;
+            let go_on = || !stopping.is_cancelled();
+            let finished = tokio::time::timeout(
+                left,
+                self.smtp.deliver_all(&endpoint, &built, &go_on, &mut done),
+            )
+            .await
+            .is_ok();
+            if finished && stopping.is_cancelled() {
+                // Not started because of the stop: back to the queue.
+                let untried: Vec<(String, u32)> = indexes
+                    .iter()
+                    .filter_map(|&i| slots[i].take())
+                    .map(|(m, _)| (m.id, m.attempt))
+                    .collect();
+                self.release(untried).await;
+                continue;
+            }
             for &i in &indexes {
                 if let Some((m, route)) = slots[i].take() {
                     let result = AttemptResult::Transient(format!(
@@ -333,6 +339,23 @@ impl Deliverer {
                     self.store(self.conclude(m, route, result));
                 }
             }
+        }
+    }
+
+    /// Returns claimed messages not tried (a stop came first) to the queue.
+    async fn release(&self, claims: Vec<(String, u32)>) {
+        if claims.is_empty() {
+            return;
+        }
+        match self.queue.release(&claims, now_millis()).await {
+            Ok(n) => tracing::info!(
+                released = n,
+                "stopping: claimed emails not yet tried are queued again"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "stopping: cannot release claimed emails; they are taken up after their lease"
+            ),
         }
     }
 

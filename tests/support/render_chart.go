@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 )
@@ -89,13 +90,19 @@ func main() {
 			}
 			return v, nil
 		},
+		// As sprig's: numbers and numeric strings, else 0.
 		"int": func(v interface{}) int {
-			if f, ok := v.(float64); ok {
-				return int(f)
+			switch x := v.(type) {
+			case float64:
+				return int(x)
+			case string:
+				n, _ := strconv.Atoi(x)
+				return n
 			}
 			return 0
 		},
 		"add": func(a, b int) int { return a + b },
+		"fail": func(msg string) (string, error) { return "", fmt.Errorf("%s", msg) },
 		"include": func(name string, data interface{}) (string, error) {
 			var out strings.Builder
 			err := root.ExecuteTemplate(&out, name, data)
