@@ -9,9 +9,9 @@ mod email_support;
 
 use std::time::Duration;
 
-use common::Idplane;
+use common::{Idplane, http_get};
 use email_support::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -317,6 +317,16 @@ fn permanent_failure_and_outage_longer_than_the_retries() {
     );
     let all = events(&run, "acme", "email.delivery");
     assert_eq!(all.iter().filter(|e| e["outcome"] == "FAILURE").count(), 2);
+    // The org's failed mail, asked for by outcome.
+    let (code, body) = http_get(
+        &run.url("/v1/orgs/acme/events?type=email.delivery&outcome=FAILURE"),
+        Some(TOKEN),
+    );
+    assert_eq!(code, 200, "{body}");
+    let failures: Value = serde_json::from_str(&body).unwrap();
+    let failures = failures["events"].as_array().unwrap();
+    assert_eq!(failures.len(), 2, "{body}");
+    assert!(failures.iter().all(|e| e["outcome"] == "FAILURE"), "{body}");
     let metrics = wait("metrics", T, || {
         let o = object(&run, "acme", "EmailProvider", "corp")?;
         (o["status"]["metrics"]["failed"] == 2).then(|| o["status"]["metrics"].clone())

@@ -180,6 +180,14 @@ fn api_errors_name_what_is_wrong() {
     let (code, body) = http_get(&run.url("/v1/orgs/acme/events?after=abc"), Some(ACME));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("\"code\":\"invalid_cursor\""), "{body}");
+    let (code, body) = http_get(&run.url("/v1/orgs/acme/events?outcome=failure"), Some(ACME));
+    assert_eq!(code, 400, "{body}");
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["code"], "invalid_outcome");
+    assert_eq!(
+        e["message"],
+        "outcome must be an outcome in capitals, such as SUCCESS, FAILURE or WARNING"
+    );
     // A body that is not JSON, and one that is JSON of the wrong shape.
     let url = run.url("/v1/orgs/acme/enrollment/evaluate");
     let (code, body) = http(
@@ -196,13 +204,13 @@ fn api_errors_name_what_is_wrong() {
     let (code, body) = http_get(&run.url("/v1/orgs/acme/nothing-here"), Some(ACME));
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("\"code\":\"not_found\""), "{body}");
-    // Each request is timed by route: the two event listings above.
+    // Each request is timed by route: the three event listings above.
     let events = r#"{method="GET",route="/v1/orgs/{org}/events"}"#;
     assert_eq!(
         run.metric(&format!(
             "idplane_http_request_duration_seconds_count{events} "
         )),
-        2.0
+        3.0
     );
     assert!(
         run.metric(&format!(

@@ -210,11 +210,20 @@ async fn org_status(
 struct EventQuery {
     #[serde(rename = "type")]
     type_: Option<String>,
+    outcome: Option<String>,
     after: Option<String>,
     limit: Option<i64>,
 }
 
-/// The org's system log, oldest first, with cursor pagination.
+/// Whether `outcome` is written as the log writes outcomes (SUCCESS,
+/// FAILURE, WARNING...): a typo then gets a 400, not an empty page.
+fn is_outcome(outcome: &str) -> bool {
+    (1..=32).contains(&outcome.len())
+        && outcome.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+}
+
+/// The org's system log, oldest first, with cursor pagination; by type
+/// and outcome (e.g. `type=email.delivery&outcome=FAILURE`).
 async fn org_events(
     State(state): State<SharedState>,
     Path(org): Path<String>,
@@ -236,9 +245,21 @@ async fn org_events(
             )
         })?,
     };
+    if let Some(outcome) = q.outcome.as_deref()
+        && !is_outcome(outcome)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_outcome",
+            "outcome must be an outcome in capitals, such as SUCCESS, FAILURE or WARNING",
+        ));
+    }
+    let filter = crate::store::EventFilter {
+        type_: q.type_.as_deref(),
+        outcome: q.outcome.as_deref(),
+    };
     let events = state
         .store
-        .events(&org, q.type_.as_deref(), after, limit)
+        .events(&org, &filter, after, limit)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let next = if events.len() as i64 == limit {

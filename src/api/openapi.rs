@@ -36,7 +36,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint {
             method: "get",
             path: "/v1/orgs/{org}/events",
-            summary: "The org's system log; query: type, after (cursor), limit (1-1000)",
+            summary: "The org's system log; query: type, outcome (e.g. FAILURE), after (cursor), limit (1-1000)",
             request: None,
         },
     ];

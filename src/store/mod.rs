@@ -46,6 +46,13 @@ pub struct LogEvent {
     pub detail: Value,
 }
 
+/// Which entries of the system log to read; `None` matches any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventFilter<'a> {
+    pub type_: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+}
+
 /// The database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -169,18 +176,20 @@ impl Store {
     pub async fn events(
         &self,
         org: &str,
-        type_: Option<&str>,
+        filter: &EventFilter<'_>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<LogEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, type, outcome, time, subject, detail FROM system_log
-             WHERE org = ? AND id > ? AND (? IS NULL OR type = ?) ORDER BY id LIMIT ?",
+             WHERE org = ?1 AND id > ?2 AND (?3 IS NULL OR type = ?3)
+               AND (?4 IS NULL OR outcome = ?4)
+             ORDER BY id LIMIT ?5",
         )
         .bind(org)
         .bind(after)
-        .bind(type_)
-        .bind(type_)
+        .bind(filter.type_)
+        .bind(filter.outcome)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -227,16 +236,21 @@ mod tests {
         );
         for i in 0..5 {
             let t = if i % 2 == 0 { "a.b" } else { "c.d" };
+            let outcome = if i == 3 { "FAILURE" } else { "SUCCESS" };
             store
-                .log_event("acme", t, "SUCCESS", "t", "s", &serde_json::json!({"i": i}))
+                .log_event("acme", t, outcome, "t", "s", &serde_json::json!({"i": i}))
                 .await
                 .unwrap();
         }
+        let by_type = |t| EventFilter {
+            type_: Some(t),
+            outcome: None,
+        };
         store
             .log_event("other", "a.b", "SUCCESS", "t", "s", &serde_json::json!({}))
             .await
             .unwrap();
-        let page = store.events("acme", Some("a.b"), 0, 2).await.unwrap();
+        let page = store.events("acme", &by_type("a.b"), 0, 2).await.unwrap();
         assert_eq!(
             page.iter()
                 .map(|e| e.detail["i"].as_i64().unwrap())
@@ -244,11 +258,36 @@ mod tests {
             [0, 2]
         );
         let next = store
-            .events("acme", Some("a.b"), page[1].id, 2)
+            .events("acme", &by_type("a.b"), page[1].id, 2)
             .await
             .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].detail["i"], 4);
-        assert_eq!(store.events("acme", None, 0, 100).await.unwrap().len(), 5);
+        assert_eq!(
+            store
+                .events("acme", &EventFilter::default(), 0, 100)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+        let failures = EventFilter {
+            type_: None,
+            outcome: Some("FAILURE"),
+        };
+        let failed = store.events("acme", &failures, 0, 100).await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].detail["i"], 3);
+        let none = EventFilter {
+            type_: Some("a.b"),
+            outcome: Some("FAILURE"),
+        };
+        assert!(
+            store
+                .events("acme", &none, 0, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -609,7 +609,15 @@ mod tests {
             "http_status: HTTP 500"
         );
         let events = store
-            .events("acme", Some("telephony.send"), 0, 10)
+            .events(
+                "acme",
+                &crate::store::EventFilter {
+                    type_: Some("telephony.send"),
+                    outcome: None,
+                },
+                0,
+                10,
+            )
             .await
             .unwrap();
         assert_eq!(events.len(), 1);
