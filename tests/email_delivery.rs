@@ -790,3 +790,39 @@ fn a_pooled_connection_the_server_closed_is_replaced_at_once() {
         assert!(chained >= 2, "{case}: the backlog was chained: {records:?}");
     }
 }
+
+#[test]
+fn a_server_that_refuses_the_repeated_ehlo_is_named_in_verification_and_failure() {
+    let (tmp, manifests) = workspace();
+    // idplane repeats EHLO after lettre's (lettre keeps no record of
+    // PIPELINING); this server refuses the second one.
+    let server = SmtpServer::start(
+        tmp.path(),
+        "one-ehlo",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            refuse_ehlo: Some((2, "554 5.7.0 One EHLO per connection")),
+            ..Default::default()
+        },
+    );
+    write_corp_provider(&manifests, server.port, &fast_retry(3));
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
+    let verified = wait_verified(&run, "acme", "corp", "False");
+    let expected = format!(
+        "127.0.0.1:{}: EHLO failed: 554 5.7.0 One EHLO per connection",
+        server.port
+    );
+    assert_eq!(verified["message"], expected.as_str(), "{verified}");
+    // A 5xx: the message fails at once, permanently, with the server's
+    // reply, and the org's provider is never bypassed.
+    let id = send_ok(&run, "acme", "refused at EHLO");
+    let failed = wait_final(&run, "acme", &id, T);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let attempts = failed["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{failed}");
+    assert_eq!(attempts[0]["outcome"], "permanent", "{failed}");
+    assert_eq!(attempts[0]["reply"], expected.as_str(), "{failed}");
+    assert_eq!(attempts[0]["provider"], "EmailProvider/corp");
+    assert!(server.records().is_empty(), "no DATA reached the server");
+}

@@ -152,6 +152,8 @@ pub struct ServerOptions {
     pub port: Option<u16>,
     /// Close a connection idle this long, after this reply when given.
     pub idle: Option<(f64, Option<&'static str>)>,
+    /// Answer the N-th EHLO of a connection with this reply.
+    pub refuse_ehlo: Option<(u32, &'static str)>,
 }
 
 /// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
@@ -190,6 +192,12 @@ impl SmtpServer {
             if let Some(reply) = reply {
                 cmd.arg("--idle-reply").arg(reply);
             }
+        }
+        if let Some((n, reply)) = o.refuse_ehlo {
+            cmd.arg("--refuse-ehlo")
+                .arg(n.to_string())
+                .arg("--ehlo-reply")
+                .arg(reply);
         }
         if let Some(reply) = &o.fail_reply {
             cmd.arg("--fail-reply").arg(reply);

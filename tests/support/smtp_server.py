@@ -4,6 +4,7 @@ Usage: smtp_server.py --record FILE [--tls none|starttls|implicit --cert PEM --k
                       [--auth USER:PASSWORD] [--fail-first N] [--fail-reply "451 ..."]
                       [--control FILE] [--delay-ms N] [--pipelining]
                       [--idle-timeout SECONDS [--idle-reply "421 ..."]]
+                      [--refuse-ehlo N --ehlo-reply "554 ..."]
 
 Prints "READY <port>" once it accepts connections. Every DATA is recorded as
 one JSON line in FILE: {"time", "message_id", "from", "to", "reply"}.
@@ -22,6 +23,10 @@ next message's MAIL arrived behind the content ("chained").
 With --idle-timeout the server closes a connection idle that long, as
 servers do with pooled connections; with --idle-reply it first sends that
 reply, as Postfix sends "421 4.4.2 ... Error: timeout exceeded".
+
+With --refuse-ehlo N the N-th EHLO of a connection (counting the one after
+STARTTLS) gets the --ehlo-reply instead of the extensions: a client that
+repeats EHLO meets a server that does not take it.
 """
 
 import argparse
@@ -69,6 +74,10 @@ class Handler:
         return "250 OK"
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # Counted on the connection: STARTTLS starts a new session.
+        server.ehlo_count = getattr(server, "ehlo_count", 0) + 1
+        if server.ehlo_count == self.args.refuse_ehlo:
+            return [self.args.ehlo_reply]
         session.host_name = hostname
         if self.args.pipelining:
             responses.insert(len(responses) - 1, "250-PIPELINING")
@@ -163,6 +172,8 @@ def main():
     p.add_argument("--pipelining", action="store_true")
     p.add_argument("--idle-timeout", type=float)
     p.add_argument("--idle-reply")
+    p.add_argument("--refuse-ehlo", type=int, default=0)
+    p.add_argument("--ehlo-reply", default="554 5.7.0 EHLO not accepted here")
     args = p.parse_args()
 
     port = args.port or free_port(args.host)
