@@ -1,6 +1,7 @@
 # The image the Helm chart runs (charts/idplane, values image.repository and
 # image.tag):  docker build -t idplane:0.1.0 .
-FROM rust:1-bookworm AS build
+# The toolchain the tests run with (rust-version in Cargo.toml is the floor).
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin idplane
