@@ -212,28 +212,30 @@ impl Deliverer {
         let half_lease = millis(self.lease) / 2;
         let mut taken = Vec::with_capacity(CHAIN);
         loop {
-            let left = {
+            let (left, stopping) = {
                 let mut rx = claimed.lock().await;
                 let Some(first) = rx.recv().await else {
                     return;
                 };
                 taken.push(first);
-                // A share of a backlog only: with few waiting, the other
-                // workers take them.
-                for _ in 0..(rx.len() / workers).min(CHAIN - 1) {
+                // Stopping: everything buffered is taken, to be released.
+                // Else a share of a backlog only: with few waiting, the
+                // other workers take them.
+                let stopping = self.stop.requested.is_cancelled();
+                let share = if stopping {
+                    usize::MAX
+                } else {
+                    (rx.len() / workers).min(CHAIN - 1)
+                };
+                for _ in 0..share {
                     match rx.try_recv() {
                         Ok(m) => taken.push(m),
                         Err(_) => break,
                     }
                 }
-                if self.stop.requested.is_cancelled() {
-                    while let Ok(m) = rx.try_recv() {
-                        taken.push(m);
-                    }
-                }
-                rx.len() * 2 <= rx.max_capacity()
+                (rx.len() * 2 <= rx.max_capacity(), stopping)
             };
-            if self.stop.requested.is_cancelled() {
+            if stopping {
                 let released = taken.drain(..).map(|m| (m.id, m.attempt)).collect();
                 self.release(released).await;
                 continue;
