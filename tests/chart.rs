@@ -147,6 +147,10 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
         args.contains(&"--shutdown-grace=20s".to_string()),
         "{args:?}"
     );
+    assert!(
+        args.contains(&"--database-max-size=960Mi".to_string()),
+        "the file stays below the 1Gi volume: {args:?}"
+    );
     assert!(args.contains(&"--lease-name=rel-status-writer".to_string()));
     assert!(!args.iter().any(|a| a.starts_with("--smtp-")), "{args:?}");
     flags_parse(&args);
@@ -165,7 +169,7 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
         "namespaces": ["acme", "globex"],
         "shutdownGraceSeconds": 45,
         "preStopSeconds": 0,
-        "persistence": {"enabled": false},
+        "persistence": {"enabled": false, "databaseMaxSize": ""},
         "email": {
             "defaultSender": "Acme Mail <noreply@acme.example>",
             "defaultProvider": {
@@ -197,6 +201,10 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
     ] {
         assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
     }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--database-max-size")),
+        "no cap when the value is empty: {args:?}"
+    );
     flags_parse(&args);
     let env = container(&objects)["env"].as_array().unwrap();
     let password = env

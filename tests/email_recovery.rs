@@ -3,6 +3,8 @@
 //! reaches the server (counted there by Message-ID). And a graceful stop
 //! (SIGTERM) finishes the attempts under way and queues the claimed rest
 //! again, so that nothing waits for a lease and nothing is sent twice.
+//! And a full store refuses new mail with a clear 503 while the mail it
+//! accepted is still tried, recorded and delivered.
 
 mod common;
 mod email_support;
@@ -11,6 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use email_support::*;
+use serde_json::json;
 
 /// Messages accepted but not yet delivered when a test stops idplane.
 const TOTAL: usize = 40;
@@ -164,4 +167,110 @@ fn sigterm_finishes_attempts_under_way_and_queues_the_rest_again() {
     at_server.dedup();
     assert_eq!(at_server.len(), total, "no message twice");
     assert_eq!(events(&run, "acme", "email.delivery").len(), total);
+}
+
+/// A message whose text is `kib` KiB of digits (never deduplicated or
+/// compressed by SQLite).
+fn big_message(i: usize, kib: usize) -> serde_json::Value {
+    let text: String = (0..kib * 1024)
+        .map(|n| char::from(b'0' + ((n * 7 + i) % 10) as u8))
+        .collect();
+    json!({"to": ["user@example.com"], "subject": format!("big {i}"), "text": text})
+}
+
+#[test]
+fn a_full_store_refuses_new_mail_and_delivers_what_it_accepted() {
+    let (tmp, manifests) = workspace();
+    // The server answers 451 until told otherwise: the accepted mail waits
+    // for retries, filling the store.
+    let server = SmtpServer::start(
+        tmp.path(),
+        "later",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            ..Default::default()
+        },
+    );
+    server.answer(Some("451 4.3.0 mailbox busy, try later"));
+    write_corp_provider(&manifests, server.port, &fast_retry(50));
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run1.log",
+        &["--database-max-size", "1Mi"],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let mut ids = Vec::new();
+    let refused = loop {
+        let (code, body) = send(&run, "acme", big_message(ids.len(), 16));
+        if code != 202 {
+            break (code, body);
+        }
+        ids.push(body["id"].as_str().unwrap().to_string());
+        assert!(ids.len() < 100, "1 MiB never filled");
+    };
+    let (code, body) = refused;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("store_full")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the email was not accepted: the message store is full: it holds 0.9 MiB, and new mail is accepted up to 0.9 MiB (9/10 of --database-max-size"),
+        "{message}"
+    );
+    assert!(
+        ids.len() >= 20,
+        "only {} accepted before the store was full",
+        ids.len()
+    );
+    // While no new mail fits, the retries of the accepted mail are still
+    // recorded, each with the server's reply.
+    wait(
+        "three attempts of the first message",
+        Duration::from_secs(20),
+        || {
+            let e = email(&run, "acme", &ids[0]);
+            let attempts = e["attempts"].as_array().unwrap().clone();
+            (attempts.len() >= 3).then_some(attempts)
+        },
+    )
+    .iter()
+    .filter(|a| a["outcome"] != "running")
+    .for_each(|a| {
+        assert_eq!(a["reply"], "451 4.3.0 mailbox busy, try later", "{a}");
+    });
+    let (code, body) = send(&run, "acme", big_message(1000, 16));
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("store_full")),
+        "still full: {body}"
+    );
+
+    server.answer(None);
+    for id in &ids {
+        let e = wait_final(&run, "acme", id, Duration::from_secs(60));
+        assert_eq!(e["state"], "sent", "{e}");
+    }
+    let mut at_server = server.accepted();
+    assert_eq!(
+        at_server.len(),
+        ids.len(),
+        "every accepted message exactly once"
+    );
+    at_server.sort();
+    at_server.dedup();
+    assert_eq!(at_server.len(), ids.len(), "no message twice");
+    // Sent mail keeps no bodies: the space is new mail's again.
+    let (code, body) = send(&run, "acme", big_message(2000, 16));
+    assert_eq!(code, 202, "{body}");
+    let e = wait_final(
+        &run,
+        "acme",
+        body["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(e["state"], "sent", "{e}");
 }

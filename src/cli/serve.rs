@@ -35,11 +35,16 @@ pub struct Core {
 
 /// Starts the index writer; `stop` is the process's (its signal handler
 /// already installed).
-pub async fn start_core(options: Options, database: &Path, stop: Stop) -> anyhow::Result<Core> {
+pub async fn start_core(
+    options: Options,
+    database: &Path,
+    max_size: Option<u64>,
+    stop: Stop,
+) -> anyhow::Result<Core> {
     let store = if database.as_os_str() == ":memory:" {
         Store::memory().await?
     } else {
-        Store::open(database).await?
+        Store::open(database, max_size).await?
     };
     let metrics = Arc::new(Metrics::new());
     let (changes, changes_rx) = mpsc::channel(4096);
@@ -73,6 +78,13 @@ pub struct ModuleSettings {
     /// terminationGracePeriodSeconds.
     #[arg(long = "shutdown-grace", default_value = "20s", value_parser = crate::email::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Cap on the SQLite file, e.g. `900Mi` or `4Gi` (Ki, Mi, Gi, Ti or
+    /// bytes; at least 1Mi). None by default: the disk is the limit. New
+    /// mail is refused (503 `store_full`) once 9/10 of it is in use; the
+    /// rest keeps room for the outcomes of mail already accepted. Set it
+    /// below the volume's size: the WAL file beside it grows by a few MiB.
+    #[arg(long = "database-max-size", env = "IDPLANE_DATABASE_MAX_SIZE", value_parser = parse_size)]
+    pub database_max_size: Option<u64>,
     #[command(flatten)]
     pub telephony: crate::telephony::TelephonySettings,
     #[command(flatten)]
@@ -83,10 +95,34 @@ impl Default for ModuleSettings {
     fn default() -> Self {
         Self {
             shutdown_grace: Duration::from_secs(20),
+            database_max_size: None,
             telephony: Default::default(),
             email: Default::default(),
         }
     }
+}
+
+/// Parses a size as Kubernetes writes one (`512Mi`, `2Gi`), or bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let units = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+    ];
+    let (number, unit) = units
+        .iter()
+        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, *unit)))
+        .unwrap_or((text, 1));
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size such as 900Mi, 4Gi or a number of bytes"))?;
+    if bytes < crate::store::MIN_MAX_SIZE {
+        return Err(format!("{text} is below the smallest database size, 1Mi"));
+    }
+    Ok(bytes)
 }
 
 /// Cancels `stop.requested` on the first SIGTERM or SIGINT; a second one
@@ -232,7 +268,13 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
-    let core = start_core(Options::default(), &settings.database, stop).await?;
+    let core = start_core(
+        Options::default(),
+        &settings.database,
+        settings.modules.database_max_size,
+        stop,
+    )
+    .await?;
     crate::source::kube::watch_resources(
         client.clone(),
         &settings.namespaces,
@@ -327,7 +369,13 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let stop = Stop::default();
     stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
-    let core = start_core(settings.options.clone(), &settings.database, stop).await?;
+    let core = start_core(
+        settings.options.clone(),
+        &settings.database,
+        settings.modules.database_max_size,
+        stop,
+    )
+    .await?;
     writer::preload(&core.store, &core.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),
@@ -350,4 +398,26 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = _leader_tx;
     serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_as_kubernetes_writes_them() {
+        assert_eq!(parse_size("960Mi"), Ok(960 << 20));
+        assert_eq!(parse_size("4Gi"), Ok(4 << 30));
+        assert_eq!(parse_size("2048Ki"), Ok(2 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(
+            parse_size("512Ki"),
+            Err("512Ki is below the smallest database size, 1Mi".into())
+        );
+        assert_eq!(
+            parse_size("1GB"),
+            Err("\"1GB\" is not a size such as 900Mi, 4Gi or a number of bytes".into())
+        );
+        assert!(parse_size("99999999999Ti").is_err(), "overflow");
+    }
 }

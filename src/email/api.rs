@@ -64,7 +64,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/emails",
-            summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider)",
+            summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider, or the store is full)",
             request: Some(send_schema),
         },
         Endpoint {
@@ -82,13 +82,19 @@ pub fn endpoints() -> Vec<Endpoint> {
     ]
 }
 
+/// A 503 with the reason; a full store says so, and asks for a longer
+/// wait (space comes back as queued mail is sent).
 fn store_error(e: QueueError) -> ApiError {
+    let (code, retry_after) = match e {
+        QueueError::Full(_) => ("store_full", 30),
+        _ => ("store_unavailable", 5),
+    };
     let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
+        code,
         format!("the email was not accepted: {e}"),
     );
-    err.retry_after = Some(5);
+    err.retry_after = Some(retry_after);
     err
 }
 

@@ -254,7 +254,7 @@ pub async fn start(
     let resolver =
         dns::resolver(&settings.dns_nameservers, Duration::from_secs(5)).map_err(start_error)?;
 
-    let (queue, committer) = queue::Queue::new(ctx.store.pool().clone());
+    let (queue, committer) = queue::Queue::new(ctx.store.pool().clone(), ctx.store.accept_limit());
     // The committer runs on its own thread: on the shared runtime each of
     // a batch's awaits waited behind request handlers, and every caller of
     // the batch with it.

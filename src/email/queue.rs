@@ -50,10 +50,25 @@ pub enum QueueError {
     Corrupt { id: String, reason: String },
     #[error("the message store is shutting down")]
     Closed,
+    /// SQLite's SQLITE_FULL (a full disk, or the `--database-max-size`
+    /// cap), or the accept limit below that cap: a new message is refused
+    /// while the queue's own outcomes can still be written.
+    #[error("the message store is full: {0}")]
+    Full(String),
 }
+
+/// SQLite's result code for "database or disk is full".
+const SQLITE_FULL: &str = "13";
 
 impl From<sqlx::Error> for QueueError {
     fn from(e: sqlx::Error) -> Self {
+        let full = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == SQLITE_FULL);
+        if full {
+            return Self::Full(e.to_string());
+        }
         Self::Sql(e.to_string())
     }
 }
@@ -177,18 +192,30 @@ pub struct Queue {
 pub struct Committer {
     ops: mpsc::Receiver<Op>,
     pool: SqlitePool,
+    /// New messages are refused once the database's pages in use hold
+    /// this many bytes (see [`crate::store::Store::accept_limit`]).
+    accept_limit: Option<i64>,
+    /// Bytes in use after the last batch.
+    used_bytes: i64,
 }
 
 impl Queue {
-    /// A queue over `pool` and its committer, which the caller spawns.
-    pub fn new(pool: SqlitePool) -> (Self, Committer) {
+    /// A queue over `pool` and its committer, which the caller spawns;
+    /// with `accept_limit`, new messages are refused once the database's
+    /// pages in use hold that many bytes.
+    pub fn new(pool: SqlitePool, accept_limit: Option<i64>) -> (Self, Committer) {
         let (tx, rx) = mpsc::channel(8192);
         (
             Self {
                 ops: tx,
                 pool: pool.clone(),
             },
-            Committer { ops: rx, pool },
+            Committer {
+                ops: rx,
+                pool,
+                accept_limit,
+                used_bytes: 0,
+            },
         )
     }
 
@@ -692,8 +719,8 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
 /// below over one JSON parameter, [`BatchInput`]: `messages` to insert,
 /// `finishes` of attempts, and an optional `claim` (without one, nothing is
 /// claimed). Two statements return a row, each one JSON array: first the
-/// finishes that will take effect, then the claimed messages. (One
-/// parameter, because sqlx numbers the parameters of later statements
+/// finishes that will take effect, then the claimed messages (beside them
+/// the bytes the database's pages in use hold). (One parameter, because sqlx numbers the parameters of later statements
 /// wrongly when one skips a number.)
 ///
 /// A finish takes effect only while its attempt still holds the message
@@ -701,7 +728,11 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
 /// it is reported as applied, by the statements before the update, under
 /// the same condition, so that event, answer and state change go
 /// together. `+state` keeps the planner on the primary key (one lookup per
-/// row) rather than scanning the `sending` rows.
+/// row) rather than scanning the `sending` rows. A message that is sent
+/// or failed keeps its addresses and subject (what `GET` shows) but not
+/// its bodies: mail from an identity platform carries reset links and
+/// passcodes, which should not outlive their delivery by the retention
+/// period, and the space goes to new mail.
 /// Attempts whose lease ran out (their process died) are closed as
 /// interrupted and their messages queued again before the claim; a late
 /// finish of such an attempt later replaces its row with the real reply.
@@ -768,6 +799,8 @@ WHERE m.id = f.id AND +m.state = 'sending' AND m.attempts = f.attempt;
 
 UPDATE email_messages SET state = f.state, next_attempt_at = f.next_at,
        due_at = CASE f.state WHEN 'retrying' THEN f.next_at END, lease_until = NULL,
+       content = CASE f.state WHEN 'retrying' THEN content
+                 ELSE json_remove(content, '$.text', '$.html') END,
        finished_at = CASE f.state WHEN 'retrying' THEN NULL ELSE f.finished_at END,
        last_reply = f.reply, provider = f.provider, updated_at = f.finished_at
 FROM temp.batch_finishes AS f
@@ -795,7 +828,10 @@ WHERE id IN (SELECT id FROM email_messages
              WHERE due_at <= ?1->>'$.claim.now' AND state IN ('queued', 'retrying')
              ORDER BY due_at LIMIT COALESCE(?1->>'$.claim.limit', 0));
 
-SELECT json_group_array(json_array(id, org, sender, content, attempts, interrupted, created_at))
+SELECT json_group_array(json_array(id, org, sender, content, attempts, interrupted, created_at)),
+       ((SELECT page_count FROM pragma_page_count())
+        - (SELECT freelist_count FROM pragma_freelist_count()))
+       * (SELECT page_size FROM pragma_page_size())
 FROM email_messages
 WHERE due_at = ?1->>'$.claim.until' AND claim_token = ?1->>'$.claim.token' AND state = 'sending';
 "
@@ -819,6 +855,8 @@ const BATCH_TX_SQL: &str = concat!("BEGIN IMMEDIATE;\n", batch_statements!(), "\
 struct BatchRows {
     applied: HashSet<(String, i64)>,
     claimed: Vec<Claimed>,
+    /// Bytes the database's pages in use hold, this batch's writes included.
+    used_bytes: i64,
 }
 
 /// The parameter of [`BATCH_SQL`].
@@ -879,6 +917,7 @@ async fn run_batch(
                 for r in claimed_rows {
                     out.claimed.push(claimed(r, now)?);
                 }
+                out.used_bytes = row.try_get(1)?;
             }
             _ => {}
         }
@@ -1002,7 +1041,9 @@ struct Batch {
 
 /// What a batch's operations answer, in the order of each kind.
 struct Answers {
-    inserts: Vec<Inserted>,
+    /// Bytes the database's pages in use hold after the batch.
+    used_bytes: i64,
+    inserts: Vec<Result<Inserted, QueueError>>,
     finishes: Vec<Applied>,
     claims: Vec<Vec<Claimed>>,
 }
@@ -1046,21 +1087,39 @@ impl Batch {
 
     /// The batch's writes: inserts, finishes, then the claim (which so sees
     /// the messages just inserted), in one statement run; a second claim in
-    /// the same batch (rare: one dispatcher claims) runs on its own.
+    /// the same batch (rare: one dispatcher claims) runs on its own. With
+    /// `refuse`, new messages are not written but answered with it (a key
+    /// already stored still answers its message).
     async fn write(
         &self,
         conn: &mut SqliteConnection,
         first_sql: &'static str,
+        refuse: Option<&QueueError>,
     ) -> Result<Answers, QueueError> {
         let existing = check_keys(conn, &self.inserts).await?;
         let mut inserts = Vec::with_capacity(self.inserts.len());
         let mut rows = Vec::with_capacity(self.inserts.len());
+        let mut refused = HashSet::new();
         for (p, existing) in self.inserts.iter().zip(existing) {
-            if let Some(id) = existing {
-                inserts.push(Inserted::Existing(id));
-                continue;
-            }
             let m = &p.message;
+            match (existing, refuse) {
+                // A key an earlier refused message of this batch took
+                // names nothing stored.
+                (Some(id), Some(e)) if refused.contains(&id) => {
+                    inserts.push(Err(e.clone()));
+                    continue;
+                }
+                (Some(id), _) => {
+                    inserts.push(Ok(Inserted::Existing(id)));
+                    continue;
+                }
+                (None, Some(e)) => {
+                    refused.insert(m.id.clone());
+                    inserts.push(Err(e.clone()));
+                    continue;
+                }
+                (None, None) => {}
+            }
             rows.push(MessageRow {
                 id: &m.id,
                 org: &m.org,
@@ -1071,7 +1130,7 @@ impl Batch {
                 now: m.now,
                 log: m.log.as_ref().map(LogRow::from),
             });
-            inserts.push(Inserted::New(m.id.clone()));
+            inserts.push(Ok(Inserted::New(m.id.clone())));
         }
         let finish_rows: Vec<FinishRow> = self.finishes.iter().map(FinishRow::from).collect();
         let claim = |&(now, until, limit): &(i64, i64, usize)| ClaimInput {
@@ -1099,6 +1158,7 @@ impl Batch {
                     .contains(&(f.id.clone(), i64::from(f.attempt)))
             })
             .collect();
+        let mut used_bytes = first.used_bytes;
         let mut claims = Vec::with_capacity(self.claims.len());
         if !self.claims.is_empty() {
             claims.push(first.claimed);
@@ -1109,9 +1169,12 @@ impl Batch {
                 finishes: &[],
                 claim: Some(claim(extra)),
             };
-            claims.push(run_batch(conn, BATCH_SQL, &input).await?.claimed);
+            let more = run_batch(conn, BATCH_SQL, &input).await?;
+            used_bytes = more.used_bytes;
+            claims.push(more.claimed);
         }
         Ok(Answers {
+            used_bytes,
             inserts,
             finishes,
             claims,
@@ -1123,7 +1186,7 @@ impl Batch {
         match answers {
             Ok(a) => {
                 for (s, r) in self.insert_replies.into_iter().zip(a.inserts) {
-                    let _ = s.send(Ok(r));
+                    let _ = s.send(r);
                 }
                 for (s, r) in self.finish_replies.into_iter().zip(a.finishes) {
                     let _ = s.send(Ok(r));
@@ -1169,13 +1232,7 @@ impl Committer {
             };
             let answers = match conn {
                 Ok(mut conn) => {
-                    let answers = apply(&mut conn, &batch).await;
-                    if answers.is_err() {
-                        // A failed BATCH_TX_SQL leaves its transaction open.
-                        // Without one open (the other path rolled back on
-                        // its own) this fails harmlessly.
-                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                    }
+                    let answers = self.apply(&mut conn, &batch).await;
                     if keep {
                         held = Some(conn);
                     }
@@ -1183,23 +1240,84 @@ impl Committer {
                 }
                 Err(e) => Err(e),
             };
-            if let Err(e) = &answers {
-                tracing::error!(error = %e, operations = batch.len(), "email queue write failed; batch rolled back");
+            match &answers {
+                Ok(a) => self.used_bytes = a.used_bytes,
+                Err(e) => {
+                    tracing::error!(error = %e, operations = batch.len(), "email queue write failed; batch rolled back");
+                }
             }
             batch.reply(answers);
         }
     }
+
+    /// The batch, refusing new messages once over the accept limit. When it
+    /// fails with new messages beside other writes, it is written once more
+    /// without them: a failure that new mail causes (a full disk) must not
+    /// also stop the outcomes of attempts and the claims that drain the
+    /// queue (an outcome not stored means the message is sent again after
+    /// its lease).
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        batch: &Batch,
+    ) -> Result<Answers, QueueError> {
+        let over = self.over_limit();
+        let e = match apply(conn, batch, over.as_ref()).await {
+            Ok(answers) => return Ok(answers),
+            Err(e) => e,
+        };
+        rollback(conn).await;
+        let others = !batch.finishes.is_empty() || !batch.claims.is_empty();
+        if over.is_some() || batch.inserts.is_empty() || !others {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, new = batch.inserts.len(), "new messages could not be stored; writing the rest of the batch without them");
+        let answers = apply(conn, batch, Some(&e)).await;
+        if answers.is_err() {
+            rollback(conn).await;
+        }
+        answers
+    }
+
+    /// The refusal of new messages while the database holds the accept
+    /// limit or more.
+    fn over_limit(&self) -> Option<QueueError> {
+        let limit = self.accept_limit?;
+        (self.used_bytes >= limit).then(|| {
+            QueueError::Full(format!(
+                "it holds {} MiB, and new mail is accepted up to {} MiB (9/10 of --database-max-size; the rest keeps room for the outcomes of mail already accepted)",
+                mib(self.used_bytes),
+                mib(limit)
+            ))
+        })
+    }
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Ends the transaction a failed batch left open (a failed `BATCH_TX_SQL`
+/// does); with none open (the other path rolled back on its own) this
+/// fails harmlessly.
+async fn rollback(conn: &mut SqliteConnection) {
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
 }
 
 /// One transaction for the whole batch. A failure (a full disk, a broken
 /// file) rolls it back and every caller of the batch hears of it: an accept
-/// answers 503, a finish is redone after the lease.
-async fn apply(conn: &mut SqliteConnection, batch: &Batch) -> Result<Answers, QueueError> {
+/// answers 503, a finish is redone after the lease. With `refuse`, new
+/// messages are answered with it instead of written.
+async fn apply(
+    conn: &mut SqliteConnection,
+    batch: &Batch,
+    refuse: Option<&QueueError>,
+) -> Result<Answers, QueueError> {
     if batch.in_one_run() {
-        return batch.write(conn, BATCH_TX_SQL).await;
+        return batch.write(conn, BATCH_TX_SQL, refuse).await;
     }
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let answers = batch.write(&mut tx, BATCH_SQL).await?;
+    let answers = batch.write(&mut tx, BATCH_SQL, refuse).await?;
     tx.commit().await?;
     Ok(answers)
 }
@@ -1229,7 +1347,7 @@ mod tests {
 
     async fn queue() -> Queue {
         let store = crate::store::Store::memory().await.unwrap();
-        let (queue, committer) = Queue::new(store.pool().clone());
+        let (queue, committer) = Queue::new(store.pool().clone(), None);
         tokio::spawn(committer.run());
         queue
     }
@@ -1256,6 +1374,134 @@ mod tests {
         );
         assert!(q.get("acme", "m2").await.unwrap().is_none());
         assert!(q.get("other", "m1").await.unwrap().is_none());
+    }
+
+    /// A message with a body of `bytes` (random letters: SQLite stores
+    /// text as it is, so the size on disk follows).
+    fn big(id: &str, bytes: usize) -> NewMessage {
+        use rand::Rng;
+        let mut m = message(id, None, 0);
+        let body: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(bytes)
+            .map(char::from)
+            .collect();
+        m.content.text = Some(body);
+        m
+    }
+
+    fn sent(id: &str, attempt: u32) -> Finished {
+        Finished {
+            id: id.into(),
+            attempt,
+            started_at: 10,
+            finished_at: 20,
+            outcome: Outcome::Sent,
+            reply: "250 ok".into(),
+            provider: "default".into(),
+            next: Next::Sent,
+            log: Some(LogEntry {
+                org: "acme".into(),
+                type_: "email.delivery".into(),
+                outcome: "SUCCESS".into(),
+                time: "t".into(),
+                subject: id.into(),
+                detail: serde_json::json!({}),
+            }),
+        }
+    }
+
+    /// The stored content of a message, as the queue keeps it.
+    async fn stored_content(q: &Queue, id: &str) -> Value {
+        let text: String = sqlx::query_scalar("SELECT content FROM email_messages WHERE id = ?")
+            .bind(id)
+            .fetch_one(&q.pool)
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_mail_and_still_stores_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = crate::store::MIN_MAX_SIZE;
+        let store = crate::store::Store::open(&dir.path().join("q.db"), Some(cap))
+            .await
+            .unwrap();
+        let (q, committer) = Queue::new(store.pool().clone(), store.accept_limit());
+        tokio::spawn(committer.run());
+        let mut accepted = Vec::new();
+        let refusal = loop {
+            let id = format!("m{}", accepted.len());
+            match q.insert(big(&id, 16 * 1024)).await {
+                Ok(Inserted::New(id)) => accepted.push(id),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => break e,
+            }
+            assert!(accepted.len() < 100, "1 MiB never filled");
+        };
+        let QueueError::Full(reason) = &refusal else {
+            panic!("{refusal:?}");
+        };
+        assert!(
+            reason.contains("new mail is accepted up to 0.9 MiB"),
+            "{reason}"
+        );
+        assert!(accepted.len() >= 30, "{} accepted", accepted.len());
+        assert!(
+            q.get("acme", &format!("m{}", accepted.len()))
+                .await
+                .unwrap()
+                .is_none(),
+            "the refused message is not stored"
+        );
+        // Over the accept limit, the outcomes still go in: every message is
+        // claimed and sent, with its attempt and event.
+        let claimed = q.claim(0, 1_000, accepted.len()).await.unwrap();
+        assert_eq!(claimed.len(), accepted.len());
+        for c in &claimed {
+            assert!(q.finish(sent(&c.id, c.attempt)).await.unwrap(), "{}", c.id);
+        }
+        for id in &accepted {
+            let m = q.get("acme", id).await.unwrap().unwrap();
+            assert_eq!((m.state.as_str(), m.attempts.len()), ("sent", 1), "{id}");
+            assert_eq!(m.content.subject, "s", "what GET shows is kept");
+            assert_eq!(stored_content(&q, id).await["text"], Value::Null, "{id}");
+        }
+        assert_eq!(q.events_about("acme", &accepted[0]).await.unwrap().len(), 1);
+        // The bodies' space is free again: new mail is accepted (the first
+        // batch after the finishes measured it).
+        assert_eq!(
+            q.insert(big("again", 16 * 1024)).await.unwrap(),
+            Inserted::New("again".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn new_mail_that_fills_the_disk_does_not_take_the_batch_outcomes_with_it() {
+        // No accept limit: the insert meets SQLite's own SQLITE_FULL, as on
+        // a full disk.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("q.db"), Some(1024 * 1024))
+            .await
+            .unwrap();
+        let (q, committer) = Queue::new(store.pool().clone(), None);
+        tokio::spawn(committer.run());
+        q.insert(message("small", None, 0)).await.unwrap();
+        let c = q.claim(0, 1_000, 1).await.unwrap();
+        // Both wait in the channel when the committer (on this test's one
+        // thread) next runs: one batch.
+        let (huge, finish) = tokio::join!(q.insert(big("huge", 2 * 1024 * 1024)), async {
+            q.finish(sent("small", c[0].attempt)).await
+        });
+        let err = huge.unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Full(r) if r.contains("database or disk is full")),
+            "{err:?}"
+        );
+        assert!(finish.unwrap(), "the finish in the same batch took effect");
+        assert_eq!(q.get("acme", "small").await.unwrap().unwrap().state, "sent");
+        assert!(q.get("acme", "huge").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1453,7 +1699,7 @@ mod tests {
         for (sql, rows) in [
             ("SELECT json_array() WHERE json_valid(?1);", 1),
             (
-                "SELECT json_array() WHERE json_valid(?1); SELECT json_array(); SELECT json_array();",
+                "SELECT json_array() WHERE json_valid(?1); SELECT json_array(), 0; SELECT json_array();",
                 3,
             ),
         ] {
@@ -1466,9 +1712,10 @@ mod tests {
                 .to_string()
             );
         }
-        let two = "SELECT json_array() WHERE json_valid(?1); SELECT json_array();";
+        let two = "SELECT json_array() WHERE json_valid(?1); SELECT json_array(), 4096;";
         let rows = run_batch(&mut conn, two, &input).await.unwrap();
         assert!(rows.applied.is_empty() && rows.claimed.is_empty());
+        assert_eq!(rows.used_bytes, 4096);
     }
 
     #[tokio::test]

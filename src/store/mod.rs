@@ -57,11 +57,18 @@ pub struct EventFilter<'a> {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The cap on the database file, in bytes, if any.
+    max_size: Option<u64>,
 }
+
+/// The smallest `--database-max-size`: the schema and a little mail.
+pub const MIN_MAX_SIZE: u64 = 1024 * 1024;
 
 impl Store {
     /// Opens (creating if needed) the SQLite file and runs migrations.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    /// With `max_size` (bytes), the file does not grow past it: writes
+    /// that would need more space fail as on a full disk (SQLITE_FULL).
+    pub async fn open(path: &Path, max_size: Option<u64>) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -84,6 +91,21 @@ impl Store {
             // A local file does not drop connections; a ping per acquire
             // only adds a round trip to the connection's thread.
             .test_before_acquire(false)
+            // The cap is per connection, in pages of the file's size.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if let Some(bytes) = max_size {
+                        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        let pages = bytes / page.max(512) as u64;
+                        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
@@ -91,7 +113,7 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, max_size })
     }
 
     /// An in-memory store, for tests and `--database :memory:`.
@@ -102,11 +124,22 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            max_size: None,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Bytes in use past which the email queue refuses new mail: 9/10 of
+    /// the cap, so that the outcomes of mail already accepted, the system
+    /// log and status still have room when new mail no longer has.
+    pub fn accept_limit(&self) -> Option<i64> {
+        self.max_size
+            .map(|b| i64::try_from(b / 10 * 9).unwrap_or(i64::MAX))
     }
 
     pub async fn save_status(
@@ -216,7 +249,7 @@ mod tests {
     #[tokio::test]
     async fn status_and_events_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let store = Store::open(&dir.path().join("s.db"), None).await.unwrap();
         let key = ObjectKey {
             kind: "TelephonyHook".into(),
             namespace: "acme".into(),
