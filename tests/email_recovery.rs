@@ -274,3 +274,93 @@ fn a_full_store_refuses_new_mail_and_delivers_what_it_accepted() {
     );
     assert_eq!(e["state"], "sent", "{e}");
 }
+
+/// Another process (Python's sqlite3, as a backup or an operator's shell
+/// would) holds the database's write lock for 13 s, over idplane's 5 s
+/// busy timeout, while an attempt is under way: an accept meanwhile gets a
+/// 503 after 5 s, the attempt's outcome (queued behind it) fails after 5 s
+/// more, and is stored once the lock is gone, not left for the lease
+/// (which would send the message again).
+#[test]
+fn an_outcome_the_locked_store_refused_is_stored_once_the_lock_is_gone() {
+    use std::io::BufRead;
+    let (tmp, manifests) = workspace();
+    // Each reply takes 0.4 s: the attempt is under way when the lock comes.
+    let server = SmtpServer::start(
+        tmp.path(),
+        "slow",
+        None,
+        ServerOptions {
+            auth: Some(("mailer", "pw-123")),
+            delay_ms: 400,
+            ..Default::default()
+        },
+    );
+    write_corp_provider(&manifests, server.port, &fast_retry(5));
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run1.log",
+        &["--email-lease", "120s"],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let id = send_ok(&run, "acme", "under a lock");
+    wait("the attempt under way", Duration::from_secs(10), || {
+        (email(&run, "acme", &id)["state"] == "sending").then_some(())
+    });
+    let database = tmp.path().join("state/idplane.db");
+    let mut locker = std::process::Command::new(&tools().python)
+        .args([
+            "-c",
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(13)\n\
+             c.execute('ROLLBACK')\n",
+        ])
+        .arg(&database)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(locker.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    // New mail meanwhile: a clear 503 once the busy timeout is over.
+    let (code, body) = send(
+        &run,
+        "acme",
+        json!({"to": ["user@example.com"], "subject": "while locked", "text": "hello"}),
+    );
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("database is locked"),
+        "{body}"
+    );
+    assert!(locker.wait().unwrap().success());
+    let e = wait_final(&run, "acme", &id, Duration::from_secs(30));
+    assert_eq!(e["state"], "sent", "{e}");
+    let attempts = e["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "stored, not retried after the lease: {e}"
+    );
+    assert_eq!(server.accepted().len(), 1, "sent once");
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(
+        log.contains(
+            "cannot store the outcome of an attempt yet; trying again while its lease lasts"
+        ),
+        "the outcome met the lock: {log}"
+    );
+}

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
 use super::message;
-use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue};
+use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue, QueueError};
 use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
 use super::smtp::{Endpoint, Secret, SmtpClient};
 use super::stats::{DeliveryStats, Via};
@@ -459,7 +459,8 @@ impl Deliverer {
             finished.finished_at,
             finished.reply.clone(),
         );
-        match self.queue.finish(finished).await {
+        let lease_end = m.started_at + millis(self.lease);
+        match self.store_outcome(finished, lease_end).await {
             Ok(true) => match next {
                 Next::Sent => {
                     self.stats.sent(&m.org, &via, m.created_at, finished_at);
@@ -495,6 +496,35 @@ impl Deliverer {
                 );
                 true
             }
+        }
+    }
+
+    /// Stores an outcome, trying again (100 ms, doubling up to 5 s) while
+    /// the store fails and the attempt still holds its lease: an outcome
+    /// lost to a store that was locked or full for a moment would have the
+    /// message sent again after the lease.
+    async fn store_outcome(&self, finished: Finished, lease_end: i64) -> Result<bool, QueueError> {
+        let mut pause = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            let e = match self.queue.finish(finished.clone()).await {
+                Ok(applied) => return Ok(applied),
+                Err(e @ QueueError::Closed) => return Err(e),
+                Err(e) => e,
+            };
+            if now_millis() + millis(pause) >= lease_end {
+                return Err(e);
+            }
+            if !warned {
+                tracing::warn!(
+                    message = %finished.id,
+                    error = %e,
+                    "cannot store the outcome of an attempt yet; trying again while its lease lasts"
+                );
+                warned = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 }
