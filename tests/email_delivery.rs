@@ -197,10 +197,9 @@ fn transient_failures_then_success_honour_the_delays() {
         "flaky",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             fail_first: 2,
             fail_reply: Some("451 4.3.0 Try again later".into()),
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(&manifests, server.port, &fast_retry(5));
@@ -245,15 +244,7 @@ fn transient_failures_then_success_honour_the_delays() {
 #[test]
 fn permanent_failure_and_outage_longer_than_the_retries() {
     let (tmp, manifests) = workspace();
-    let server = SmtpServer::start(
-        tmp.path(),
-        "failing",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            ..Default::default()
-        },
-    );
+    let server = SmtpServer::start(tmp.path(), "failing", None, ServerOptions::corp());
     write_corp_provider(&manifests, server.port, &fast_retry(3));
     let run = start_idplane(
         tmp.path(),
@@ -344,15 +335,7 @@ fn permanent_failure_and_outage_longer_than_the_retries() {
 fn idempotency_validation_and_the_default_provider_rule() {
     let (tmp, manifests) = workspace();
     let sink = SmtpSink::start(tmp.path());
-    let custom = SmtpServer::start(
-        tmp.path(),
-        "custom",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            ..Default::default()
-        },
-    );
+    let custom = SmtpServer::start(tmp.path(), "custom", None, ServerOptions::corp());
     let file = write_corp_provider(&manifests, custom.port, &fast_retry(3));
     // No default provider yet: an org without an EmailProvider gets 503.
     let run = start_idplane(
@@ -510,9 +493,8 @@ fn pipelined_commands_and_refused_recipients() {
         "pipelining",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             pipelining: true,
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(&manifests, server.port, &fast_retry(2));
@@ -589,10 +571,9 @@ fn one_worker_and_a_slow_pipelining_server(
         "slow-pipelining",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             pipelining: true,
             delay_ms: 300,
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(&manifests, server.port, &fast_retry(max_attempts));
@@ -706,10 +687,9 @@ fn a_pooled_connection_the_server_closed_is_replaced_at_once() {
             "idle-close",
             None,
             ServerOptions {
-                auth: Some(("mailer", "pw-123")),
                 pipelining,
                 idle: Some((1.0, idle_reply)),
-                ..Default::default()
+                ..ServerOptions::corp()
             },
         );
         // The installation's default provider, slow, keeps the one worker
@@ -801,9 +781,8 @@ fn a_server_that_refuses_the_repeated_ehlo_is_named_in_verification_and_failure(
         "one-ehlo",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             refuse_ehlo: Some((2, "554 5.7.0 One EHLO per connection")),
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(&manifests, server.port, &fast_retry(3));

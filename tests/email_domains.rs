@@ -20,15 +20,7 @@ fn domain_status(run: &common::Idplane) -> Option<Value> {
 #[test]
 fn brand_domain_polling_then_verified() {
     let (tmp, manifests) = workspace();
-    let server = SmtpServer::start(
-        tmp.path(),
-        "mail",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            ..Default::default()
-        },
-    );
+    let server = SmtpServer::start(tmp.path(), "mail", None, ServerOptions::corp());
     write_corp_provider(&manifests, server.port, &fast_retry(3));
     std::fs::write(
         manifests.join("domain.yaml"),

@@ -42,9 +42,8 @@ fn delivering(
         "slow",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             delay_ms: 400,
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(manifests, server.port, &fast_retry(5));
@@ -183,15 +182,7 @@ fn a_full_store_refuses_new_mail_and_delivers_what_it_accepted() {
     let (tmp, manifests) = workspace();
     // The server answers 451 until told otherwise: the accepted mail waits
     // for retries, filling the store.
-    let server = SmtpServer::start(
-        tmp.path(),
-        "later",
-        None,
-        ServerOptions {
-            auth: Some(("mailer", "pw-123")),
-            ..Default::default()
-        },
-    );
+    let server = SmtpServer::start(tmp.path(), "later", None, ServerOptions::corp());
     server.answer(Some("451 4.3.0 mailbox busy, try later"));
     write_corp_provider(&manifests, server.port, &fast_retry(50));
     let run = start_idplane(
@@ -291,9 +282,8 @@ fn an_outcome_the_locked_store_refused_is_stored_once_the_lock_is_gone() {
         "slow",
         None,
         ServerOptions {
-            auth: Some(("mailer", "pw-123")),
             delay_ms: 400,
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     write_corp_provider(&manifests, server.port, &fast_retry(5));

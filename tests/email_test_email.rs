@@ -47,8 +47,7 @@ fn test_email_through_the_api_and_the_cli() {
         Some(&certs),
         ServerOptions {
             tls: "starttls",
-            auth: Some(("mailer", "pw-123")),
-            ..Default::default()
+            ..ServerOptions::corp()
         },
     );
     let file = manifests.join("provider.yaml");

@@ -156,6 +156,17 @@ pub struct ServerOptions {
     pub refuse_ehlo: Option<(u32, &'static str)>,
 }
 
+impl ServerOptions {
+    /// A plain server with the credentials of [`write_corp_provider`]'s
+    /// provider (user `mailer`, password `pw-123`).
+    pub fn corp() -> Self {
+        Self {
+            auth: Some(("mailer", "pw-123")),
+            ..Default::default()
+        }
+    }
+}
+
 /// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
 pub struct SmtpServer {
     child: Killed,
