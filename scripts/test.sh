@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 
 log() { echo "== $*" >&2; }
 
+# A clean build of the tests takes about 3 GB (debug info is trimmed in
+# Cargo.toml); no incremental data on top, which a one-off build never uses.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
+free_kb=$(df -Pk "$target" | awk 'NR == 2 {print $4}')
+if [ "${free_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
+  log "warning: $((free_kb / 1024)) MB free for $target; a clean build needs about 3 GB (a full disk shows as the linker dying with SIGBUS)"
+fi
+
 # Test tools from Debian (first run on a fresh machine installs them).
 need=()
 command -v curl >/dev/null || need+=(curl)
