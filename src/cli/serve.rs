@@ -80,9 +80,10 @@ pub struct ModuleSettings {
     pub shutdown_grace: Duration,
     /// Cap on the SQLite file, e.g. `900Mi` or `4Gi` (Ki, Mi, Gi, Ti or
     /// bytes; at least 1Mi). None by default: the disk is the limit. New
-    /// mail is refused (503 `store_full`) once 9/10 of it is in use; the
-    /// rest keeps room for the outcomes of mail already accepted. Set it
-    /// below the volume's size: the WAL file beside it grows by a few MiB.
+    /// mail is refused (503 `store_full`) when it would not fit in 9/10 of
+    /// it with room kept for what unsent mail will still write; the last
+    /// tenth is for status and the system log. Set it below the volume's
+    /// size: the WAL file beside it grows by a few MiB.
     #[arg(long = "database-max-size", env = "IDPLANE_DATABASE_MAX_SIZE", value_parser = parse_size)]
     pub database_max_size: Option<u64>,
     #[command(flatten)]

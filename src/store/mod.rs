@@ -85,6 +85,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             // Temporary tables (the email queue's batch staging) in memory.
             .pragma("temp_store", "memory")
+            // A WAL that one large transaction grew is cut back to 8 MiB
+            // when it is next reset, not kept at its largest.
+            .pragma("journal_size_limit", "8388608")
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -113,6 +116,24 @@ impl Store {
                 source,
             })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        if let Some(cap) = max_size {
+            // SQLite raises a cap below the file's size to that size,
+            // silently: say so.
+            let size: i64 = sqlx::query_scalar(
+                "SELECT (SELECT page_count FROM pragma_page_count())
+                        * (SELECT page_size FROM pragma_page_size())",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if u64::try_from(size).unwrap_or(0) > cap {
+                tracing::warn!(
+                    database = %path.display(),
+                    size_mib = size >> 20,
+                    cap_mib = cap >> 20,
+                    "the database file is already larger than --database-max-size: it cannot grow, and new mail is refused until sent mail and retention free room"
+                );
+            }
+        }
         Ok(Self { pool, max_size })
     }
 
@@ -134,9 +155,9 @@ impl Store {
         &self.pool
     }
 
-    /// Bytes in use past which the email queue refuses new mail: 9/10 of
-    /// the cap, so that the outcomes of mail already accepted, the system
-    /// log and status still have room when new mail no longer has.
+    /// The bytes that the email queue's data (with the room it keeps for
+    /// unsent mail) may use: 9/10 of the cap, so that status, the system
+    /// log and the telephony ledger still have room when new mail has not.
     pub fn accept_limit(&self) -> Option<i64> {
         self.max_size
             .map(|b| i64::try_from(b / 10 * 9).unwrap_or(i64::MAX))
