@@ -41,12 +41,14 @@ pub const IDEMPOTENCY_WINDOW_MILLIS: i64 = 24 * 3600 * 1000;
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// Bytes of room a message needs beyond its content, under a store cap: its
-/// row's other fields and index entries, and what delivering it will still
-/// write (the claim's fields, attempt rows with the server's replies, the
-/// delivery event). Kept for every unfinished message, so that a full store
-/// can still record how its mail went, however small the mail.
-const ROOM_PER_MESSAGE: i64 = 2048;
+/// Bytes of room a message needs beyond its content and recipients, under
+/// a store cap: its row's other fields and index entries, and what
+/// delivering it will still write: the claim's fields, at most four
+/// attempt rows (see [`batch_statements`]) with replies of at most
+/// [`super::worker::MAX_STORED_REPLY`] bytes, the delivery event. Kept for
+/// every unfinished message, so that a full store can still record how its
+/// mail went, however small the mail and however often it fails.
+const ROOM_PER_MESSAGE: i64 = 4096;
 
 /// Errors of the queue.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -744,7 +746,11 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
 /// or failed keeps its addresses and subject (what `GET` shows) but not
 /// its bodies: mail from an identity platform carries reset links and
 /// passcodes, which should not outlive their delivery by the retention
-/// period, and the space goes to new mail.
+/// period, and the space goes to new mail. A message keeps at most four
+/// attempt rows, the first three and the latest (a finish of attempt 5 or
+/// later replaces the row of the one before): one that fails for days
+/// (interrupted attempts do not count against `maxAttempts`) must not grow
+/// without bound, least of all in a full store.
 /// Attempts whose lease ran out (their process died) are closed as
 /// interrupted and their messages queued again before the claim; a late
 /// finish of such an attempt later replaces its row with the real reply.
@@ -792,6 +798,9 @@ FROM temp.batch_messages;
 INSERT INTO system_log (org, type, outcome, time, subject, detail)
 SELECT log_org, log_type, log_outcome, log_time, log_subject, log_detail
 FROM temp.batch_messages WHERE log_org IS NOT NULL;
+
+DELETE FROM email_attempts
+WHERE (message_id, number) IN (SELECT id, attempt - 1 FROM temp.batch_finishes WHERE attempt > 4);
 
 INSERT INTO email_attempts (message_id, number, started_at, finished_at, outcome, reply, provider)
 SELECT id, attempt, started_at, finished_at, outcome, reply, provider
@@ -1131,9 +1140,10 @@ impl Batch {
             let refusal = match admit {
                 Admit::All => None,
                 Admit::Refuse(e) => Some(e),
-                Admit::Within { full, .. } => {
+                Admit::Within { full, .. } if footprint(p) > room => Some(full),
+                Admit::Within { .. } => {
                     room -= footprint(p);
-                    (room < 0).then_some(full)
+                    None
                 }
             };
             if let Some(e) = refusal {
@@ -1243,9 +1253,12 @@ enum Admit<'a> {
     Refuse(&'a QueueError),
 }
 
-/// The room a new message takes under a cap.
+/// The room a new message takes under a cap: its content, its recipients
+/// once more (its delivery event lists them), and [`ROOM_PER_MESSAGE`].
 fn footprint(p: &Prepared) -> i64 {
-    i64::try_from(p.content.len()).unwrap_or(i64::MAX) + ROOM_PER_MESSAGE
+    let c = &p.message.content;
+    let recipients: usize = c.to.iter().chain(&c.cc).map(|a| a.len() + 3).sum();
+    i64::try_from(p.content.len() + recipients).unwrap_or(i64::MAX) + ROOM_PER_MESSAGE
 }
 
 impl Committer {
@@ -1256,14 +1269,8 @@ impl Committer {
     /// cache across its own transactions, while a different pooled
     /// connection per batch started cold and re-read the pages it touched.
     pub async fn run(mut self) {
-        if self.accept_limit.is_some() {
-            match measure(&self.pool).await {
-                Ok((used, unfinished)) => (self.used_bytes, self.unfinished) = (used, unfinished),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot measure the message store; its cap counts from the first write")
-                }
-            }
-        }
+        // Under a cap, new mail waits until the store is measured.
+        let mut measured = self.accept_limit.is_none();
         let keep = self.pool.options().get_max_connections() > 1;
         let mut held: Option<PoolConnection<Sqlite>> = None;
         let mut ops = Vec::with_capacity(MAX_BATCH);
@@ -1272,14 +1279,31 @@ impl Committer {
             for op in ops.drain(..) {
                 batch.push(op);
             }
+            if !measured {
+                match measure(&self.pool).await {
+                    Ok((used, unfinished)) => {
+                        (self.used_bytes, self.unfinished) = (used, unfinished);
+                        measured = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot measure the message store; new mail waits")
+                    }
+                }
+            }
             let conn = match held.take() {
                 Some(c) => Ok(c),
                 None => self.pool.acquire().await.map_err(QueueError::from),
             };
             let answers = match conn {
                 Ok(mut conn) => {
-                    let answers = self.apply(&mut conn, &batch).await;
-                    if keep {
+                    let answers = self.apply(&mut conn, &batch, measured).await;
+                    if !keep {
+                        // The pool's only connection (an in-memory store,
+                        // whose data closing it would drop) goes back.
+                    } else if answers.is_err() {
+                        // Whatever state the failure left it in goes with it.
+                        let _ = conn.close().await;
+                    } else {
                         held = Some(conn);
                     }
                     answers
@@ -1309,9 +1333,12 @@ impl Committer {
         &self,
         conn: &mut SqliteConnection,
         batch: &Batch,
+        measured: bool,
     ) -> Result<Answers, QueueError> {
         let full = self.full();
+        let unmeasured = QueueError::Full("its size could not be measured yet".into());
         let admit = match (self.accept_limit, &full) {
+            (Some(_), _) if !measured => Admit::Refuse(&unmeasured),
             (Some(limit), Some(full)) => Admit::Within {
                 room: limit - self.used_bytes - self.unfinished * ROOM_PER_MESSAGE,
                 full,
@@ -1372,8 +1399,7 @@ async fn measure(pool: &SqlitePool) -> Result<(i64, i64), QueueError> {
         "SELECT ((SELECT page_count FROM pragma_page_count())
                  - (SELECT freelist_count FROM pragma_freelist_count()))
                 * (SELECT page_size FROM pragma_page_size()),
-                (SELECT count(*) FROM email_messages
-                 WHERE state IN ('queued', 'sending', 'retrying'))",
+                (SELECT count(*) FROM email_messages WHERE due_at IS NOT NULL)",
     )
     .fetch_one(pool)
     .await?;
@@ -1512,9 +1538,10 @@ mod tests {
     }
 
     /// Fills a store capped at 1 MiB with messages of `body` bytes, then
-    /// delivers them all, each after a failed attempt (an outage's worth of
-    /// writes), with delivery events as the worker writes them; returns the
-    /// refusal that ended the filling.
+    /// delivers them all, each after five failed attempts with replies of
+    /// the longest kept length (an outage's worth of writes), with delivery
+    /// events as the worker writes them; returns the refusal that ended the
+    /// filling.
     async fn fill_then_deliver(body: usize) -> QueueError {
         let dir = tempfile::tempdir().unwrap();
         let cap = crate::store::MIN_MAX_SIZE;
@@ -1542,9 +1569,13 @@ mod tests {
             "the refused message is not stored"
         );
         // Past the accept limit, the outcomes still go in: every message is
-        // claimed, fails once, is claimed again and sent.
-        let reply = "451 4.3.0 mailbox busy, try later; the server's reply is kept in full";
-        for (round, now) in [(0, 0), (1, 100)] {
+        // claimed, fails five times, is claimed again and sent.
+        let reply = format!(
+            "451 4.3.0 {}",
+            "x".repeat(crate::email::worker::MAX_STORED_REPLY - 10)
+        );
+        for round in 0..6 {
+            let now = round * 100;
             let mut done = 0;
             while done < accepted.len() {
                 let claimed = q.claim(now, now + 50, 32).await.unwrap();
@@ -1556,15 +1587,15 @@ mod tests {
                     let mut f = sent(&c.id, c.attempt);
                     f.started_at = now;
                     f.finished_at = now + 1;
-                    if round == 0 {
+                    if round < 5 {
                         (f.outcome, f.reply, f.next) =
-                            (Outcome::Transient, reply.into(), Next::Retry(100));
+                            (Outcome::Transient, reply.clone(), Next::Retry(now + 100));
                         f.log = None;
                     } else if let Some(log) = &mut f.log {
                         log.detail = serde_json::json!({
                             "messageId": c.id, "from": "Acme Mail <noreply@acme.example>",
                             "to": ["someone.with.a.long.name@customer.example"], "cc": [],
-                            "attempts": 2, "provider": "EmailProvider acme/corp",
+                            "attempts": 6, "provider": "EmailProvider acme/corp",
                             "reply": "250 2.0.0 Ok: queued as 4B1C2D3E4F",
                         });
                     }
@@ -1575,7 +1606,12 @@ mod tests {
         }
         for id in &accepted {
             let m = q.get("acme", id).await.unwrap().unwrap();
-            assert_eq!((m.state.as_str(), m.attempts.len()), ("sent", 2), "{id}");
+            let numbers: Vec<u32> = m.attempts.iter().map(|a| a.number).collect();
+            assert_eq!(
+                (m.state.as_str(), numbers),
+                ("sent", vec![1, 2, 3, 6]),
+                "{id}"
+            );
             assert_eq!(m.content.subject, "s", "what GET shows is kept");
             assert_eq!(stored_content(&q, id).await["text"], Value::Null, "{id}");
         }

@@ -396,9 +396,9 @@ impl Deliverer {
         let decision = decide(&policy, m.counted, &result, rand::random::<f64>());
         let finished_at = now_millis();
         let (outcome, reply) = match &result {
-            AttemptResult::Delivered(r) => (Outcome::Sent, r.clone()),
-            AttemptResult::Transient(r) => (Outcome::Transient, r.clone()),
-            AttemptResult::Permanent(r) => (Outcome::Permanent, r.clone()),
+            AttemptResult::Delivered(r) => (Outcome::Sent, stored_reply(r)),
+            AttemptResult::Transient(r) => (Outcome::Transient, stored_reply(r)),
+            AttemptResult::Permanent(r) => (Outcome::Permanent, stored_reply(r)),
         };
         let next = match decision {
             Decision::Sent => Next::Sent,
@@ -529,10 +529,40 @@ impl Deliverer {
     }
 }
 
+/// The most of a server's reply kept with an attempt (and in its event):
+/// enough for any real reply's code and reason, and a bound on what each
+/// attempt adds to the store, which a store cap must reserve room for.
+pub const MAX_STORED_REPLY: usize = 400;
+
+/// `reply`, cut at [`MAX_STORED_REPLY`] bytes (on a character boundary)
+/// with a mark that it was cut.
+fn stored_reply(reply: &str) -> String {
+    if reply.len() <= MAX_STORED_REPLY {
+        return reply.to_string();
+    }
+    let mut end = MAX_STORED_REPLY - 3;
+    while !reply.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reply[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::index::SecretValue;
+
+    #[test]
+    fn long_replies_are_cut_for_the_store() {
+        assert_eq!(stored_reply("250 2.0.0 Ok"), "250 2.0.0 Ok");
+        let long = format!("451 {}", "é".repeat(400));
+        let cut = stored_reply(&long);
+        assert!(
+            cut.len() <= MAX_STORED_REPLY && cut.ends_with("..."),
+            "{cut}"
+        );
+        assert!(long.starts_with(cut.trim_end_matches("...")));
+    }
     use crate::resources::TlsMode;
 
     fn provider(enabled: bool) -> ProviderConfig {
