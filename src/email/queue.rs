@@ -44,7 +44,7 @@ const MAX_BATCH: usize = 512;
 /// Bytes of room a message needs beyond its content and recipients, under
 /// a store cap: its row's other fields and index entries, and what
 /// delivering it will still write: the claim's fields, at most four
-/// attempt rows (see [`batch_statements`]) with replies of at most
+/// attempt rows (see `batch_statements`) with replies of at most
 /// [`super::worker::MAX_STORED_REPLY`] bytes, the delivery event. Kept for
 /// every unfinished message, so that a full store can still record how its
 /// mail went, however small the mail and however often it fails.
@@ -729,6 +729,16 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
     serde_json::to_string(rows).map_err(|e| QueueError::Sql(format!("cannot encode rows: {e}")))
 }
 
+/// The bytes the database's pages in use hold (its pages less the free
+/// ones), as an SQL expression.
+macro_rules! used_bytes_sql {
+    () => {
+        "((SELECT page_count FROM pragma_page_count())
+          - (SELECT freelist_count FROM pragma_freelist_count()))
+         * (SELECT page_size FROM pragma_page_size())"
+    };
+}
+
 /// A whole batch in one round trip to SQLite's thread: the statements
 /// below over one JSON parameter, [`BatchInput`]: `messages` to insert,
 /// `finishes` of attempts, and an optional `claim` (without one, nothing is
@@ -763,7 +773,8 @@ fn rows_json<T: Serialize>(rows: &[T]) -> Result<String, QueueError> {
 /// after them are plain SQL over those tables.
 macro_rules! batch_statements {
     () => {
-        "
+        concat!(
+            "
 CREATE TEMP TABLE IF NOT EXISTS batch_messages (id, org, key, sender, brand, content, now,
     log_org, log_type, log_outcome, log_time, log_subject, log_detail);
 
@@ -850,12 +861,13 @@ WHERE id IN (SELECT id FROM email_messages
              ORDER BY due_at LIMIT COALESCE(?1->>'$.claim.limit', 0));
 
 SELECT json_group_array(json_array(id, org, sender, content, attempts, interrupted, created_at)),
-       ((SELECT page_count FROM pragma_page_count())
-        - (SELECT freelist_count FROM pragma_freelist_count()))
-       * (SELECT page_size FROM pragma_page_size())
+       ",
+            used_bytes_sql!(),
+            "
 FROM email_messages
 WHERE due_at = ?1->>'$.claim.until' AND claim_token = ?1->>'$.claim.token' AND state = 'sending';
 "
+        )
     };
 }
 
@@ -1395,12 +1407,11 @@ impl Answers {
 
 /// Bytes in use and unfinished messages, when the committer starts.
 async fn measure(pool: &SqlitePool) -> Result<(i64, i64), QueueError> {
-    let row = sqlx::query(
-        "SELECT ((SELECT page_count FROM pragma_page_count())
-                 - (SELECT freelist_count FROM pragma_freelist_count()))
-                * (SELECT page_size FROM pragma_page_size()),
-                (SELECT count(*) FROM email_messages WHERE due_at IS NOT NULL)",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        used_bytes_sql!(),
+        ", (SELECT count(*) FROM email_messages WHERE due_at IS NOT NULL)"
+    ))
     .fetch_one(pool)
     .await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
