@@ -210,6 +210,9 @@ pub struct Committer {
     /// Messages not yet sent or failed: each keeps [`ROOM_PER_MESSAGE`]
     /// for what it will still write.
     unfinished: i64,
+    /// Whether `used_bytes` and `unfinished` are known; under a cap, new
+    /// mail waits until they are.
+    measured: bool,
 }
 
 impl Queue {
@@ -229,6 +232,7 @@ impl Queue {
                 accept_limit,
                 used_bytes: 0,
                 unfinished: 0,
+                measured: accept_limit.is_none(),
             },
         )
     }
@@ -1127,13 +1131,13 @@ impl Batch {
         &self,
         conn: &mut SqliteConnection,
         first_sql: &'static str,
-        admit: Admit<'_>,
+        admit: &Admit,
     ) -> Result<Answers, QueueError> {
         let existing = check_keys(conn, &self.inserts).await?;
         let mut inserts = Vec::with_capacity(self.inserts.len());
         let mut rows = Vec::with_capacity(self.inserts.len());
         let mut room = match admit {
-            Admit::Within { room, .. } => room,
+            Admit::Within { room, .. } => *room,
             _ => i64::MAX,
         };
         // Refused messages of this batch, with why.
@@ -1254,15 +1258,14 @@ impl Batch {
 }
 
 /// Which new messages a batch writes.
-#[derive(Clone, Copy)]
-enum Admit<'a> {
+enum Admit {
     /// All of them (no cap).
     All,
     /// Those whose [`footprint`] fits in `room` bytes, in order; the rest
     /// are answered with `full`.
-    Within { room: i64, full: &'a QueueError },
+    Within { room: i64, full: QueueError },
     /// None: each is answered with this error.
-    Refuse(&'a QueueError),
+    Refuse(QueueError),
 }
 
 /// The room a new message takes under a cap: its content, its recipients
@@ -1281,8 +1284,6 @@ impl Committer {
     /// cache across its own transactions, while a different pooled
     /// connection per batch started cold and re-read the pages it touched.
     pub async fn run(mut self) {
-        // Under a cap, new mail waits until the store is measured.
-        let mut measured = self.accept_limit.is_none();
         let keep = self.pool.options().get_max_connections() > 1;
         let mut held: Option<PoolConnection<Sqlite>> = None;
         let mut ops = Vec::with_capacity(MAX_BATCH);
@@ -1291,11 +1292,11 @@ impl Committer {
             for op in ops.drain(..) {
                 batch.push(op);
             }
-            if !measured {
+            if !self.measured {
                 match measure(&self.pool).await {
                     Ok((used, unfinished)) => {
                         (self.used_bytes, self.unfinished) = (used, unfinished);
-                        measured = true;
+                        self.measured = true;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot measure the message store; new mail waits")
@@ -1308,7 +1309,7 @@ impl Committer {
             };
             let answers = match conn {
                 Ok(mut conn) => {
-                    let answers = self.apply(&mut conn, &batch, measured).await;
+                    let answers = self.apply(&mut conn, &batch).await;
                     if !keep {
                         // The pool's only connection (an in-memory store,
                         // whose data closing it would drop) goes back.
@@ -1345,19 +1346,8 @@ impl Committer {
         &self,
         conn: &mut SqliteConnection,
         batch: &Batch,
-        measured: bool,
     ) -> Result<Answers, QueueError> {
-        let full = self.full();
-        let unmeasured = QueueError::Full("its size could not be measured yet".into());
-        let admit = match (self.accept_limit, &full) {
-            (Some(_), _) if !measured => Admit::Refuse(&unmeasured),
-            (Some(limit), Some(full)) => Admit::Within {
-                room: limit - self.used_bytes - self.unfinished * ROOM_PER_MESSAGE,
-                full,
-            },
-            _ => Admit::All,
-        };
-        let e = match apply(conn, batch, admit).await {
+        let e = match apply(conn, batch, &self.admission()).await {
             Ok(answers) => return Ok(answers),
             Err(e) => e,
         };
@@ -1367,22 +1357,33 @@ impl Committer {
             return Err(e);
         }
         tracing::warn!(error = %e, new = batch.inserts.len(), "new messages do not fit in the store; writing the rest of the batch without them");
-        let answers = apply(conn, batch, Admit::Refuse(&e)).await;
+        let answers = apply(conn, batch, &Admit::Refuse(e)).await;
         if answers.is_err() {
             rollback(conn).await;
         }
         answers
     }
 
-    /// The refusal of new mail that does not fit under the cap.
-    fn full(&self) -> Option<QueueError> {
-        let limit = self.accept_limit?;
-        Some(QueueError::Full(format!(
-            "{} MiB in use, and room kept for what {} unsent messages will still write; new mail is accepted up to {} MiB (9/10 of --database-max-size)",
-            mib(self.used_bytes),
-            self.unfinished,
-            mib(limit)
-        )))
+    /// Which new messages the next batch may write: all without a cap;
+    /// under one, none until the store is measured, then those that fit.
+    fn admission(&self) -> Admit {
+        let Some(limit) = self.accept_limit else {
+            return Admit::All;
+        };
+        if !self.measured {
+            return Admit::Refuse(QueueError::Full(
+                "its size could not be measured yet".into(),
+            ));
+        }
+        Admit::Within {
+            room: limit - self.used_bytes - self.unfinished * ROOM_PER_MESSAGE,
+            full: QueueError::Full(format!(
+                "{} MiB in use, and room kept for what {} unsent messages will still write; new mail is accepted up to {} MiB (9/10 of --database-max-size)",
+                mib(self.used_bytes),
+                self.unfinished,
+                mib(limit)
+            )),
+        }
     }
 }
 
@@ -1438,7 +1439,7 @@ async fn rollback(conn: &mut SqliteConnection) {
 async fn apply(
     conn: &mut SqliteConnection,
     batch: &Batch,
-    admit: Admit<'_>,
+    admit: &Admit,
 ) -> Result<Answers, QueueError> {
     if batch.in_one_run() {
         return batch.write(conn, BATCH_TX_SQL, admit).await;

@@ -396,10 +396,11 @@ impl Deliverer {
         let decision = decide(&policy, m.counted, &result, rand::random::<f64>());
         let finished_at = now_millis();
         let (outcome, reply) = match &result {
-            AttemptResult::Delivered(r) => (Outcome::Sent, stored_reply(r)),
-            AttemptResult::Transient(r) => (Outcome::Transient, stored_reply(r)),
-            AttemptResult::Permanent(r) => (Outcome::Permanent, stored_reply(r)),
+            AttemptResult::Delivered(r) => (Outcome::Sent, r),
+            AttemptResult::Transient(r) => (Outcome::Transient, r),
+            AttemptResult::Permanent(r) => (Outcome::Permanent, r),
         };
+        let reply = stored_reply(reply);
         let next = match decision {
             Decision::Sent => Next::Sent,
             Decision::Fail => Next::Failed,
