@@ -358,3 +358,83 @@ fn an_outcome_the_locked_store_refused_is_stored_once_the_lock_is_gone() {
         "the outcome met the lock: {log}"
     );
 }
+
+/// A queued message whose stored content this version cannot read (here
+/// rewritten by Python's sqlite3, as a row from another version of
+/// idplane would look) fails alone: its attempt ends `failed` with the
+/// reason and a FAILURE event, nothing is sent for it, and the mail beside
+/// it and after it is delivered. Before, the claim that met it failed its
+/// whole batch, and every later one: nothing was delivered any more.
+#[test]
+fn a_stored_message_this_version_cannot_read_fails_alone() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(tmp.path(), "later", None, ServerOptions::corp());
+    server.answer(Some("451 4.3.0 mailbox busy, try later"));
+    let slow_retry = "{maxAttempts: 5, initialDelay: 60s, multiplier: 2, maxDelay: 5m}";
+    write_corp_provider(&manifests, server.port, slow_retry);
+    let run = start_idplane(tmp.path(), &manifests, "run1.log", &[]);
+    wait_verified(&run, "acme", "corp", "True");
+    let unreadable = send_ok(&run, "acme", "stored by another version");
+    let beside = send_ok(&run, "acme", "beside it");
+    for id in [&unreadable, &beside] {
+        wait("a first attempt refused", Duration::from_secs(20), || {
+            (email(&run, "acme", id)["state"] == "retrying").then_some(())
+        });
+    }
+    server.answer(None);
+    // Both due now, one of them in a shape this version does not know.
+    let database = tmp.path().join("state/idplane.db");
+    let status = std::process::Command::new(&tools().python)
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+             c.execute(\"UPDATE email_messages SET content = '{\\\"recipients\\\": []}' WHERE id = ?\", (sys.argv[2],))\n\
+             c.execute('UPDATE email_messages SET next_attempt_at = 0, due_at = 0 WHERE id IN (?, ?)', (sys.argv[2], sys.argv[3]))\n\
+             c.commit()\n",
+        ])
+        .arg(&database)
+        .args([&unreadable, &beside])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // New mail wakes the queue, which takes all three.
+    let after = send_ok(&run, "acme", "after it");
+
+    let failed = wait_final(&run, "acme", &unreadable, Duration::from_secs(20));
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["subject"], serde_json::Value::Null, "{failed}");
+    // The same reason on GET, in the attempt and in the event (the error's
+    // column differs: the claim reads the content re-encoded by SQLite).
+    let why = "the stored message cannot be read: missing field `to`";
+    let attempts = failed["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{failed}");
+    assert_eq!(attempts[1]["outcome"], "permanent", "{failed}");
+    let ev = failed["events"].as_array().unwrap();
+    assert_eq!(ev.len(), 1, "{failed}");
+    assert_eq!(ev[0]["outcome"], "FAILURE", "{failed}");
+    for reason in [
+        &failed["contentError"],
+        &attempts[1]["reply"],
+        &ev[0]["detail"]["reply"],
+    ] {
+        assert!(reason.as_str().unwrap().starts_with(why), "{failed}");
+    }
+
+    for id in [&beside, &after] {
+        let e = wait_final(&run, "acme", id, Duration::from_secs(20));
+        assert_eq!(e["state"], "sent", "{e}");
+    }
+    let sent = server.accepted();
+    assert_eq!(
+        sent.len(),
+        2,
+        "nothing sent for the unreadable one: {sent:?}"
+    );
+    for id in [&beside, &after] {
+        assert!(
+            sent.iter().any(|m| m.contains(id.as_str())),
+            "{id}: {sent:?}"
+        );
+    }
+}

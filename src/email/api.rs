@@ -226,15 +226,16 @@ async fn show(
             })
         })
         .collect();
+    let content = m.content.as_ref().ok();
     let mut body = json!({
         "id": m.id,
         "org": m.org,
         "state": m.state,
         "from": m.sender,
-        "to": m.content.to,
-        "cc": m.content.cc,
+        "to": content.map(|c| &c.to),
+        "cc": content.map(|c| &c.cc),
         "brand": m.brand,
-        "subject": m.content.subject,
+        "subject": content.map(|c| &c.subject),
         "idempotencyKey": m.idempotency_key,
         "createdAt": rfc3339(m.created_at),
         "attempts": attempts,
@@ -242,6 +243,9 @@ async fn show(
         "provider": m.provider,
         "events": events,
     });
+    if let Err(reason) = &m.content {
+        body["contentError"] = json!(reason);
+    }
     if m.state == "retrying" || m.state == "queued" {
         body["nextAttemptAt"] = json!(rfc3339(m.next_attempt_at));
     }

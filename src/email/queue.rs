@@ -55,8 +55,6 @@ const ROOM_PER_MESSAGE: i64 = 4096;
 pub enum QueueError {
     #[error("the message store failed: {0}")]
     Sql(String),
-    #[error("stored message {id} is corrupt: {reason}")]
-    Corrupt { id: String, reason: String },
     #[error("the message store is shutting down")]
     Closed,
     /// SQLite's SQLITE_FULL (a full disk, or the `--database-max-size`
@@ -116,13 +114,23 @@ pub enum Inserted {
     Existing(String),
 }
 
+/// A message's stored content, or why it cannot be read (a row written
+/// by another version of idplane, or damaged by hand). One such row must
+/// not stop the queue: its attempt fails at once and GET still shows the
+/// rest of the message.
+pub type StoredContent = Result<Content, String>;
+
+fn read_content(stored: &str) -> StoredContent {
+    serde_json::from_str(stored).map_err(|e| format!("the stored message cannot be read: {e}"))
+}
+
 /// A message taken for one delivery attempt.
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub id: String,
     pub org: String,
     pub sender: String,
-    pub content: Content,
+    pub content: StoredContent,
     /// Number of this attempt among all started.
     pub attempt: u32,
     /// Attempts that count against `maxAttempts`, this one included.
@@ -238,10 +246,8 @@ impl Queue {
     }
 
     pub async fn insert(&self, message: NewMessage) -> Result<Inserted, QueueError> {
-        let content = serde_json::to_string(&message.content).map_err(|e| QueueError::Corrupt {
-            id: message.id.clone(),
-            reason: e.to_string(),
-        })?;
+        let content = serde_json::to_string(&message.content)
+            .map_err(|e| QueueError::Sql(format!("cannot encode the message: {e}")))?;
         let (tx, rx) = oneshot::channel();
         self.ops
             .send(Op::Insert(Box::new(Prepared { message, content }), tx))
@@ -332,11 +338,7 @@ impl Queue {
         else {
             return Ok(None);
         };
-        let content: String = row.get(5);
-        let content = serde_json::from_str(&content).map_err(|e| QueueError::Corrupt {
-            id: id.to_string(),
-            reason: e.to_string(),
-        })?;
+        let content = read_content(row.get(5));
         let mut attempts: Vec<StoredAttempt> = sqlx::query(
             "SELECT number, started_at, finished_at, outcome, reply, provider
              FROM email_attempts WHERE message_id = ? ORDER BY number",
@@ -594,7 +596,7 @@ pub struct StoredMessage {
     pub state: String,
     pub sender: String,
     pub brand: Option<String>,
-    pub content: Content,
+    pub content: StoredContent,
     pub attempt_count: u32,
     pub next_attempt_at: i64,
     pub created_at: i64,
@@ -951,9 +953,8 @@ async fn run_batch(
             }
             1 => {
                 let claimed_rows: Vec<ClaimedRow> = serde_json::from_str(&array).map_err(bad)?;
-                for r in claimed_rows {
-                    out.claimed.push(claimed(r, now)?);
-                }
+                out.claimed
+                    .extend(claimed_rows.into_iter().map(|r| claimed(r, now)));
                 out.used_bytes = row.try_get(1)?;
             }
             _ => {}
@@ -968,22 +969,18 @@ async fn run_batch(
     Ok(out)
 }
 
-fn claimed(r: ClaimedRow, now: i64) -> Result<Claimed, QueueError> {
+fn claimed(r: ClaimedRow, now: i64) -> Claimed {
     let ClaimedRow(id, org, sender, content, attempts, interrupted, created_at) = r;
-    let content = serde_json::from_str(&content).map_err(|e| QueueError::Corrupt {
-        id: id.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(Claimed {
+    Claimed {
         id,
         org,
         sender,
-        content,
+        content: read_content(&content),
         attempt: attempts as u32,
         counted: (attempts - interrupted).max(1) as u32,
         created_at,
         started_at: now,
-    })
+    }
 }
 
 /// Decides each insert against the idempotency keys (stored ones within
@@ -1624,7 +1621,7 @@ mod tests {
                 ("sent", vec![1, 2, 3, 6]),
                 "{id}"
             );
-            assert_eq!(m.content.subject, "s", "what GET shows is kept");
+            assert_eq!(m.content.unwrap().subject, "s", "what GET shows is kept");
             assert_eq!(stored_content(&q, id).await["text"], Value::Null, "{id}");
         }
         assert_eq!(q.events_about("acme", &accepted[0]).await.unwrap().len(), 1);
@@ -1882,6 +1879,40 @@ mod tests {
         let claimed = q.claim(10, 1_000, 10).await.unwrap();
         let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["m1", "m3"]);
+    }
+
+    /// A row whose content this version cannot read (written by another
+    /// version, or edited by hand) is claimed with the reason instead of
+    /// failing the batch: before, every claim's batch failed on it, and
+    /// the accepts and outcomes in those batches with it, for good.
+    #[tokio::test]
+    async fn an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing() {
+        let q = queue().await;
+        q.insert(message("m1", None, 0)).await.unwrap();
+        q.insert(message("m2", None, 1)).await.unwrap();
+        sqlx::query("UPDATE email_messages SET content = '{\"recipients\":[]}' WHERE id = 'm1'")
+            .execute(&q.pool)
+            .await
+            .unwrap();
+        // The claim and a new message in one batch.
+        let (claimed, m3) = tokio::join!(q.claim(10, 1_000, 10), q.insert(message("m3", None, 2)));
+        assert_eq!(m3.unwrap(), Inserted::New("m3".into()));
+        let claimed = claimed.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["m1", "m2", "m3"],
+            "the batch's new message is due too"
+        );
+        let reason = claimed[0].content.as_ref().unwrap_err();
+        assert_eq!(
+            reason,
+            "the stored message cannot be read: missing field `to` at line 1 column 17"
+        );
+        assert_eq!(claimed[1].content.as_ref().unwrap().subject, "s");
+        let shown = q.get("acme", "m1").await.unwrap().unwrap();
+        assert_eq!(shown.state, "sending");
+        assert_eq!(shown.content.as_ref().unwrap_err(), reason);
     }
 
     /// The batch's answers are read by position; statements that return

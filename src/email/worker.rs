@@ -276,11 +276,12 @@ impl Deliverer {
                 snapshot.org(&m.org).map(|c| c.as_ref()),
                 self.default.as_ref(),
             );
-            let early = match &route {
-                None => Some(AttemptResult::Transient(
+            let early = match (&m.content, &route) {
+                (Err(reason), _) => Some(AttemptResult::Permanent(reason.clone())),
+                (Ok(_), None) => Some(AttemptResult::Transient(
                     "no email provider: the org has no enabled EmailProvider and the installation has no default provider".into(),
                 )),
-                Some(r) => match message::build(&m.id, &m.sender, &m.content) {
+                (Ok(content), Some(r)) => match message::build(&m.id, &m.sender, content) {
                     Err(e) => Some(AttemptResult::Permanent(e)),
                     Ok(msg) => {
                         let slot = slots.len();
@@ -415,8 +416,8 @@ impl Deliverer {
             detail: json!({
                 "messageId": m.id,
                 "from": m.sender,
-                "to": m.content.to,
-                "cc": m.content.cc,
+                "to": m.content.as_ref().ok().map(|c| &c.to),
+                "cc": m.content.as_ref().ok().map(|c| &c.cc),
                 "attempts": m.counted,
                 "provider": provider,
                 "reply": reply,
