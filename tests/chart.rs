@@ -148,7 +148,7 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
         "{args:?}"
     );
     assert!(
-        args.contains(&"--database-max-size=960Mi".to_string()),
+        args.contains(&"--database-max-size=850Mi".to_string()),
         "the file stays below the 1Gi volume: {args:?}"
     );
     assert!(args.contains(&"--lease-name=rel-status-writer".to_string()));

@@ -438,3 +438,28 @@ fn a_stored_message_this_version_cannot_read_fails_alone() {
         );
     }
 }
+
+/// A cap above what the volume can hold is reported at start: the disk
+/// would fill before it, and the room the cap keeps for outcomes would not
+/// be there. No test machine has 15 TiB free; a 1 MiB cap is well within.
+#[test]
+fn a_cap_larger_than_the_volume_is_reported_at_start() {
+    let (tmp, manifests) = workspace();
+    let warning = "--database-max-size is more than the volume has room for";
+    for (cap, warned) in [("15Ti", true), ("1Mi", false)] {
+        let log = format!("{cap}.log");
+        let run = start_idplane(tmp.path(), &manifests, &log, &["--database-max-size", cap]);
+        wait("the runtime", Duration::from_secs(20), || {
+            common::http_get(&run.url("/healthz"), None)
+                .0
+                .eq(&200)
+                .then_some(())
+        });
+        let text = std::fs::read_to_string(&run.log).unwrap();
+        assert_eq!(text.contains(warning), warned, "{cap}: {text}");
+        // Plain text (no colour codes outside a terminal), with the numbers.
+        if warned {
+            assert!(text.contains(" cap_mib=15728640 reachable_mib="), "{text}");
+        }
+    }
+}

@@ -64,6 +64,19 @@ pub struct Store {
 /// The smallest `--database-max-size`: the schema and a little mail.
 pub const MIN_MAX_SIZE: u64 = 1024 * 1024;
 
+/// Room the WAL file beside the database needs: `journal_size_limit`
+/// (8 MiB) and as much again for a transaction larger than usual.
+const WAL_ROOM: u64 = 16 << 20;
+
+/// Bytes the database file can still reach on its volume, when that is
+/// less than `cap`: then the disk fills before the cap, and the room the
+/// cap keeps for the outcomes of accepted mail is not there. `size` is the
+/// file's size now, `available` the volume's free bytes.
+fn short_of_cap(cap: u64, size: u64, available: u64) -> Option<u64> {
+    let reachable = (size + available).saturating_sub(WAL_ROOM);
+    (reachable < cap).then_some(reachable)
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite file and runs migrations.
     /// With `max_size` (bytes), the file does not grow past it: writes
@@ -125,7 +138,29 @@ impl Store {
             )
             .fetch_one(&pool)
             .await?;
-            if u64::try_from(size).unwrap_or(0) > cap {
+            let size = u64::try_from(size).unwrap_or(0);
+            // Free space changes; a start-up look catches a cap set above
+            // the volume (the chart's default with a smaller volume).
+            let volume = path.parent().filter(|d| !d.as_os_str().is_empty());
+            match rustix::fs::statvfs(volume.unwrap_or(Path::new("."))) {
+                Ok(fs) => {
+                    let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+                    if let Some(reachable) = short_of_cap(cap, size, available) {
+                        tracing::warn!(
+                            database = %path.display(),
+                            cap_mib = cap >> 20,
+                            reachable_mib = reachable >> 20,
+                            "--database-max-size is more than the volume has room for (its free space and the file, less 16 MiB for the WAL): the disk fills first, and outcomes of accepted mail may then not be stored; lower the cap or grow the volume"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    database = %path.display(),
+                    error = %e,
+                    "cannot read the volume's free space to check --database-max-size against it"
+                ),
+            }
+            if size > cap {
                 tracing::warn!(
                     database = %path.display(),
                     size_mib = size >> 20,
@@ -266,6 +301,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_the_volume_cannot_reach_is_found() {
+        const MIB: u64 = 1 << 20;
+        // 1 GiB volume, chart default 960Mi, empty file: 1008 MiB reachable.
+        assert_eq!(short_of_cap(960 * MIB, 0, 1024 * MIB), None);
+        // A 512 MiB volume with the same cap.
+        assert_eq!(short_of_cap(960 * MIB, 0, 512 * MIB), Some(496 * MIB));
+        // The file's own size counts as room: it is the file that grows.
+        assert_eq!(short_of_cap(960 * MIB, 600 * MIB, 400 * MIB), None);
+        // The WAL's room is kept aside.
+        assert_eq!(short_of_cap(960 * MIB, 0, 970 * MIB), Some(954 * MIB));
+        assert_eq!(short_of_cap(MIB, 0, 0), Some(0));
+    }
 
     #[tokio::test]
     async fn status_and_events_round_trip() {
