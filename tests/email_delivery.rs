@@ -805,3 +805,84 @@ fn a_server_that_refuses_the_repeated_ehlo_is_named_in_verification_and_failure(
     assert_eq!(attempts[0]["provider"], "EmailProvider/corp");
     assert!(server.records().is_empty(), "no DATA reached the server");
 }
+
+/// An enabled EmailProvider whose password Secret goes missing keeps the
+/// org's mail: it is accepted, waits (`retrying`, the reply naming the
+/// Secret) and is never handed to the default provider; `Verified` turns
+/// False with SecretNotFound. Once the Secret is back, the waiting mail
+/// goes out through the org's provider.
+#[test]
+fn a_missing_secret_holds_the_mail_and_never_falls_back_to_the_default() {
+    let (tmp, manifests) = workspace();
+    let custom = SmtpServer::start(tmp.path(), "custom", None, ServerOptions::corp());
+    let default = SmtpServer::start(tmp.path(), "default", None, ServerOptions::default());
+    let both = provider_yaml(
+        "acme",
+        "corp",
+        custom.port,
+        "none",
+        "mailer",
+        "pw-123",
+        &fast_retry(50),
+    );
+    let (secret, provider) = both.split_once("---\n").unwrap();
+    let secret_file = manifests.join("secret.yaml");
+    std::fs::write(&secret_file, secret).unwrap();
+    std::fs::write(manifests.join("provider.yaml"), provider).unwrap();
+    let port = default.port.to_string();
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &[
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            &port,
+            "--smtp-tls",
+            "none",
+            "--smtp-allow-insecure",
+        ],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let first = send_ok(&run, "acme", "with the Secret");
+    assert_eq!(wait_final(&run, "acme", &first, T)["state"], "sent");
+
+    std::fs::remove_file(&secret_file).unwrap();
+    let verified = wait_verified(&run, "acme", "corp", "False");
+    assert_eq!(verified["reason"], "SecretNotFound", "{verified}");
+    let why = "EmailProvider corp cannot be used: spec.passwordSecretRef: Secret acme/corp-smtp not found";
+    assert_eq!(verified["message"], why, "{verified}");
+    let ready = condition(
+        &object(&run, "acme", "EmailProvider", "corp").unwrap(),
+        "Ready",
+    )
+    .unwrap();
+    assert_eq!(ready["reason"], "SecretNotFound", "{ready}");
+
+    let waiting = send_ok(&run, "acme", "without the Secret");
+    let e = wait("attempts that wait for the Secret", T, || {
+        let e = email(&run, "acme", &waiting);
+        (e["attempts"].as_array().unwrap().len() >= 2).then_some(e)
+    });
+    assert!(e["state"] == "retrying" || e["state"] == "sending", "{e}");
+    let done = e["attempts"].as_array().unwrap().iter();
+    for a in done.filter(|a| a["outcome"] != "running") {
+        assert_eq!(a["outcome"], "transient", "{e}");
+        assert_eq!(a["provider"], "EmailProvider/corp", "{e}");
+        assert!(a["reply"].as_str().unwrap().starts_with(why), "{e}");
+    }
+
+    std::fs::write(&secret_file, secret).unwrap();
+    let sent = wait_final(&run, "acme", &waiting, T);
+    assert_eq!(
+        (sent["state"].as_str(), sent["provider"].as_str()),
+        (Some("sent"), Some("EmailProvider/corp")),
+        "{sent}"
+    );
+    assert_eq!(custom.accepted().len(), 2);
+    assert!(
+        default.records().is_empty(),
+        "the default provider got none"
+    );
+}

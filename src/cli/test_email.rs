@@ -19,10 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::email::api::send_test;
-use crate::email::retry::RetryPolicy;
 use crate::email::smtp::{SmtpClient, SmtpOptions, load_roots};
-use crate::email::stats::Via;
-use crate::email::worker::{Route, provider_endpoint};
+use crate::email::worker::provider_route;
 use crate::email::{message, parse_duration};
 use crate::validate::Options;
 
@@ -141,11 +139,7 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
         pool_size: 1,
         extra_roots,
     });
-    let route = Route {
-        endpoint: provider_endpoint(provider),
-        policy: RetryPolicy::of_provider(provider),
-        via: Via::Custom(provider.name.clone()),
-    };
+    let route = provider_route(provider);
     match send_test(&smtp, &route, &args.namespace, &args.from, &args.to).await {
         Ok(reply) => {
             println!("SUCCESS via {}: {reply}", route.via.label());

@@ -267,11 +267,7 @@ pub struct TestRequest {
 /// before switching it on), else the default provider.
 fn test_route(service: &EmailService, org: Option<&OrgConfig>) -> Option<Route> {
     if let Some(p) = org.and_then(|o| o.email_provider.as_ref()) {
-        return Some(Route {
-            endpoint: worker::provider_endpoint(p),
-            policy: super::retry::RetryPolicy::of_provider(p),
-            via: Via::Custom(p.name.clone()),
-        });
+        return Some(worker::provider_route(p));
     }
     worker::route(None, service.default.as_ref())
 }
@@ -284,6 +280,13 @@ pub async fn send_test(
     from: &str,
     to: &str,
 ) -> Result<String, StepError> {
+    if let Some(why) = &route.blocked {
+        return Err(StepError {
+            step: super::smtp::Step::Credentials,
+            message: why.clone(),
+            permanent: false,
+        });
+    }
     let bad = |m: String| StepError {
         step: super::smtp::Step::Send,
         message: m,

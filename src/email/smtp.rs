@@ -93,6 +93,8 @@ pub struct SmtpOptions {
 /// Which step of a fresh connection failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Reading the password from its Secret, before any connection.
+    Credentials,
     Connect,
     Tls,
     Auth,
@@ -103,6 +105,7 @@ impl Step {
     /// The `Verified` condition's reason for a failure at this step.
     pub fn reason(self) -> &'static str {
         match self {
+            Self::Credentials => "SecretNotFound",
             Self::Connect => "ConnectionFailed",
             Self::Tls => "TlsFailed",
             Self::Auth => "AuthFailed",

@@ -10,9 +10,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::queue::{LogEntry, Queue};
-use super::smtp::{Endpoint, SmtpClient};
+use super::smtp::{Endpoint, SmtpClient, Step, StepError};
 use super::stats::DeliveryStats;
-use super::worker::{DefaultProvider, now_millis, provider_endpoint, rfc3339};
+use super::worker::{DefaultProvider, now_millis, provider_route, rfc3339};
 use crate::controller::extras::StatusExtras;
 use crate::index::Snapshot;
 use crate::validate::ObjectKey;
@@ -22,7 +22,9 @@ use crate::validate::ObjectKey;
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Subject {
     endpoint: Endpoint,
-    secret_version: String,
+    /// The Secret's version, or why the password cannot be read (then the
+    /// provider is not contacted, and `Verified` says why).
+    secret: Result<String, String>,
     generation: Option<i64>,
 }
 
@@ -61,9 +63,13 @@ pub async fn run(
                 namespace: org.clone(),
                 name: p.name.clone(),
             };
+            let route = provider_route(p);
             let subject = Subject {
-                endpoint: provider_endpoint(p),
-                secret_version: p.password.1.to_string(),
+                endpoint: route.endpoint,
+                secret: match route.blocked {
+                    Some(why) => Err(why),
+                    None => Ok(p.password.as_ref().map_or("", |v| &v.1).to_string()),
+                },
                 generation: snapshot.objects.get(&key).and_then(|v| v.generation),
             };
             live.insert(subject.endpoint.clone());
@@ -82,7 +88,14 @@ pub async fn run(
                 (smtp.clone(), extras.clone(), queue.clone(), current.clone());
             let this_round = round;
             tokio::spawn(async move {
-                let result = smtp.verify(&subject.endpoint).await;
+                let result = match &subject.secret {
+                    Err(why) => Err(StepError {
+                        step: Step::Credentials,
+                        message: why.clone(),
+                        permanent: false,
+                    }),
+                    Ok(_) => smtp.verify(&subject.endpoint).await,
+                };
                 let still_current = current.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
                     == Some(&this_round);
                 if !still_current {

@@ -32,15 +32,38 @@ pub struct Route {
     pub endpoint: Endpoint,
     pub policy: RetryPolicy,
     pub via: Via,
+    /// Why the route cannot be used now (the provider's password Secret
+    /// is missing): attempts fail transiently without connecting, so the
+    /// mail waits for the Secret under the provider's retry rule.
+    pub blocked: Option<String>,
 }
 
-/// The endpoint of an org's provider, credentials as the snapshot has them.
+/// The endpoint of an org's provider, credentials as the snapshot has them
+/// (none while its password cannot be read: see [`Route::blocked`]).
 pub fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
     Endpoint {
         host: p.host.clone(),
         port: p.port,
         tls: p.tls,
-        credentials: Some((p.username.clone(), Secret::from(&p.password))),
+        credentials: p
+            .password
+            .as_ref()
+            .ok()
+            .map(|password| (p.username.clone(), Secret::from(password))),
+    }
+}
+
+/// The route through an org's own provider, enabled or not.
+pub fn provider_route(p: &ProviderConfig) -> Route {
+    Route {
+        endpoint: provider_endpoint(p),
+        policy: RetryPolicy::of_provider(p),
+        via: Via::Custom(p.name.clone()),
+        blocked: p
+            .password
+            .as_ref()
+            .err()
+            .map(|reason| format!("EmailProvider {} cannot be used: {reason}", p.name)),
     }
 }
 
@@ -52,16 +75,13 @@ pub fn route(org: Option<&OrgConfig>, default: Option<&DefaultProvider>) -> Opti
         .and_then(|o| o.email_provider.as_ref())
         .filter(|p| p.enabled)
     {
-        return Some(Route {
-            endpoint: provider_endpoint(p),
-            policy: RetryPolicy::of_provider(p),
-            via: Via::Custom(p.name.clone()),
-        });
+        return Some(provider_route(p));
     }
     default.map(|d| Route {
         endpoint: d.endpoint.clone(),
         policy: d.policy,
         via: Via::Default,
+        blocked: None,
     })
 }
 
@@ -281,6 +301,11 @@ impl Deliverer {
                 (Ok(_), None) => Some(AttemptResult::Transient(
                     "no email provider: the org has no enabled EmailProvider and the installation has no default provider".into(),
                 )),
+                (Ok(_), Some(Route {
+                    blocked: Some(why), ..
+                })) => Some(AttemptResult::Transient(format!(
+                    "{why}; the message waits for it (never the default provider while it is enabled)"
+                ))),
                 (Ok(content), Some(r)) => match message::build(&m.id, &m.sender, content) {
                     Err(e) => Some(AttemptResult::Permanent(e)),
                     Ok(msg) => {
@@ -574,7 +599,7 @@ mod tests {
             host: "smtp.corp.example".into(),
             port: 587,
             username: "u".into(),
-            password: SecretValue(Arc::new(b"pw".to_vec()), Arc::from("1")),
+            password: Ok(SecretValue(Arc::new(b"pw".to_vec()), Arc::from("1"))),
             tls: TlsMode::Starttls,
             max_attempts: 3,
             initial_delay_millis: 200,
@@ -626,5 +651,27 @@ mod tests {
         let r = route(Some(&enabled), Some(&d)).unwrap();
         assert_eq!(r.policy.max_attempts, 3);
         assert_eq!(r.endpoint.host, "smtp.corp.example");
+        assert_eq!(r.blocked, None);
+
+        // Enabled without its password Secret: still the org's route (the
+        // mail waits), blocked, with no credentials; disabled: the default.
+        let missing = |enabled| OrgConfig {
+            email_provider: Some(ProviderConfig {
+                password: Err("spec.passwordSecretRef: Secret acme/smtp not found".into()),
+                ..provider(enabled)
+            }),
+            ..Default::default()
+        };
+        let r = route(Some(&missing(true)), Some(&d)).unwrap();
+        assert_eq!(r.via, Via::Custom("corp".into()));
+        assert_eq!(
+            r.blocked.as_deref(),
+            Some(
+                "EmailProvider corp cannot be used: spec.passwordSecretRef: Secret acme/smtp not found"
+            )
+        );
+        assert!(r.endpoint.credentials.is_none());
+        let r = route(Some(&missing(false)), Some(&d)).unwrap();
+        assert_eq!((r.via, r.blocked), (Via::Default, None));
     }
 }

@@ -103,12 +103,27 @@ pub struct ProviderConfig {
     pub host: String,
     pub port: u16,
     pub username: String,
-    pub password: SecretValue,
+    /// The password, or why it cannot be read (the Secret or its key is
+    /// missing). Without it the provider still holds the org's mail while
+    /// enabled: the mail waits for the Secret, never going to the default
+    /// provider, and nothing connects.
+    #[serde(serialize_with = "password_state")]
+    pub password: Result<SecretValue, String>,
     pub tls: TlsMode,
     pub max_attempts: u32,
     pub initial_delay_millis: u64,
     pub multiplier: u32,
     pub max_delay_millis: u64,
+}
+
+fn password_state<S: serde::Serializer>(
+    password: &Result<SecretValue, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match password {
+        Ok(v) => v.serialize(s),
+        Err(reason) => s.serialize_str(&format!("<unavailable: {reason}>")),
+    }
 }
 
 /// A brand's sender.
@@ -294,19 +309,15 @@ fn hook_config(
     })
 }
 
-fn provider_config(
-    p: &EmailProvider,
-    namespace: &str,
-    secrets: &Secrets,
-) -> Result<ProviderConfig, String> {
+fn provider_config(p: &EmailProvider, namespace: &str, secrets: &Secrets) -> ProviderConfig {
     let spec = &p.spec;
     let password = resolve(
         secrets,
         namespace,
         &spec.password_secret_ref,
         "spec.passwordSecretRef",
-    )?;
-    Ok(ProviderConfig {
+    );
+    ProviderConfig {
         name: p.metadata.name.clone().unwrap_or_default(),
         enabled: spec.enabled,
         host: spec.host.clone(),
@@ -318,7 +329,7 @@ fn provider_config(
         initial_delay_millis: parse_duration_millis(&spec.retry.initial_delay).unwrap_or(60_000),
         multiplier: spec.retry.multiplier,
         max_delay_millis: parse_duration_millis(&spec.retry.max_delay).unwrap_or(3_600_000),
-    })
+    }
 }
 
 fn domain_config(d: &EmailDomain) -> DomainConfig {
@@ -444,30 +455,38 @@ pub fn build(
                 );
                 st
             }
-            Typed::EmailProvider(p) => match provider_config(p, ns, secrets) {
-                Err(msg) => state(true, false, None, reason::SECRET_NOT_FOUND, msg),
-                Ok(pc) => {
-                    let enabled = pc.enabled;
-                    org.email_provider = Some(pc);
-                    if enabled {
-                        state(
-                            true,
-                            true,
-                            None,
-                            reason::READY,
-                            "the org's mail goes through this provider",
-                        )
-                    } else {
-                        state(
-                            true,
-                            true,
-                            None,
-                            reason::DEACTIVATED,
-                            "enabled: false; the org's mail goes through the default provider",
-                        )
-                    }
+            Typed::EmailProvider(p) => {
+                let pc = provider_config(p, ns, secrets);
+                let enabled = pc.enabled;
+                let missing = pc.password.as_ref().err().cloned();
+                org.email_provider = Some(pc);
+                match missing {
+                    Some(msg) if enabled => state(
+                        true,
+                        false,
+                        None,
+                        reason::SECRET_NOT_FOUND,
+                        format!(
+                            "{msg}; the org's mail waits for it (never the default provider while this one is enabled)"
+                        ),
+                    ),
+                    Some(msg) => state(true, false, None, reason::SECRET_NOT_FOUND, msg),
+                    None if enabled => state(
+                        true,
+                        true,
+                        None,
+                        reason::READY,
+                        "the org's mail goes through this provider",
+                    ),
+                    None => state(
+                        true,
+                        true,
+                        None,
+                        reason::DEACTIVATED,
+                        "enabled: false; the org's mail goes through the default provider",
+                    ),
                 }
-            },
+            }
             Typed::EmailDomain(d) => {
                 org.email_domains
                     .insert(d.spec.brand.clone(), domain_config(d));
