@@ -519,7 +519,9 @@ async fn run_lettre_connections(port: u16, n: usize, pipelining: bool) -> f64 {
                 .await
                 .unwrap();
                 for i in (k * per)..((k + 1) * per).min(n) {
-                    transmit(&mut conn, &message(i), pipelining).await.unwrap();
+                    transmit(&mut conn, &message(i), pipelining, Duration::from_secs(30))
+                        .await
+                        .unwrap();
                 }
                 let _ = conn.quit().await;
             })

@@ -886,3 +886,93 @@ fn a_missing_secret_holds_the_mail_and_never_falls_back_to_the_default() {
         "the default provider got none"
     );
 }
+
+/// `--smtp-timeout` bounds every step, not only the TCP connect: a server
+/// that never sends its greeting, and one that takes 3 s to answer the
+/// content, each end the attempt after the timeout (1 s here) with a
+/// reply that says so, instead of holding a worker until the lease (60 s).
+#[test]
+fn the_smtp_timeout_bounds_the_greeting_and_every_reply() {
+    let (tmp, manifests) = workspace();
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let slow = SmtpServer::start(
+        tmp.path(),
+        "slow-data",
+        None,
+        ServerOptions {
+            delay_ms: 3000,
+            ..ServerOptions::corp()
+        },
+    );
+    let duration = |a: &Value| {
+        let t = |k: &str| chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap();
+        (t("finishedAt") - t("startedAt")).num_milliseconds()
+    };
+    for (port, subject, reply) in [
+        (
+            silent_port,
+            "to a silent server",
+            format!(
+                "cannot connect to 127.0.0.1:{silent_port}: no answer within 2s (--smtp-timeout)"
+            ),
+        ),
+        (
+            slow.port,
+            "to a slow server",
+            "no answer within 1s (--smtp-timeout)".to_string(),
+        ),
+    ] {
+        write_corp_provider(&manifests, port, &fast_retry(2));
+        let log = format!("{port}.log");
+        let run = start_idplane(
+            tmp.path(),
+            &manifests,
+            &log,
+            &["--smtp-timeout", "1s", "--email-lease", "60s"],
+        );
+        let id = send_ok(&run, "acme", subject);
+        let failed = wait_final(&run, "acme", &id, T);
+        assert_eq!(failed["state"], "failed", "{failed}");
+        let attempts = failed["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{failed}");
+        for a in attempts {
+            assert_eq!(a["reply"].as_str(), Some(reply.as_str()), "{failed}");
+            assert!(duration(a) < 2900, "{} ms: {failed}", duration(a));
+        }
+    }
+}
+
+/// A pooled connection is replaced without counting an attempt only when
+/// its first reply (to MAIL) says the server had closed it; a `421` to the
+/// content is the server's answer to the message and counts, so the server
+/// sees exactly `maxAttempts` transactions.
+#[test]
+fn a_421_after_mail_on_a_pooled_connection_counts_and_is_not_resent_at_once() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(tmp.path(), "closing", None, ServerOptions::corp());
+    write_corp_provider(&manifests, server.port, &fast_retry(3));
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
+    wait_verified(&run, "acme", "corp", "True");
+    // A first message leaves its connection in the pool.
+    let first = send_ok(&run, "acme", "pools a connection");
+    assert_eq!(wait_final(&run, "acme", &first, T)["state"], "sent");
+    server.answer(Some("421 4.3.2 Service shutting down"));
+    let id = send_ok(&run, "acme", "meets 421 at DATA");
+    let failed = wait_final(&run, "acme", &id, T);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["attempts"].as_array().unwrap().len(), 3, "{failed}");
+    let seen = server
+        .records()
+        .iter()
+        .filter(|r| r["message_id"].as_str().unwrap_or_default().contains(&id))
+        .count();
+    assert_eq!(seen, 3, "one transaction per counted attempt");
+}

@@ -197,38 +197,121 @@ fn envelope_group(mail: &Mail, envelope: &lettre::address::Envelope, data: bool)
     group
 }
 
-/// Writes `text` (when given) and reads `count` replies in order: all are
-/// read, so the connection stays in step, and the first negative one
-/// decides. A broken connection ends the reading at once.
+/// Why an exchange with a server failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// A negative reply, or a broken connection (lettre's error).
+    Smtp(lettre::transport::smtp::Error),
+    /// No answer within `--smtp-timeout`; the connection is out of step.
+    Silent(Duration),
+}
+
+impl Failure {
+    /// No reply came: the connection cannot be read on.
+    fn broken(&self) -> bool {
+        match self {
+            Self::Smtp(e) => e.status().is_none(),
+            Self::Silent(_) => true,
+        }
+    }
+
+    fn is_permanent(&self) -> bool {
+        matches!(self, Self::Smtp(e) if e.is_permanent())
+    }
+
+    /// As the first reply on a pooled connection: the server closed it
+    /// while it was idle, silently (the connection broke) or with `421`
+    /// (closing the channel, as Postfix says to a connection idle too
+    /// long). A server that stays silent is not taken for that.
+    fn closed_meanwhile(&self) -> bool {
+        match self {
+            Self::Smtp(e) => e.status().is_none_or(|code| code.to_string() == "421"),
+            Self::Silent(_) => false,
+        }
+    }
+}
+
+/// One network step (a command and its reply, or a reply) within `limit`:
+/// lettre bounds only the TCP connect, and a server that accepts and then
+/// says nothing would hold the attempt until its lease ran out.
+async fn within<T>(
+    limit: Duration,
+    step: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(Failure::Smtp),
+        Err(_) => Err(Failure::Silent(limit)),
+    }
+}
+
+/// Ends a connection after a failure: QUIT, within `limit`, to a server
+/// that still answers; a silent one is just closed (a QUIT would wait for
+/// the very reply that did not come).
+async fn hang_up(conn: &mut AsyncSmtpConnection, failure: Option<&Failure>, limit: Duration) {
+    if !matches!(failure, Some(Failure::Silent(_))) {
+        let _ = tokio::time::timeout(limit, conn.abort()).await;
+    }
+}
+
+/// A message the server did not take: why, and whether the server had
+/// answered its first command (MAIL) yet. Only a failure before that can
+/// mean a pooled connection was closed meanwhile: after it, the server
+/// has begun the transaction, and sending again could deliver twice.
+#[derive(Debug)]
+pub struct Refused {
+    pub failure: Failure,
+    pub answered: bool,
+}
+
+impl Refused {
+    fn before_mail(failure: Failure) -> Self {
+        Self {
+            failure,
+            answered: false,
+        }
+    }
+
+    fn after_mail(failure: Failure) -> Self {
+        Self {
+            failure,
+            answered: true,
+        }
+    }
+
+    /// A failure at the message's first reply on a pooled connection that
+    /// says the server had closed it: send again on a fresh connection, at
+    /// once and without counting an attempt.
+    fn stale_connection(&self) -> bool {
+        !self.answered && self.failure.closed_meanwhile()
+    }
+}
+
+/// Writes `text` (when given) and reads `count` replies in order, each
+/// within `limit`: all are read, so the connection stays in step, and the
+/// first negative one decides (with its position). A broken or silent
+/// connection ends the reading at once.
 async fn replies(
     conn: &mut AsyncSmtpConnection,
     text: Option<String>,
     count: usize,
-) -> Result<(), lettre::transport::smtp::Error> {
-    let mut outcome = match text {
-        Some(t) => conn.command(Raw(t)).await.map(drop),
-        None => conn.read_response().await.map(drop),
+    limit: Duration,
+) -> Result<(), Refused> {
+    let first = match text {
+        Some(t) => within(limit, conn.command(Raw(t))).await,
+        None => within(limit, conn.read_response()).await,
     };
-    if outcome.as_ref().is_err_and(|e| e.status().is_none()) {
+    let mut outcome = first.map(drop).map_err(Refused::before_mail);
+    if outcome.as_ref().is_err_and(|r| r.failure.broken()) {
         return outcome;
     }
     for _ in 1..count {
-        match conn.read_response().await.map(drop) {
-            Err(e) if e.status().is_none() => return Err(e),
-            r if outcome.is_ok() => outcome = r,
+        match within(limit, conn.read_response()).await {
+            Err(f) if f.broken() => return Err(outcome.err().unwrap_or(Refused::after_mail(f))),
+            Err(f) if outcome.is_ok() => outcome = Err(Refused::after_mail(f)),
             _ => {}
         }
     }
     outcome
-}
-
-/// Whether the first reply on a pooled connection says the server closed
-/// it while it was idle: no reply at all (closed silently), or `421`
-/// (closing the channel, as Postfix says to a connection idle too long).
-/// The message then goes out on a fresh connection at once instead of
-/// counting a failed attempt.
-fn closed_meanwhile(e: &lettre::transport::smtp::Error) -> bool {
-    e.status().is_none_or(|code| code.to_string() == "421")
 }
 
 /// Sends one message on an open connection: MAIL, RCPT, DATA and the
@@ -247,29 +330,39 @@ pub async fn transmit(
     conn: &mut AsyncSmtpConnection,
     message: &lettre::Message,
     pipelining: bool,
-) -> Result<Response, lettre::transport::smtp::Error> {
+    limit: Duration,
+) -> Result<Response, Refused> {
     let bytes = message.formatted();
     let Some(body) = data_body(&bytes) else {
-        return conn.send(message.envelope(), &bytes).await;
+        // Not text (never the case for mail built here): lettre's own
+        // send, each of its four steps given the limit.
+        return within(limit * 4, conn.send(message.envelope(), &bytes))
+            .await
+            .map_err(Refused::after_mail);
     };
     let envelope = message.envelope();
     let mail = mail_command(envelope, &bytes);
+    let step = |f| Refused::after_mail(f);
     if !pipelining {
-        conn.command(mail).await?;
+        within(limit, conn.command(mail))
+            .await
+            .map_err(Refused::before_mail)?;
         for to in envelope.to() {
-            conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+            within(limit, conn.command(Rcpt::new(to.clone(), Vec::new())))
+                .await
+                .map_err(step)?;
         }
-        conn.command(Data).await?;
-        return conn.command(Raw(body)).await;
+        within(limit, conn.command(Data)).await.map_err(step)?;
+        return within(limit, conn.command(Raw(body))).await.map_err(step);
     }
     let data_too = envelope.to().len() == 1;
     let group = envelope_group(&mail, envelope, data_too);
     let count = 1 + envelope.to().len() + usize::from(data_too);
-    replies(conn, Some(group), count).await?;
+    replies(conn, Some(group), count, limit).await?;
     if !data_too {
-        conn.command(Data).await?;
+        within(limit, conn.command(Data)).await.map_err(step)?;
     }
-    conn.command(Raw(body)).await
+    within(limit, conn.command(Raw(body))).await.map_err(step)
 }
 
 /// A single-recipient message ready for [`transmit_chain`]: its MAIL, RCPT
@@ -305,12 +398,13 @@ pub fn chainable(message: &lettre::Message) -> Option<Chained> {
 pub async fn transmit_chain(
     conn: &mut AsyncSmtpConnection,
     chain: &[Chained],
-    done: &mut (dyn FnMut(usize, Result<Response, lettre::transport::smtp::Error>) + Send),
+    limit: Duration,
+    done: &mut (dyn FnMut(usize, Result<Response, Refused>) + Send),
 ) -> (usize, bool) {
     let Some(first) = chain.first() else {
         return (0, false);
     };
-    if let Err(e) = replies(conn, Some(first.group.clone()), 3).await {
+    if let Err(e) = replies(conn, Some(first.group.clone()), 3, limit).await {
         done(0, Err(e));
         return (1, true);
     }
@@ -322,7 +416,9 @@ pub async fn transmit_chain(
             text.push_str(&n.group);
         }
         // The first reply after the content is the message's own.
-        let reply = conn.command(Raw(text)).await;
+        let reply = within(limit, conn.command(Raw(text)))
+            .await
+            .map_err(Refused::after_mail);
         let failed = reply.is_err();
         done(k, reply);
         if failed {
@@ -331,7 +427,7 @@ pub async fn transmit_chain(
         if next.is_none() {
             break;
         }
-        if let Err(e) = replies(conn, None, 3).await {
+        if let Err(e) = replies(conn, None, 3, limit).await {
             done(k + 1, Err(e));
             return (k + 2, true);
         }
@@ -349,8 +445,12 @@ pub fn reply_text(r: &Response) -> String {
 
 /// What an error says, with the server's reply when there is one and never
 /// the password.
-pub fn describe(e: &lettre::transport::smtp::Error, endpoint: &Endpoint) -> String {
+pub fn describe(f: &Failure, endpoint: &Endpoint) -> String {
     use std::error::Error as _;
+    let e = match f {
+        Failure::Smtp(e) => e,
+        Failure::Silent(limit) => return format!("no answer within {limit:?} (--smtp-timeout)"),
+    };
     let mut text = match (e.status(), e.source()) {
         (Some(code), Some(source)) => format!("{code} {source}"),
         (Some(code), None) => code.to_string(),
@@ -379,7 +479,7 @@ pub fn redact(text: &str, endpoint: &Endpoint) -> String {
     }
 }
 
-fn classify(e: &lettre::transport::smtp::Error, endpoint: &Endpoint) -> AttemptResult {
+fn classify(e: &Failure, endpoint: &Endpoint) -> AttemptResult {
     let text = describe(e, endpoint);
     if e.is_permanent() {
         AttemptResult::Permanent(text)
@@ -451,17 +551,18 @@ impl SmtpClient {
                     Err(e) => return AttemptResult::Transient(e.message),
                 },
             };
-            match transmit(&mut conn.inner, message, conn.pipelining).await {
+            let limit = self.options.timeout;
+            match transmit(&mut conn.inner, message, conn.pipelining, limit).await {
                 Ok(response) => {
                     self.give_back(endpoint, conn);
                     return AttemptResult::Delivered(reply_text(&response));
                 }
                 Err(e) => {
-                    conn.inner.abort().await;
-                    if reused && closed_meanwhile(&e) {
+                    hang_up(&mut conn.inner, Some(&e.failure), limit).await;
+                    if reused && e.stale_connection() {
                         continue;
                     }
-                    return classify(&e, endpoint);
+                    return classify(&e.failure, endpoint);
                 }
             }
         }
@@ -526,14 +627,15 @@ impl SmtpClient {
         // A pooled connection the server closed meanwhile fails at its
         // first reply: that first message is left to `deliver`.
         let mut stale = false;
-        let (count, failed) = transmit_chain(&mut conn.inner, &chain, &mut |k, r| match r {
+        let limit = self.options.timeout;
+        let (count, failed) = transmit_chain(&mut conn.inner, &chain, limit, &mut |k, r| match r {
             Ok(response) => done(k, AttemptResult::Delivered(reply_text(&response))),
-            Err(e) if k == 0 && closed_meanwhile(&e) => stale = true,
-            Err(e) => done(k, classify(&e, endpoint)),
+            Err(e) if k == 0 && e.stale_connection() => stale = true,
+            Err(e) => done(k, classify(&e.failure, endpoint)),
         })
         .await;
         if failed {
-            conn.inner.abort().await;
+            hang_up(&mut conn.inner, None, limit).await;
         } else {
             self.give_back(endpoint, conn);
         }
@@ -548,7 +650,7 @@ impl SmtpClient {
             permanent,
         };
         // A command on the open connection failed: `HOST:PORT: WHAT failed: REASON`.
-        let refused = |step: Step, what: &str, e: &lettre::transport::smtp::Error| {
+        let refused = |step: Step, what: &str, e: &Failure| {
             fail(
                 step,
                 format!(
@@ -569,16 +671,16 @@ impl SmtpClient {
             _ => None,
         };
         let address = (endpoint.host.as_str(), endpoint.port);
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            address,
-            Some(self.options.timeout),
-            &hello,
-            implicit,
-            None,
-        )
-        .await
-        .map_err(|e| {
-            let step = if e.is_tls() { Step::Tls } else { Step::Connect };
+        let limit = self.options.timeout;
+        // The TCP connect, implicit TLS, the greeting and EHLO: lettre
+        // bounds the connect; the rest needs the same bound.
+        let connect =
+            AsyncSmtpConnection::connect_tokio1(address, Some(limit), &hello, implicit, None);
+        let mut conn = within(limit * 2, connect).await.map_err(|e| {
+            let step = match &e {
+                Failure::Smtp(e) if e.is_tls() => Step::Tls,
+                _ => Step::Connect,
+            };
             fail(
                 step,
                 format!(
@@ -593,7 +695,7 @@ impl SmtpClient {
         let mut how = tls_name(endpoint.tls).to_string();
         if endpoint.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
-                conn.abort().await;
+                hang_up(&mut conn, None, limit).await;
                 return Err(fail(
                     Step::Tls,
                     format!(
@@ -606,33 +708,35 @@ impl SmtpClient {
             let params = self
                 .tls_parameters(&endpoint.host)
                 .map_err(|m| fail(Step::Tls, m, false))?;
-            if let Err(e) = conn.starttls(params, &hello).await {
-                conn.abort().await;
+            if let Err(e) = within(limit, conn.starttls(params, &hello)).await {
+                hang_up(&mut conn, Some(&e), limit).await;
                 return Err(refused(Step::Tls, "STARTTLS", &e));
             }
             how = "STARTTLS".into();
         }
         // lettre keeps no record of PIPELINING: ask again (EHLO may be
         // repeated; before AUTH, which a repeated EHLO must not follow).
-        let pipelining = match conn.command(Ehlo::new(hello.clone())).await {
+        let pipelining = match within(limit, conn.command(Ehlo::new(hello.clone()))).await {
             Ok(reply) => offers_pipelining(&reply),
             Err(e) => {
-                conn.abort().await;
+                hang_up(&mut conn, Some(&e), limit).await;
                 return Err(refused(Step::Connect, "EHLO", &e));
             }
         };
         let mut summary = format!("connected to {}:{} ({how})", endpoint.host, endpoint.port);
         if let Some((user, secret)) = &endpoint.credentials {
             let creds = Credentials::new(user.clone(), secret.text());
-            match conn
-                .auth(&[Mechanism::Plain, Mechanism::Login], &creds)
-                .await
+            match within(
+                limit,
+                conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
+            )
+            .await
             {
                 Ok(r) => {
                     summary.push_str(&format!(", authenticated as {user}: {}", reply_text(&r)));
                 }
                 Err(e) => {
-                    conn.abort().await;
+                    hang_up(&mut conn, Some(&e), limit).await;
                     return Err(refused(
                         Step::Auth,
                         &format!("authentication as {user}"),
@@ -656,7 +760,7 @@ impl SmtpClient {
         let deadline = self.options.timeout * 4;
         let run = async {
             let (mut conn, summary) = self.open(endpoint).await?;
-            let _ = conn.inner.quit().await;
+            let _ = within(self.options.timeout, conn.inner.quit()).await;
             Ok(summary)
         };
         tokio::time::timeout(deadline, run)
@@ -685,17 +789,18 @@ impl SmtpClient {
         let deadline = self.options.timeout * 4;
         let run = async {
             let (mut conn, _) = self.open(endpoint).await?;
-            match transmit(&mut conn.inner, message, conn.pipelining).await {
+            let limit = self.options.timeout;
+            match transmit(&mut conn.inner, message, conn.pipelining, limit).await {
                 Ok(r) => {
-                    let _ = conn.inner.quit().await;
+                    let _ = within(limit, conn.inner.quit()).await;
                     Ok(reply_text(&r))
                 }
                 Err(e) => {
-                    conn.inner.abort().await;
+                    hang_up(&mut conn.inner, Some(&e.failure), limit).await;
                     Err(StepError {
                         step: Step::Send,
-                        message: describe(&e, endpoint),
-                        permanent: e.is_permanent(),
+                        message: describe(&e.failure, endpoint),
+                        permanent: e.failure.is_permanent(),
                     })
                 }
             }

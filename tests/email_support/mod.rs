@@ -414,7 +414,10 @@ pub fn workspace() -> (tempfile::TempDir, PathBuf) {
 
 /// Starts `idplane run --manifests` with the given extra flags.
 pub fn start_idplane(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
-    let mut flags = vec!["--smtp-timeout", "5s"];
+    let mut flags = Vec::new();
+    if !extra.contains(&"--smtp-timeout") {
+        flags.extend(["--smtp-timeout", "5s"]);
+    }
     if !extra.contains(&"--email-default-sender") {
         flags.extend([
             "--email-default-sender",
