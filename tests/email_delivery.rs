@@ -976,3 +976,55 @@ fn a_421_after_mail_on_a_pooled_connection_counts_and_is_not_resent_at_once() {
         .count();
     assert_eq!(seen, 3, "one transaction per counted attempt");
 }
+
+/// A backlog at a slow server (1 s a message, two workers, a 6 s lease):
+/// the queue's own waiting never counts against a message. What waited
+/// past half its lease for a worker, or would begin with less than a
+/// quarter of the attempt time left, goes back to the queue with its
+/// claim undone and is claimed again; before, such messages got an
+/// `interrupted` attempt and waited a whole lease, or a counted transient
+/// failure ("the attempt took longer than 4.8s") and a retry delay.
+#[test]
+fn a_backlog_at_a_slow_server_costs_no_attempts() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(
+        tmp.path(),
+        "slow",
+        None,
+        ServerOptions {
+            delay_ms: 1000,
+            ..ServerOptions::corp()
+        },
+    );
+    let slow_retry = "{maxAttempts: 3, initialDelay: 60s, multiplier: 2, maxDelay: 5m}";
+    write_corp_provider(&manifests, server.port, slow_retry);
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run.log",
+        &["--email-concurrency", "2", "--email-lease", "6s"],
+    );
+    wait_verified(&run, "acme", "corp", "True");
+    let ids: Vec<String> = (0..20)
+        .map(|i| send_ok(&run, "acme", &format!("backlog {i}")))
+        .collect();
+    for id in &ids {
+        let e = wait_final(&run, "acme", id, Duration::from_secs(60));
+        assert_eq!(e["state"], "sent", "{e}");
+        assert_eq!(e["attempts"].as_array().unwrap().len(), 1, "{e}");
+    }
+    let mut subjects: Vec<String> = server
+        .records()
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap().to_string())
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 20, "each once: {subjects:?}");
+    assert_eq!(server.records().len(), 20, "none twice");
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(
+        log.contains("claimed emails not yet tried are queued again"),
+        "the backlog was given back to the queue: {log}"
+    );
+}

@@ -86,8 +86,8 @@ pub fn route(org: Option<&OrgConfig>, default: Option<&DefaultProvider>) -> Opti
 }
 
 /// Claimed messages buffered per worker: claims (commits) come in batches
-/// while the workers send. A message waits in the buffer for a few attempt
-/// times at most, well within its lease.
+/// while the workers send. At a slow server a message can wait longer
+/// than its lease allows; it is then released (see `work`), not tried.
 const BUFFER_PER_WORKER: usize = 64;
 
 /// Most claimed messages a worker takes at once from a backlog: those for
@@ -257,27 +257,27 @@ impl Deliverer {
             };
             if stopping {
                 let released = taken.drain(..).map(|m| (m.id, m.attempt)).collect();
-                self.release(released).await;
+                self.release(released, "stopping").await;
                 continue;
             }
             if left {
                 // Half the buffer is taken: time for the next claim.
                 room.notify_one();
             }
+            // Waited past half its lease for a worker (a backlog at a slow
+            // server): back to the queue, claim undone, to be claimed again
+            // with a lease of its own; not left to its lease, which would
+            // record an interrupted attempt and delay it by a whole lease.
             let now = now_millis();
-            let fresh: Vec<Claimed> = taken
+            let (stale, fresh): (Vec<Claimed>, Vec<Claimed>) = taken
                 .drain(..)
-                .filter(|m| {
-                    // Waited too long for a worker: the lease is left to run
-                    // out and the message is taken up again then, never
-                    // twice at once.
-                    let stale = now - m.started_at > half_lease;
-                    if stale {
-                        tracing::warn!(message = %m.id, "claimed message waited past half its lease; retaken after the lease");
-                    }
-                    !stale
-                })
-                .collect();
+                .partition(|m| now - m.started_at > half_lease);
+            let stale = stale.into_iter().map(|m| (m.id, m.attempt)).collect();
+            self.release(
+                stale,
+                "claimed emails waited past half their lease for a worker",
+            )
+            .await;
             self.attempt_all(fresh).await;
         }
     }
@@ -323,8 +323,10 @@ impl Deliverer {
                 None => slots.push(Some((m, route))),
             }
         }
-        // No attempt outlives its lease (past it another attempt may start).
+        // No attempt outlives its lease (past it another attempt may start),
+        // and none starts with less than a quarter of that time left.
         let limit = self.lease.mul_f64(0.8);
+        let margin = millis(limit) / 4;
         for (endpoint, group) in groups {
             let (indexes, built): (Vec<usize>, Vec<lettre::Message>) = group.into_iter().unzip();
             // The group stops at the earliest claim's deadline.
@@ -341,50 +343,53 @@ impl Deliverer {
                 }
             };
             let stopping = &self.stop.requested;
-            let go_on = || !stopping.is_cancelled();
+            let go_on = || !stopping.is_cancelled() && now_millis() < deadline - margin;
             let finished = tokio::time::timeout(
                 left,
                 self.smtp.deliver_all(&endpoint, &built, &go_on, &mut done),
             )
             .await
             .is_ok();
-            if finished && stopping.is_cancelled() {
-                // Not started because of the stop: back to the queue.
-                let untried: Vec<(String, u32)> = indexes
-                    .iter()
-                    .filter_map(|&i| slots[i].take())
-                    .map(|(m, _)| (m.id, m.attempt))
-                    .collect();
-                self.release(untried).await;
-                continue;
+            // Outcomes come in order: the first message without one was
+            // under way when the deadline came (it counts); those after it
+            // were not begun, nor any when `deliver_all` stopped on its own
+            // (a stop, or too little time left): back to the queue.
+            let mut pending = indexes.iter().filter_map(|&i| slots[i].take());
+            if !finished && let Some((m, route)) = pending.next() {
+                let result = AttemptResult::Transient(format!(
+                    "the attempt took longer than {:.1}s",
+                    limit.as_secs_f64()
+                ));
+                self.store(self.conclude(m, route, result));
             }
-            for &i in &indexes {
-                if let Some((m, route)) = slots[i].take() {
-                    let result = AttemptResult::Transient(format!(
-                        "the attempt took longer than {:.1}s",
-                        limit.as_secs_f64()
-                    ));
-                    self.store(self.conclude(m, route, result));
-                }
-            }
+            let untried = pending.map(|(m, _)| (m.id, m.attempt)).collect();
+            let why = if stopping.is_cancelled() {
+                "stopping"
+            } else {
+                "too little of their lease was left to begin them"
+            };
+            self.release(untried, why).await;
         }
     }
 
-    /// Returns claimed messages not tried (a stop came first) to the queue.
-    async fn release(&self, claims: Vec<(String, u32)>) {
+    /// Returns claimed messages not tried to the queue (`why`: a stop,
+    /// or too little of their lease left), due again at once with their
+    /// claim undone, and wakes the dispatcher to claim them again.
+    async fn release(&self, claims: Vec<(String, u32)>, why: &str) {
         if claims.is_empty() {
             return;
         }
         match self.queue.release(&claims, now_millis()).await {
             Ok(n) => tracing::info!(
                 released = n,
-                "stopping: claimed emails not yet tried are queued again"
+                "{why}: claimed emails not yet tried are queued again"
             ),
             Err(e) => tracing::warn!(
                 error = %e,
-                "stopping: cannot release claimed emails; they are taken up after their lease"
+                "{why}: cannot release claimed emails; they are taken up after their lease"
             ),
         }
+        self.wake.notify_one();
     }
 
     /// Stores an outcome in the background, waking the dispatcher when that
