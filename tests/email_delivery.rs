@@ -393,6 +393,19 @@ fn idempotency_validation_and_the_default_provider_rule() {
             "{answer}"
         );
     }
+    // A recipient of the wrong type is named, with the field.
+    let (status, answer) = send(
+        &run,
+        "acme",
+        json!({"to": ["a@example.com", 5], "text": "t"}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains(
+            "to: must be an address or a list of addresses; item 2 is a number, not an address"
+        ),
+        "{answer}"
+    );
 
     // The same idempotency key returns the same id and sends once.
     let body = json!({"to": "a@example.com", "subject": "once", "text": "t", "idempotencyKey": "order-42"});

@@ -19,11 +19,47 @@ pub const MAX_CONTENT_BYTES: usize = 192 * 1024;
 pub const MAX_KEY_BYTES: usize = 255;
 
 /// `to`: one address or a list.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand, for a clear 400: serde's untagged enums only say that the data
+/// "did not match any variant".
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_json::Value;
+        let kind = |v: &Value| match v {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        };
+        match Value::deserialize(d)? {
+            Value::String(one) => Ok(Self::One(one)),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!(
+                        "must be an address or a list of addresses; item {} is {}, not an address",
+                        i + 1,
+                        kind(&other)
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(Self::Many),
+            other => Err(D::Error::custom(format!(
+                "must be an address or a list of addresses, not {}",
+                kind(&other)
+            ))),
+        }
+    }
 }
 
 impl OneOrMany {
@@ -258,6 +294,24 @@ pub fn build(id: &str, from: &str, content: &Content) -> Result<lettre::Message,
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn recipients_of_the_wrong_type_are_named() {
+        let parse = |body: serde_json::Value| {
+            serde_json::from_value::<SendRequest>(body).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            parse(json!({"to": 5, "subject": "s", "text": "t"})).unwrap_err(),
+            "must be an address or a list of addresses, not a number"
+        );
+        assert_eq!(
+            parse(json!({"to": "a@x.example", "cc": ["b@x.example", {"x": 1}]})).unwrap_err(),
+            "must be an address or a list of addresses; item 2 is an object, not an address"
+        );
+        let ok = parse(json!({"to": ["a@x.example", "b@x.example"], "cc": "c@x.example"})).unwrap();
+        assert_eq!(ok.to.into_vec(), ["a@x.example", "b@x.example"]);
+        assert_eq!(ok.cc.unwrap().into_vec(), ["c@x.example"]);
+    }
 
     fn request(v: serde_json::Value) -> SendRequest {
         serde_json::from_value(v).unwrap()
