@@ -329,6 +329,26 @@ fn permanent_failure_and_outage_longer_than_the_retries() {
             .starts_with("421"),
         "{metrics}"
     );
+    assert_eq!(
+        (&metrics["sent"], &metrics["retried"]),
+        (&json!(0), &json!(2)),
+        "the outage's first two attempts were retried, its third failed: {metrics}"
+    );
+
+    // A restart rebuilds the same numbers from the store.
+    drop(run);
+    let run = start_idplane(tmp.path(), &manifests, "run2.log", &[]);
+    let again = wait("metrics after a restart", T, || {
+        let o = object(&run, "acme", "EmailProvider", "corp")?;
+        let m = &o["status"]["metrics"];
+        m.get("failed").is_some().then(|| m.clone())
+    });
+    for field in ["sent", "retried", "failed", "lastFailure"] {
+        assert_eq!(
+            again[field], metrics[field],
+            "{field}: {again} vs {metrics}"
+        );
+    }
 }
 
 #[test]

@@ -153,4 +153,24 @@ fn test_email_through_the_api_and_the_cli() {
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["SUCCESS", "SUCCESS", "FAILURE", "FAILURE"]);
+
+    // status.lastTest survives a restart (restored from the system log).
+    let last = object(&run, "acme", "EmailProvider", "corp").unwrap()["status"]["lastTest"].clone();
+    assert!(
+        last["result"].as_str().unwrap().starts_with("FAILURE"),
+        "{last}"
+    );
+    drop(run);
+    let run = start_idplane(
+        tmp.path(),
+        &manifests,
+        "run2.log",
+        &["--smtp-ca-file", certs.ca.to_str().unwrap()],
+    );
+    let restored = wait("status.lastTest after a restart", T, || {
+        let o = object(&run, "acme", "EmailProvider", "corp")?;
+        let t = &o["status"]["lastTest"];
+        (!t.is_null()).then(|| t.clone())
+    });
+    assert_eq!(restored, last);
 }

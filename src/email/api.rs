@@ -309,6 +309,17 @@ pub async fn send_test(
     smtp.send_once(&route.endpoint, &email).await
 }
 
+/// A provider's `status.lastTest`, from the test email's log entry (also
+/// how it is restored at start).
+pub fn last_test_status(log: &LogEntry) -> Value {
+    let reply = log.detail["reply"].as_str().unwrap_or_default();
+    json!({
+        "time": log.time,
+        "to": log.detail["to"],
+        "result": format!("{}: {reply}", log.outcome),
+    })
+}
+
 async fn test_email(
     State(state): State<SharedState>,
     Extension(service): Extension<Arc<EmailService>>,
@@ -328,18 +339,6 @@ async fn test_email(
         Ok(reply) => ("SUCCESS", reply.clone()),
         Err(e) => ("FAILURE", format!("{}: {}", e.step.reason(), e.message)),
     };
-    if let Via::Custom(name) = &route.via {
-        let key = ObjectKey {
-            kind: "EmailProvider".into(),
-            namespace: org.clone(),
-            name: name.clone(),
-        };
-        service.extras.set(
-            &key,
-            "lastTest",
-            json!({"time": rfc3339(now), "to": request.to, "result": format!("{outcome}: {text}")}),
-        );
-    }
     let log = LogEntry {
         org: org.clone(),
         type_: "email.test".into(),
@@ -348,6 +347,14 @@ async fn test_email(
         subject: route.via.label(),
         detail: json!({"from": request.from, "to": request.to, "reply": text}),
     };
+    if let Via::Custom(name) = &route.via {
+        let key = ObjectKey {
+            kind: "EmailProvider".into(),
+            namespace: org.clone(),
+            name: name.clone(),
+        };
+        service.extras.set(&key, "lastTest", last_test_status(&log));
+    }
     if let Err(e) = service.queue.log(&log).await {
         tracing::warn!(error = %e, "cannot log the test email");
     }

@@ -279,6 +279,20 @@ pub async fn start(
         .await
         .map_err(|e| start_error(e.to_string()))?;
     let stats = Arc::new(stats::DeliveryStats::new(&ctx.metrics, pending, totals));
+    // Each provider's last test email, as its status had it before.
+    let tests = queue
+        .last_tests()
+        .await
+        .map_err(|e| start_error(e.to_string()))?;
+    for (org, name, log) in tests {
+        let key = crate::validate::ObjectKey {
+            kind: "EmailProvider".into(),
+            namespace: org,
+            name,
+        };
+        ctx.extras
+            .set(&key, "lastTest", api::last_test_status(&log));
+    }
     tokio::spawn(
         stats
             .clone()

@@ -427,11 +427,18 @@ impl Queue {
 
     /// Delivery totals by (org, provider) for providers named `EmailProvider/…`.
     pub async fn provider_totals(&self) -> Result<Vec<ProviderTotals>, QueueError> {
+        // Retried, as the live count has it: each counted attempt that
+        // failed transiently and was followed by another. Counted from the
+        // message row (a message keeps only four attempt rows): all its
+        // counted attempts but the last once it is sent, failed or being
+        // tried again, all of them while it waits for a retry. Attributed
+        // to the provider of its last attempt.
         let rows = sqlx::query(
             "SELECT org, provider,
                     SUM(state = 'sent'), SUM(state = 'failed'),
                     SUM(CASE WHEN state = 'sent' THEN finished_at - created_at ELSE 0 END),
-                    MAX(CASE WHEN state = 'sent' THEN finished_at END)
+                    MAX(CASE WHEN state = 'sent' THEN finished_at END),
+                    SUM(MAX(attempts - interrupted - (state IN ('sent', 'failed', 'sending')), 0))
              FROM email_messages WHERE provider LIKE 'EmailProvider/%' GROUP BY org, provider",
         )
         .fetch_all(&self.pool)
@@ -445,31 +452,28 @@ impl Queue {
                 failed: r.get::<Option<i64>, _>(3).unwrap_or(0) as u64,
                 delivery_millis: r.get::<Option<i64>, _>(4).unwrap_or(0) as u64,
                 last_delivery: r.get(5),
-                retried: 0,
+                retried: r.get::<Option<i64>, _>(6).unwrap_or(0) as u64,
+                last_failure: None,
             })
             .collect();
-        let retried = sqlx::query(
-            "SELECT m.org, a.provider, COUNT(*) FROM email_attempts a
-             JOIN email_messages m ON m.id = a.message_id
-             WHERE a.outcome = 'transient' AND a.provider LIKE 'EmailProvider/%'
-             GROUP BY m.org, a.provider",
+        // The latest failure of each provider, with its reply (SQLite takes
+        // the bare columns from the row of the MAX).
+        let failures = sqlx::query(
+            "SELECT org, provider, MAX(finished_at), last_reply FROM email_messages
+             WHERE state = 'failed' AND provider LIKE 'EmailProvider/%' GROUP BY org, provider",
         )
         .fetch_all(&self.pool)
         .await?;
-        for r in retried {
+        for r in failures {
             let (org, provider): (String, String) = (r.get(0), r.get(1));
-            let n = r.get::<i64, _>(2) as u64;
-            match out
+            let failure = r
+                .get::<Option<i64>, _>(2)
+                .map(|t| (t, r.get::<Option<String>, _>(3).unwrap_or_default()));
+            if let Some(t) = out
                 .iter_mut()
                 .find(|t| t.org == org && t.provider == provider)
             {
-                Some(t) => t.retried = n,
-                None => out.push(ProviderTotals {
-                    org,
-                    provider,
-                    retried: n,
-                    ..Default::default()
-                }),
+                t.last_failure = failure;
             }
         }
         Ok(out)
@@ -574,6 +578,34 @@ impl Queue {
         let mut conn = self.pool.acquire().await?;
         insert_log(&mut conn, log).await
     }
+
+    /// The latest test email of each org provider, from the system log:
+    /// (org, provider name, its log entry), so that `status.lastTest`
+    /// survives a restart.
+    pub async fn last_tests(&self) -> Result<Vec<(String, String, LogEntry)>, QueueError> {
+        let rows = sqlx::query(
+            "SELECT org, subject, MAX(id), outcome, time, detail FROM system_log
+             WHERE type = 'email.test' AND subject LIKE 'EmailProvider/%' GROUP BY org, subject",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (org, subject): (String, String) = (r.get(0), r.get(1));
+            let detail: String = r.get(5);
+            let entry = LogEntry {
+                org: org.clone(),
+                type_: "email.test".into(),
+                outcome: r.get(3),
+                time: r.get(4),
+                subject: subject.clone(),
+                detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+            };
+            let name = subject.trim_start_matches("EmailProvider/").to_string();
+            out.push((org, name, entry));
+        }
+        Ok(out)
+    }
 }
 
 /// A stored attempt.
@@ -617,6 +649,8 @@ pub struct ProviderTotals {
     pub retried: u64,
     pub delivery_millis: u64,
     pub last_delivery: Option<i64>,
+    /// When the latest failed message failed, and its last reply.
+    pub last_failure: Option<(i64, String)>,
 }
 
 /// A brand domain's stored validation.
@@ -1972,5 +2006,61 @@ mod tests {
         assert_eq!((again[0].attempt, again[0].counted), (2, 2));
         let totals = q.provider_totals().await.unwrap();
         assert_eq!(totals[0].retried, 1);
+
+        // The second attempt fails for good: a failure, not a retry (the
+        // live count has 1 retried, 1 failed; so must a restart).
+        let f = Finished {
+            id: "m1".into(),
+            attempt: 2,
+            started_at: 500,
+            finished_at: 520,
+            outcome: Outcome::Transient,
+            reply: "451 still later".into(),
+            provider: "EmailProvider/corp".into(),
+            next: Next::Failed,
+            log: None,
+        };
+        assert!(q.finish(f).await.unwrap());
+        let t = &q.provider_totals().await.unwrap()[0];
+        assert_eq!((t.retried, t.failed, t.sent), (1, 1, 0));
+        assert_eq!(t.last_failure, Some((520, "451 still later".into())));
+    }
+
+    #[tokio::test]
+    async fn the_latest_test_email_of_each_provider_is_found() {
+        let q = queue().await;
+        let test = |org: &str, subject: &str, outcome: &str, time: &str| LogEntry {
+            org: org.into(),
+            type_: "email.test".into(),
+            outcome: outcome.into(),
+            time: time.into(),
+            subject: subject.into(),
+            detail: serde_json::json!({"to": "ops@acme.example", "reply": outcome}),
+        };
+        for log in [
+            test("acme", "EmailProvider/corp", "FAILURE", "t1"),
+            test("acme", "EmailProvider/corp", "SUCCESS", "t2"),
+            test("acme", "default", "SUCCESS", "t3"),
+            test("beta", "EmailProvider/corp", "FAILURE", "t4"),
+        ] {
+            q.log(&log).await.unwrap();
+        }
+        let mut found: Vec<(String, String, String, String)> = q
+            .last_tests()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(org, name, log)| (org, name, log.outcome, log.time))
+            .collect();
+        found.sort();
+        let want = [
+            ("acme", "corp", "SUCCESS", "t2"),
+            ("beta", "corp", "FAILURE", "t4"),
+        ];
+        let want: Vec<(String, String, String, String)> = want
+            .iter()
+            .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+            .collect();
+        assert_eq!(found, want);
     }
 }

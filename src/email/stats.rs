@@ -168,7 +168,7 @@ impl DeliveryStats {
                     failed: t.failed,
                     delivery_millis: t.delivery_millis,
                     last_delivery: t.last_delivery,
-                    last_failure: None,
+                    last_failure: t.last_failure,
                 },
             );
         }
