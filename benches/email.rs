@@ -412,6 +412,28 @@ async fn paced(client: &reqwest::Client, base: &str, done: usize) -> (Vec<f64>, 
     (accept, to_delivered)
 }
 
+/// What the disk alone gives: `count` flushes of a 4 KiB write (what a
+/// commit's WAL append and fsync come to) in `dir`, each timed, sorted in
+/// ms. A flush that stalls holds every accept waiting behind it.
+fn disk_flushes(dir: &Path, count: usize) -> Vec<f64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("disk-probe.bin");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let page = [0x5au8; 4096];
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        file.seek(SeekFrom::Start((i % 256) as u64 * 4096)).unwrap();
+        file.write_all(&page).unwrap();
+        let start = Instant::now();
+        file.sync_data().unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    times
+}
+
 /// CPU seconds (user + system) a process has used so far, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -608,6 +630,7 @@ fn main() {
         let unloaded = paced(&client, &base, done).await;
         (runs, steady, unloaded, (top, floor))
     });
+    let disk = disk_flushes(&dir.path().join("state"), n);
     let mut report = format!(
         "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}, one run\n\
          command: cargo bench --bench email\n\
@@ -662,6 +685,15 @@ fn main() {
         percentile(&paced_accept, 0.99),
         percentile(&unloaded, 0.5),
         percentile(&unloaded, 0.99),
+    ));
+    report.push_str(&format!(
+        "\n\
+         the disk alone: {n} flushes (4 KiB write + fdatasync) beside the store, idplane idle:\n\
+         flush latency p50 / p99 / max:  {:.2} / {:.2} / {:.2} ms ({} over 5 ms; every accept waits for one, synchronous=FULL)\n",
+        percentile(&disk, 0.5),
+        percentile(&disk, 0.99),
+        disk.last().copied().unwrap_or(0.0),
+        disk.iter().filter(|&&ms| ms > 5.0).count(),
     ));
     print!("{report}");
     let out = root().join("bench-results");
