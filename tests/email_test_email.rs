@@ -108,6 +108,21 @@ fn test_email_through_the_api_and_the_cli() {
     let mut no_org_files = no_org.clone();
     no_org_files.manifests = Some(manifests.clone());
     assert!(exit(no_org_files).contains("has no usable EmailProvider"));
+    // The provider without its Secret: an error (exit 2), not a refusal.
+    let no_secret = tmp.path().join("no-secret");
+    std::fs::create_dir(&no_secret).unwrap();
+    let both = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        no_secret.join("provider.yaml"),
+        both.split_once("---\n").unwrap().1,
+    )
+    .unwrap();
+    let mut no_secret_files = args("acme");
+    no_secret_files.manifests = Some(no_secret);
+    assert_eq!(
+        exit(no_secret_files),
+        "error: EmailProvider corp cannot be used: spec.passwordSecretRef: Secret acme/corp-smtp not found"
+    );
 
     // A wrong password: 502 with the step and the server's reply; lastTest
     // says FAILURE; the CLI exits 1.
@@ -155,7 +170,12 @@ fn test_email_through_the_api_and_the_cli() {
     assert_eq!(outcomes, ["SUCCESS", "SUCCESS", "FAILURE", "FAILURE"]);
 
     // status.lastTest survives a restart (restored from the system log).
-    let last = object(&run, "acme", "EmailProvider", "corp").unwrap()["status"]["lastTest"].clone();
+    let latest = tests.last().unwrap()["time"].clone();
+    let last = wait("status.lastTest of the latest test", T, || {
+        let o = object(&run, "acme", "EmailProvider", "corp")?;
+        let t = &o["status"]["lastTest"];
+        (t["time"] == latest).then(|| t.clone())
+    });
     assert!(
         last["result"].as_str().unwrap().starts_with("FAILURE"),
         "{last}"

@@ -140,6 +140,10 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
         extra_roots,
     });
     let route = provider_route(provider);
+    // Not the server's answer: exit 2, as for the other configuration errors.
+    if let Some(why) = &route.blocked {
+        bail!("{why}");
+    }
     match send_test(&smtp, &route, &args.namespace, &args.from, &args.to).await {
         Ok(reply) => {
             println!("SUCCESS via {}: {reply}", route.via.label());

@@ -365,18 +365,26 @@ async fn test_email(
             "reply": reply,
             "time": rfc3339(now),
         }))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "smtp_failed",
-            format!("the test email was not accepted: {}", e.message),
-        )
-        .with_details(json!({
-            "result": "FAILURE",
-            "provider": route.via.label(),
-            "step": e.step.reason(),
-            "reply": e.message,
-            "time": rfc3339(now),
-        }))),
+        Err(e) => {
+            // No server was asked when the provider's Secret is missing.
+            let (status, code, what) = if e.step == super::smtp::Step::Credentials {
+                (StatusCode::CONFLICT, "provider_unusable", "was not sent")
+            } else {
+                (StatusCode::BAD_GATEWAY, "smtp_failed", "was not accepted")
+            };
+            Err(ApiError::new(
+                status,
+                code,
+                format!("the test email {what}: {}", e.message),
+            )
+            .with_details(json!({
+                "result": "FAILURE",
+                "provider": route.via.label(),
+                "step": e.step.reason(),
+                "reply": e.message,
+                "time": rfc3339(now),
+            })))
+        }
     }
 }
 

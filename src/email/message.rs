@@ -47,8 +47,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
                 .map(|(i, v)| match v {
                     Value::String(s) => Ok(s),
                     other => Err(D::Error::custom(format!(
-                        "must be an address or a list of addresses; item {} is {}, not an address",
-                        i + 1,
+                        "must be an address or a list of addresses; [{i}] is {}, not an address",
                         kind(&other)
                     ))),
                 })
@@ -306,7 +305,7 @@ mod tests {
         );
         assert_eq!(
             parse(json!({"to": "a@x.example", "cc": ["b@x.example", {"x": 1}]})).unwrap_err(),
-            "must be an address or a list of addresses; item 2 is an object, not an address"
+            "must be an address or a list of addresses; [1] is an object, not an address"
         );
         let ok = parse(json!({"to": ["a@x.example", "b@x.example"], "cc": "c@x.example"})).unwrap();
         assert_eq!(ok.to.into_vec(), ["a@x.example", "b@x.example"]);

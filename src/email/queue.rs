@@ -871,7 +871,7 @@ WHERE m.id = f.id AND +m.state = 'sending' AND m.attempts = f.attempt;
 
 UPDATE email_messages SET state = f.state, next_attempt_at = f.next_at,
        due_at = CASE f.state WHEN 'retrying' THEN f.next_at END, lease_until = NULL,
-       content = CASE f.state WHEN 'retrying' THEN content
+       content = CASE WHEN f.state = 'retrying' OR NOT json_valid(content) THEN content
                  ELSE json_remove(content, '$.text', '$.html') END,
        finished_at = CASE f.state WHEN 'retrying' THEN NULL ELSE f.finished_at END,
        last_reply = f.reply, provider = f.provider, updated_at = f.finished_at
@@ -1947,6 +1947,36 @@ mod tests {
         let shown = q.get("acme", "m1").await.unwrap().unwrap();
         assert_eq!(shown.state, "sending");
         assert_eq!(shown.content.as_ref().unwrap_err(), reason);
+
+        // Not JSON at all: claimed the same way, and its failure is stored
+        // (the finish leaves such content as it is) beside new mail.
+        q.insert(message("m4", None, 3)).await.unwrap();
+        sqlx::query("UPDATE email_messages SET content = 'not json {' WHERE id = 'm4'")
+            .execute(&q.pool)
+            .await
+            .unwrap();
+        let claimed = q.claim(20, 1_000, 10).await.unwrap();
+        let m4 = claimed.iter().find(|c| c.id == "m4").unwrap();
+        let reason = m4.content.as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("the stored message cannot be read: expected"),
+            "{reason}"
+        );
+        let failed = Finished {
+            id: "m4".into(),
+            attempt: 1,
+            started_at: 20,
+            finished_at: 21,
+            outcome: Outcome::Permanent,
+            reply: reason.clone(),
+            provider: "EmailProvider/corp".into(),
+            next: Next::Failed,
+            log: None,
+        };
+        let (finish, m5) = tokio::join!(q.finish(failed), q.insert(message("m5", None, 21)));
+        assert!(finish.unwrap(), "the failure is stored");
+        assert_eq!(m5.unwrap(), Inserted::New("m5".into()));
+        assert_eq!(q.get("acme", "m4").await.unwrap().unwrap().state, "failed");
     }
 
     /// The batch's answers are read by position; statements that return

@@ -219,6 +219,10 @@ impl Failure {
         matches!(self, Self::Smtp(e) if e.is_permanent())
     }
 
+    fn is_silent(&self) -> bool {
+        matches!(self, Self::Silent(_))
+    }
+
     /// As the first reply on a pooled connection: the server closed it
     /// while it was idle, silently (the connection broke) or with `421`
     /// (closing the channel, as Postfix says to a connection idle too
@@ -247,8 +251,8 @@ async fn within<T>(
 /// Ends a connection after a failure: QUIT, within `limit`, to a server
 /// that still answers; a silent one is just closed (a QUIT would wait for
 /// the very reply that did not come).
-async fn hang_up(conn: &mut AsyncSmtpConnection, failure: Option<&Failure>, limit: Duration) {
-    if !matches!(failure, Some(Failure::Silent(_))) {
+async fn hang_up(conn: &mut AsyncSmtpConnection, silent: bool, limit: Duration) {
+    if !silent {
         let _ = tokio::time::timeout(limit, conn.abort()).await;
     }
 }
@@ -385,6 +389,19 @@ pub fn chainable(message: &lettre::Message) -> Option<Chained> {
     Some(Chained { group, body })
 }
 
+/// How a chain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainEnd {
+    /// Every message it began got its reply; the connection is in step.
+    InStep,
+    /// A failure: the connection may be out of step and is closed.
+    Failed,
+    /// Closed without a QUIT: the server went silent (a QUIT would wait
+    /// for a reply as well), or a message's content was held back in the
+    /// middle of its transaction (the server would read QUIT as content).
+    Cut,
+}
+
 /// Sends messages in a row on one connection whose server offers
 /// PIPELINING: each message's content goes out in the same write as the
 /// next message's MAIL, RCPT and DATA (RFC 2920 lets message content start
@@ -393,23 +410,38 @@ pub fn chainable(message: &lettre::Message) -> Option<Chained> {
 /// index) as soon as it is known. The chain stops at the first failure:
 /// the connection may then be out of step and must be closed, and the
 /// messages after it were not tried (the server drops the transaction the
-/// next one had begun). Returns how many messages got an outcome and
-/// whether the last of them failed.
+/// next one had begun). Before a message is joined to the chain, `go_on`
+/// decides whether to begin it (a stop, or too little of its lease left);
+/// when it says no, the chain ends after the message under way. Returns
+/// how many messages got an outcome, and how the chain ended.
 pub async fn transmit_chain(
     conn: &mut AsyncSmtpConnection,
     chain: &[Chained],
     limit: Duration,
+    go_on: &(dyn Fn() -> bool + Sync),
     done: &mut (dyn FnMut(usize, Result<Response, Refused>) + Send),
-) -> (usize, bool) {
+) -> (usize, ChainEnd) {
+    let ending = |e: &Refused| match e.failure {
+        Failure::Silent(_) => ChainEnd::Cut,
+        Failure::Smtp(_) => ChainEnd::Failed,
+    };
     let Some(first) = chain.first() else {
-        return (0, false);
+        return (0, ChainEnd::InStep);
     };
     if let Err(e) = replies(conn, Some(first.group.clone()), 3, limit).await {
+        let end = ending(&e);
         done(0, Err(e));
-        return (1, true);
+        return (1, end);
     }
     for (k, link) in chain.iter().enumerate() {
-        let next = chain.get(k + 1);
+        // The next message's MAIL, RCPT and DATA went out with the previous
+        // content; its own content waits for one more reply. With too
+        // little time left, it is not sent: the transaction is dropped
+        // with the connection, and the message was not tried.
+        if k > 0 && !go_on() {
+            return (k, ChainEnd::Cut);
+        }
+        let next = chain.get(k + 1).filter(|_| go_on());
         let mut text = String::with_capacity(link.body.len() + next.map_or(0, |n| n.group.len()));
         text.push_str(&link.body);
         if let Some(n) = next {
@@ -419,20 +451,22 @@ pub async fn transmit_chain(
         let reply = within(limit, conn.command(Raw(text)))
             .await
             .map_err(Refused::after_mail);
-        let failed = reply.is_err();
-        done(k, reply);
-        if failed {
-            return (k + 1, true);
+        if let Err(e) = reply {
+            let end = ending(&e);
+            done(k, Err(e));
+            return (k + 1, end);
         }
+        done(k, reply);
         if next.is_none() {
-            break;
+            return (k + 1, ChainEnd::InStep);
         }
         if let Err(e) = replies(conn, None, 3, limit).await {
+            let end = ending(&e);
             done(k + 1, Err(e));
-            return (k + 2, true);
+            return (k + 2, end);
         }
     }
-    (chain.len(), false)
+    (chain.len(), ChainEnd::InStep)
 }
 
 /// The reply text of a server response: `250 2.0.0 Ok: queued`.
@@ -558,7 +592,7 @@ impl SmtpClient {
                     return AttemptResult::Delivered(reply_text(&response));
                 }
                 Err(e) => {
-                    hang_up(&mut conn.inner, Some(&e.failure), limit).await;
+                    hang_up(&mut conn.inner, e.failure.is_silent(), limit).await;
                     if reused && e.stale_connection() {
                         continue;
                     }
@@ -587,7 +621,7 @@ impl SmtpClient {
         while next < messages.len() && go_on() {
             let rest = &messages[next..];
             let chained = self
-                .deliver_chain(endpoint, rest, &mut |k, r| done(next + k, r))
+                .deliver_chain(endpoint, rest, go_on, &mut |k, r| done(next + k, r))
                 .await;
             if chained == 0 {
                 done(next, self.deliver(endpoint, &rest[0]).await);
@@ -607,6 +641,7 @@ impl SmtpClient {
         &self,
         endpoint: &Endpoint,
         messages: &[lettre::Message],
+        go_on: &(dyn Fn() -> bool + Sync),
         done: &mut (dyn FnMut(usize, AttemptResult) + Send),
     ) -> usize {
         if messages.len() < 2 {
@@ -628,16 +663,17 @@ impl SmtpClient {
         // first reply: that first message is left to `deliver`.
         let mut stale = false;
         let limit = self.options.timeout;
-        let (count, failed) = transmit_chain(&mut conn.inner, &chain, limit, &mut |k, r| match r {
+        let mut outcome = |k: usize, r: Result<Response, Refused>| match r {
             Ok(response) => done(k, AttemptResult::Delivered(reply_text(&response))),
             Err(e) if k == 0 && e.stale_connection() => stale = true,
             Err(e) => done(k, classify(&e.failure, endpoint)),
-        })
-        .await;
-        if failed {
-            hang_up(&mut conn.inner, None, limit).await;
-        } else {
-            self.give_back(endpoint, conn);
+        };
+        let (count, end) =
+            transmit_chain(&mut conn.inner, &chain, limit, go_on, &mut outcome).await;
+        match end {
+            ChainEnd::InStep => self.give_back(endpoint, conn),
+            ChainEnd::Failed => hang_up(&mut conn.inner, false, limit).await,
+            ChainEnd::Cut => hang_up(&mut conn.inner, true, limit).await,
         }
         if stale { 0 } else { count }
     }
@@ -672,11 +708,11 @@ impl SmtpClient {
         };
         let address = (endpoint.host.as_str(), endpoint.port);
         let limit = self.options.timeout;
-        // The TCP connect, implicit TLS, the greeting and EHLO: lettre
-        // bounds the connect; the rest needs the same bound.
+        // The TCP connect, implicit TLS, the greeting and EHLO, together
+        // (lettre bounds only the connect).
         let connect =
             AsyncSmtpConnection::connect_tokio1(address, Some(limit), &hello, implicit, None);
-        let mut conn = within(limit * 2, connect).await.map_err(|e| {
+        let mut conn = within(limit, connect).await.map_err(|e| {
             let step = match &e {
                 Failure::Smtp(e) if e.is_tls() => Step::Tls,
                 _ => Step::Connect,
@@ -695,7 +731,7 @@ impl SmtpClient {
         let mut how = tls_name(endpoint.tls).to_string();
         if endpoint.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
-                hang_up(&mut conn, None, limit).await;
+                hang_up(&mut conn, false, limit).await;
                 return Err(fail(
                     Step::Tls,
                     format!(
@@ -709,7 +745,7 @@ impl SmtpClient {
                 .tls_parameters(&endpoint.host)
                 .map_err(|m| fail(Step::Tls, m, false))?;
             if let Err(e) = within(limit, conn.starttls(params, &hello)).await {
-                hang_up(&mut conn, Some(&e), limit).await;
+                hang_up(&mut conn, e.is_silent(), limit).await;
                 return Err(refused(Step::Tls, "STARTTLS", &e));
             }
             how = "STARTTLS".into();
@@ -719,7 +755,7 @@ impl SmtpClient {
         let pipelining = match within(limit, conn.command(Ehlo::new(hello.clone()))).await {
             Ok(reply) => offers_pipelining(&reply),
             Err(e) => {
-                hang_up(&mut conn, Some(&e), limit).await;
+                hang_up(&mut conn, e.is_silent(), limit).await;
                 return Err(refused(Step::Connect, "EHLO", &e));
             }
         };
@@ -736,7 +772,7 @@ impl SmtpClient {
                     summary.push_str(&format!(", authenticated as {user}: {}", reply_text(&r)));
                 }
                 Err(e) => {
-                    hang_up(&mut conn, Some(&e), limit).await;
+                    hang_up(&mut conn, e.is_silent(), limit).await;
                     return Err(refused(
                         Step::Auth,
                         &format!("authentication as {user}"),
@@ -796,7 +832,7 @@ impl SmtpClient {
                     Ok(reply_text(&r))
                 }
                 Err(e) => {
-                    hang_up(&mut conn.inner, Some(&e.failure), limit).await;
+                    hang_up(&mut conn.inner, e.failure.is_silent(), limit).await;
                     Err(StepError {
                         step: Step::Send,
                         message: describe(&e.failure, endpoint),

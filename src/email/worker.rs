@@ -304,7 +304,7 @@ impl Deliverer {
                 (Ok(_), Some(Route {
                     blocked: Some(why), ..
                 })) => Some(AttemptResult::Transient(format!(
-                    "{why}; the message waits for it (never the default provider while it is enabled)"
+                    "{why} (and never the default provider while it is enabled)"
                 ))),
                 (Ok(content), Some(r)) => match message::build(&m.id, &m.sender, content) {
                     Err(e) => Some(AttemptResult::Permanent(e)),
