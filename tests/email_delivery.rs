@@ -688,7 +688,10 @@ fn a_chain_stops_at_the_lease_deadline() {
         for a in e["attempts"].as_array().unwrap() {
             let t = |k: &str| chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap()).unwrap();
             let ms = (t("finishedAt") - t("startedAt")).num_milliseconds();
-            assert!(ms < 1000, "an attempt ran {ms} ms from its claim, past its lease: {e}");
+            assert!(
+                ms < 1000,
+                "an attempt ran {ms} ms from its claim, past its lease: {e}"
+            );
         }
     }
     let log = std::fs::read_to_string(&run.log).unwrap();
