@@ -246,20 +246,7 @@ fn permanent_failure_and_outage_longer_than_the_retries() {
     let (tmp, manifests) = workspace();
     let server = SmtpServer::start(tmp.path(), "failing", None, ServerOptions::corp());
     write_corp_provider(&manifests, server.port, &fast_retry(3));
-    let run = start_idplane(
-        tmp.path(),
-        &manifests,
-        "run.log",
-        &[
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            "9",
-            "--smtp-tls",
-            "none",
-            "--smtp-allow-insecure",
-        ],
-    );
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &default_provider("9"));
     wait_verified(&run, "acme", "corp", "True");
 
     // 5xx: failed at once, one attempt, one FAILURE event with the reply.
@@ -450,16 +437,13 @@ fn idempotency_validation_and_the_default_provider_rule() {
         &manifests,
         "run2.log",
         &[
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            &port,
-            "--smtp-tls",
-            "none",
-            "--smtp-allow-insecure",
-            "--email-default-sender",
-            "Idplane <noreply@idplane.example>",
-        ],
+            &default_provider(&port)[..],
+            &[
+                "--email-default-sender",
+                "Idplane <noreply@idplane.example>",
+            ],
+        ]
+        .concat(),
     );
     let id = send_ok(&run, "other", "via default");
     let sent = wait_final(&run, "other", &id, T);
@@ -745,16 +729,10 @@ fn a_pooled_connection_the_server_closed_is_replaced_at_once() {
             &manifests,
             "run.log",
             &[
-                "--email-concurrency",
-                "1",
-                "--smtp-host",
-                "127.0.0.1",
-                "--smtp-port",
-                &slow_port,
-                "--smtp-tls",
-                "none",
-                "--smtp-allow-insecure",
-            ],
+                &["--email-concurrency", "1"],
+                &default_provider(&slow_port)[..],
+            ]
+            .concat(),
         );
         wait_verified(&run, "acme", "corp", "True");
         let case = format!(
@@ -865,20 +843,7 @@ fn a_missing_secret_holds_the_mail_and_never_falls_back_to_the_default() {
     std::fs::write(&secret_file, secret).unwrap();
     std::fs::write(manifests.join("provider.yaml"), provider).unwrap();
     let port = default.port.to_string();
-    let run = start_idplane(
-        tmp.path(),
-        &manifests,
-        "run.log",
-        &[
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            &port,
-            "--smtp-tls",
-            "none",
-            "--smtp-allow-insecure",
-        ],
-    );
+    let run = start_idplane(tmp.path(), &manifests, "run.log", &default_provider(&port));
     wait_verified(&run, "acme", "corp", "True");
     let first = send_ok(&run, "acme", "with the Secret");
     assert_eq!(wait_final(&run, "acme", &first, T)["state"], "sent");

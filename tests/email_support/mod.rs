@@ -412,6 +412,20 @@ pub fn workspace() -> (tempfile::TempDir, PathBuf) {
     (tmp, manifests)
 }
 
+/// The flags of an installation default provider on loopback without TLS
+/// (`port` as text, to borrow from).
+pub fn default_provider(port: &str) -> [&str; 7] {
+    [
+        "--smtp-host",
+        "127.0.0.1",
+        "--smtp-port",
+        port,
+        "--smtp-tls",
+        "none",
+        "--smtp-allow-insecure",
+    ]
+}
+
 /// Starts `idplane run --manifests` with the given extra flags.
 pub fn start_idplane(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
     let mut flags = Vec::new();
