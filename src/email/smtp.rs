@@ -250,11 +250,16 @@ async fn within<T>(
 
 /// Ends a connection after a failure: QUIT, within `limit`, to a server
 /// that still answers; a silent one is just closed (a QUIT would wait for
-/// the very reply that did not come).
-async fn hang_up(conn: &mut AsyncSmtpConnection, silent: bool, limit: Duration) {
-    if !silent {
-        let _ = tokio::time::timeout(limit, conn.abort()).await;
+/// the very reply that did not come). In the background: the attempt's
+/// outcome is known already and must not wait, nor be cut off by its
+/// deadline, while the connection closes.
+fn close(mut conn: AsyncSmtpConnection, silent: bool, limit: Duration) {
+    if silent {
+        return;
     }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(limit, conn.abort()).await;
+    });
 }
 
 /// A message the server did not take: why, and whether the server had
@@ -265,11 +270,15 @@ async fn hang_up(conn: &mut AsyncSmtpConnection, silent: bool, limit: Duration) 
 pub struct Refused {
     pub failure: Failure,
     pub answered: bool,
+    /// A read went unanswered (this failure's, or one after it): the
+    /// connection is closed without a QUIT.
+    pub silent: bool,
 }
 
 impl Refused {
     fn before_mail(failure: Failure) -> Self {
         Self {
+            silent: failure.is_silent(),
             failure,
             answered: false,
         }
@@ -277,6 +286,7 @@ impl Refused {
 
     fn after_mail(failure: Failure) -> Self {
         Self {
+            silent: failure.is_silent(),
             failure,
             answered: true,
         }
@@ -310,7 +320,17 @@ async fn replies(
     }
     for _ in 1..count {
         match within(limit, conn.read_response()).await {
-            Err(f) if f.broken() => return Err(outcome.err().unwrap_or(Refused::after_mail(f))),
+            Err(f) if f.broken() => {
+                return Err(match outcome {
+                    // The earlier negative reply decides; the silence
+                    // decides how the connection ends.
+                    Err(mut first) => {
+                        first.silent |= f.is_silent();
+                        first
+                    }
+                    Ok(()) => Refused::after_mail(f),
+                });
+            }
             Err(f) if outcome.is_ok() => outcome = Err(Refused::after_mail(f)),
             _ => {}
         }
@@ -421,9 +441,12 @@ pub async fn transmit_chain(
     go_on: &(dyn Fn() -> bool + Sync),
     done: &mut (dyn FnMut(usize, Result<Response, Refused>) + Send),
 ) -> (usize, ChainEnd) {
-    let ending = |e: &Refused| match e.failure {
-        Failure::Silent(_) => ChainEnd::Cut,
-        Failure::Smtp(_) => ChainEnd::Failed,
+    let ending = |e: &Refused| {
+        if e.silent {
+            ChainEnd::Cut
+        } else {
+            ChainEnd::Failed
+        }
     };
     let Some(first) = chain.first() else {
         return (0, ChainEnd::InStep);
@@ -592,7 +615,7 @@ impl SmtpClient {
                     return AttemptResult::Delivered(reply_text(&response));
                 }
                 Err(e) => {
-                    hang_up(&mut conn.inner, e.failure.is_silent(), limit).await;
+                    close(conn.inner, e.silent, limit);
                     if reused && e.stale_connection() {
                         continue;
                     }
@@ -672,8 +695,8 @@ impl SmtpClient {
             transmit_chain(&mut conn.inner, &chain, limit, go_on, &mut outcome).await;
         match end {
             ChainEnd::InStep => self.give_back(endpoint, conn),
-            ChainEnd::Failed => hang_up(&mut conn.inner, false, limit).await,
-            ChainEnd::Cut => hang_up(&mut conn.inner, true, limit).await,
+            ChainEnd::Failed => close(conn.inner, false, limit),
+            ChainEnd::Cut => close(conn.inner, true, limit),
         }
         if stale { 0 } else { count }
     }
@@ -731,7 +754,7 @@ impl SmtpClient {
         let mut how = tls_name(endpoint.tls).to_string();
         if endpoint.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
-                hang_up(&mut conn, false, limit).await;
+                close(conn, false, limit);
                 return Err(fail(
                     Step::Tls,
                     format!(
@@ -745,7 +768,7 @@ impl SmtpClient {
                 .tls_parameters(&endpoint.host)
                 .map_err(|m| fail(Step::Tls, m, false))?;
             if let Err(e) = within(limit, conn.starttls(params, &hello)).await {
-                hang_up(&mut conn, e.is_silent(), limit).await;
+                close(conn, e.is_silent(), limit);
                 return Err(refused(Step::Tls, "STARTTLS", &e));
             }
             how = "STARTTLS".into();
@@ -755,7 +778,7 @@ impl SmtpClient {
         let pipelining = match within(limit, conn.command(Ehlo::new(hello.clone()))).await {
             Ok(reply) => offers_pipelining(&reply),
             Err(e) => {
-                hang_up(&mut conn, e.is_silent(), limit).await;
+                close(conn, e.is_silent(), limit);
                 return Err(refused(Step::Connect, "EHLO", &e));
             }
         };
@@ -772,7 +795,7 @@ impl SmtpClient {
                     summary.push_str(&format!(", authenticated as {user}: {}", reply_text(&r)));
                 }
                 Err(e) => {
-                    hang_up(&mut conn, e.is_silent(), limit).await;
+                    close(conn, e.is_silent(), limit);
                     return Err(refused(
                         Step::Auth,
                         &format!("authentication as {user}"),
@@ -793,68 +816,35 @@ impl SmtpClient {
     /// Connects, negotiates TLS, authenticates and quits; the summary on
     /// success.
     pub async fn verify(&self, endpoint: &Endpoint) -> Result<String, StepError> {
-        let deadline = self.options.timeout * 4;
-        let run = async {
-            let (mut conn, summary) = self.open(endpoint).await?;
-            let _ = within(self.options.timeout, conn.inner.quit()).await;
-            Ok(summary)
-        };
-        tokio::time::timeout(deadline, run)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StepError {
-                    step: Step::Connect,
-                    message: format!(
-                        "{}:{} did not answer within {}s",
-                        endpoint.host,
-                        endpoint.port,
-                        deadline.as_secs()
-                    ),
-                    permanent: false,
-                })
-            })
+        // Every step is bounded by the timeout: no overall cap, which
+        // would cut off a slow server that answers each step in time.
+        let (conn, summary) = self.open(endpoint).await?;
+        close(conn.inner, false, self.options.timeout);
+        Ok(summary)
     }
 
     /// Sends one message over a fresh connection (test emails); the
-    /// server's reply to the message.
+    /// server's reply to the message. Each step is bounded by the timeout;
+    /// no overall cap, which could report as failed a message the server
+    /// took (and a user would send again).
     pub async fn send_once(
         &self,
         endpoint: &Endpoint,
         message: &lettre::Message,
     ) -> Result<String, StepError> {
-        let deadline = self.options.timeout * 4;
-        let run = async {
-            let (mut conn, _) = self.open(endpoint).await?;
-            let limit = self.options.timeout;
-            match transmit(&mut conn.inner, message, conn.pipelining, limit).await {
-                Ok(r) => {
-                    let _ = within(limit, conn.inner.quit()).await;
-                    Ok(reply_text(&r))
-                }
-                Err(e) => {
-                    hang_up(&mut conn.inner, e.failure.is_silent(), limit).await;
-                    Err(StepError {
-                        step: Step::Send,
-                        message: describe(&e.failure, endpoint),
-                        permanent: e.failure.is_permanent(),
-                    })
-                }
-            }
-        };
-        tokio::time::timeout(deadline, run)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StepError {
-                    step: Step::Send,
-                    message: format!(
-                        "{}:{} did not finish within {}s",
-                        endpoint.host,
-                        endpoint.port,
-                        deadline.as_secs()
-                    ),
-                    permanent: false,
-                })
-            })
+        let (mut conn, _) = self.open(endpoint).await?;
+        let limit = self.options.timeout;
+        let sent = transmit(&mut conn.inner, message, conn.pipelining, limit).await;
+        let silent = sent.as_ref().is_err_and(|e| e.silent);
+        close(conn.inner, silent, limit);
+        match sent {
+            Ok(r) => Ok(reply_text(&r)),
+            Err(e) => Err(StepError {
+                step: Step::Send,
+                message: describe(&e.failure, endpoint),
+                permanent: e.failure.is_permanent(),
+            }),
+        }
     }
 }
 
@@ -869,6 +859,73 @@ pub fn load_roots(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server written here only for a failure no real server gives on
+    /// demand: it accepts MAIL, refuses the recipient, and then never
+    /// answers DATA (nor a QUIT). Lines it read go to `seen`.
+    async fn refuses_then_goes_silent() -> (u16, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let lines = seen.clone();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (read, mut write) = socket.into_split();
+            let mut read = BufReader::new(read);
+            write.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+            let mut line = String::new();
+            while read.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let command = line.trim_end().to_ascii_uppercase();
+                lines.lock().unwrap().push(command.clone());
+                let reply: &[u8] = if command.starts_with("EHLO") {
+                    b"250-fake\r\n250 PIPELINING\r\n"
+                } else if command.starts_with("MAIL") {
+                    b"250 ok\r\n"
+                } else if command.starts_with("RCPT") {
+                    b"550 5.1.1 no such user\r\n"
+                } else {
+                    b""
+                };
+                write.write_all(reply).await.unwrap();
+                line.clear();
+            }
+        });
+        (port, seen)
+    }
+
+    /// The refusal decides the outcome, the silence after it how the
+    /// connection ends: without a QUIT, and without waiting for one.
+    #[tokio::test]
+    async fn a_refusal_then_silence_closes_without_quit() {
+        let (port, seen) = refuses_then_goes_silent().await;
+        let client = SmtpClient::new(SmtpOptions {
+            timeout: Duration::from_millis(300),
+            pool_size: 1,
+            extra_roots: Vec::new(),
+        });
+        let endpoint = Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+            tls: TlsMode::None,
+            credentials: None,
+        };
+        let message = lettre::Message::builder()
+            .from("a@example.com".parse().unwrap())
+            .to("b@example.com".parse().unwrap())
+            .subject("s")
+            .body(String::from("t"))
+            .unwrap();
+        let result = client.deliver(&endpoint, &message).await;
+        let AttemptResult::Permanent(reply) = &result else {
+            panic!("{result:?}");
+        };
+        assert!(reply.starts_with("550 5.1.1"), "{reply}");
+        // Long enough for a QUIT, were one sent, to arrive.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let lines = seen.lock().unwrap().clone();
+        assert!(!lines.iter().any(|l| l == "QUIT"), "{lines:?}");
+    }
 
     #[test]
     fn redacts_password_and_debug_hides_it() {
