@@ -366,7 +366,6 @@ pub async fn transmit(
     };
     let envelope = message.envelope();
     let mail = mail_command(envelope, &bytes);
-    let step = |f| Refused::after_mail(f);
     if !pipelining {
         within(limit, conn.command(mail))
             .await
@@ -374,19 +373,27 @@ pub async fn transmit(
         for to in envelope.to() {
             within(limit, conn.command(Rcpt::new(to.clone(), Vec::new())))
                 .await
-                .map_err(step)?;
+                .map_err(Refused::after_mail)?;
         }
-        within(limit, conn.command(Data)).await.map_err(step)?;
-        return within(limit, conn.command(Raw(body))).await.map_err(step);
+        within(limit, conn.command(Data))
+            .await
+            .map_err(Refused::after_mail)?;
+        return within(limit, conn.command(Raw(body)))
+            .await
+            .map_err(Refused::after_mail);
     }
     let data_too = envelope.to().len() == 1;
     let group = envelope_group(&mail, envelope, data_too);
     let count = 1 + envelope.to().len() + usize::from(data_too);
     replies(conn, Some(group), count, limit).await?;
     if !data_too {
-        within(limit, conn.command(Data)).await.map_err(step)?;
+        within(limit, conn.command(Data))
+            .await
+            .map_err(Refused::after_mail)?;
     }
-    within(limit, conn.command(Raw(body))).await.map_err(step)
+    within(limit, conn.command(Raw(body)))
+        .await
+        .map_err(Refused::after_mail)
 }
 
 /// A single-recipient message ready for [`transmit_chain`]: its MAIL, RCPT

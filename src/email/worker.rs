@@ -40,7 +40,7 @@ pub struct Route {
 
 /// The endpoint of an org's provider, credentials as the snapshot has them
 /// (none while its password cannot be read: see [`Route::blocked`]).
-pub fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
+fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
     Endpoint {
         host: p.host.clone(),
         port: p.port,
