@@ -1,5 +1,5 @@
 //! Convergence benchmark against the real test cluster (run
-//! `scripts/test-cluster.sh up` first, or set IDPLANE_TEST_KUBECONFIG).
+//! `eval "$(scripts/test-cluster.sh up)"` first, or set IDPLANE_TEST_KUBECONFIG).
 //!
 //! 1. Starts the operator (release build) on a fresh namespace set and
 //!    records its resident memory while idle.
@@ -30,7 +30,7 @@ const NAMESPACES: usize = 20;
 
 fn kubeconfig_path() -> String {
     std::env::var("IDPLANE_TEST_KUBECONFIG")
-        .unwrap_or_else(|_| "/tmp/idplane-test-cluster/kubeconfig".into())
+        .expect("IDPLANE_TEST_KUBECONFIG: run `eval \"$(scripts/test-cluster.sh up)\"` first")
 }
 
 async fn client() -> Client {
@@ -158,9 +158,7 @@ impl Drop for KillOnDrop {
 }
 
 fn kubectl(args: &[&str]) {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let kubectl = std::env::var("KUBECTL")
-        .unwrap_or_else(|_| format!("{home}/.cache/idplane/k8s-1.20.2/bin/kubectl"));
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let out = Command::new(kubectl)
         .args(args)
         .env("KUBECONFIG", kubeconfig_path())

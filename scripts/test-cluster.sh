@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
-# Local kube-apiserver + etcd on loopback for integration tests (no Docker).
+# Local kube-apiserver + etcd on loopback for integration tests (no Docker, no kubelet).
 #
-#   scripts/test-cluster.sh up     install deps, build if not cached, start etcd + apiserver
-#                                  (no-op if already healthy), wait for /readyz, print env
-#   scripts/test-cluster.sh down   stop both (idempotent; state is kept)
-#   scripts/test-cluster.sh reset  down + delete the state dir (next `up` starts empty)
-#   scripts/test-cluster.sh env    print `export KUBECONFIG=...` and `export PATH=...`
-#   scripts/test-cluster.sh build  only install deps + build/cache the binaries
+#   scripts/test-cluster.sh up [MINOR]     build if not cached, start etcd + apiserver
+#                                          (no-op if already healthy), wait for /readyz, print env
+#   scripts/test-cluster.sh down [MINOR]   stop both (idempotent; state is kept)
+#   scripts/test-cluster.sh reset [MINOR]  down + delete the state dir (next `up` starts empty)
+#   scripts/test-cluster.sh env [MINOR]    print the env lines (KUBECONFIG, KUBECTL, PATH, ...)
+#   scripts/test-cluster.sh build [MINOR]  only build/cache the binaries
+#   scripts/test-cluster.sh versions       the pinned minors, newest first
+#
+# MINOR is one of the Kubernetes releases pinned under scripts/k8s/vMINOR/ (default: the
+# newest; IDPLANE_K8S_VERSION also sets it). Several minors run side by side, each with its
+# own etcd, ports and state dir /tmp/idplane-test-cluster/MINOR.
 #
 # Usage: eval "$(scripts/test-cluster.sh up)"   (progress goes to stderr, env lines to stdout)
 #
-# Kubernetes 1.20.2 is built from Debian bookworm's source package (apt is the only
-# reachable registry), with Debian's Go 1.19 and etcd 3.4. There is no controller-manager
-# or scheduler: namespaces stay Terminating after delete, no default ServiceAccounts are
-# created, no pods run. Plain API objects, CRDs, RBAC, TokenRequest/TokenReview all work.
+# kube-apiserver and kubectl are built from the Go module k8s.io/kubernetes at the version
+# pinned in scripts/k8s/vMINOR/go.mod (scripts/k8s/pin.sh writes it); etcd from
+# go.etcd.io/etcd/server/v3 pinned in scripts/k8s/etcd/go.mod. Modules come through the Go
+# module proxy; binaries are cached in ~/.cache/idplane/k8s-VERSION and etcd-VERSION.
+# There is no controller-manager or scheduler: namespaces stay Terminating after delete, no
+# default ServiceAccounts are created, no pods run. Plain API objects, CRDs with CEL, RBAC,
+# TokenRequest/TokenReview, SubjectAccessReview and Leases all work.
 set -euo pipefail
 
-K8S_DEB_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
-DIR="${IDPLANE_CLUSTER_DIR:-/tmp/idplane-test-cluster}"
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/idplane/k8s-1.20.2"
-BIN="$CACHE/bin"
-ETCD_CLIENT_PORT="${IDPLANE_ETCD_PORT:-23790}"
-ETCD_PEER_PORT="${IDPLANE_ETCD_PEER_PORT:-23800}"
-API_PORT="${IDPLANE_API_PORT:-16443}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PINS="$HERE/k8s"
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/idplane"
 ADMIN_TOKEN="${IDPLANE_ADMIN_TOKEN:-idplane-admin-token}"
-READY_TIMEOUT="${IDPLANE_READY_TIMEOUT:-120}"   # seconds
+READY_TIMEOUT="${IDPLANE_READY_TIMEOUT:-180}"   # seconds
 export DEBIAN_FRONTEND=noninteractive
+# Build with the machine's Go; never fetch another toolchain.
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
 
 log() { echo "test-cluster: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -36,63 +42,72 @@ apt_install() {
     || { tail_log /tmp/idplane-apt.log; die "apt-get install failed"; }
 }
 
+# The pinned minors, newest first.
+versions() {
+  local d
+  for d in "$PINS"/v1.*/; do d=${d%/}; echo "${d##*/v}"; done | sort -t. -k1,1nr -k2,2nr
+}
+
+# Module version a go.mod requires: pinned MODULE GO_MOD
+pinned() {
+  awk -v m="$1" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$2"
+}
+
+select_version() {
+  MINOR="${1:-${IDPLANE_K8S_VERSION:-$(versions | head -n1)}}"
+  MOD="$PINS/v$MINOR"
+  [ -f "$MOD/go.mod" ] || die "Kubernetes $MINOR is not pinned (have: $(versions | tr '\n' ' ')); see scripts/k8s/pin.sh"
+  K8S_VERSION=$(pinned k8s.io/kubernetes "$MOD/go.mod")
+  [ -n "$K8S_VERSION" ] || die "no k8s.io/kubernetes version in $MOD/go.mod"
+  ETCD_VERSION=$(pinned go.etcd.io/etcd/server/v3 "$PINS/etcd/go.mod")
+  [ -n "$ETCD_VERSION" ] || die "no etcd version in $PINS/etcd/go.mod"
+  BIN="$CACHE_ROOT/k8s-${K8S_VERSION#v}/bin"
+  ETCD_BIN="$CACHE_ROOT/etcd-${ETCD_VERSION#v}/bin"
+  DIR="${IDPLANE_CLUSTER_DIR:-/tmp/idplane-test-cluster/$MINOR}"
+  # Ports per minor, so that several versions run at once (1.37: 16437, 23437, 23537).
+  local m=${MINOR#*.}
+  API_PORT="${IDPLANE_API_PORT:-$((16400 + m))}"
+  ETCD_CLIENT_PORT="${IDPLANE_ETCD_PORT:-$((23400 + m))}"
+  ETCD_PEER_PORT="${IDPLANE_ETCD_PEER_PORT:-$((23500 + m))}"
+}
+
 # ---------------------------------------------------------------- build ----
-build() {
-  if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ]; then return 0; fi
-  mkdir -p "$CACHE"
-  exec 8>"$CACHE/.build.lock"
-  flock -w 1800 8 || die "timed out waiting for another build (lock $CACHE/.build.lock)"
-  if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ]; then return 0; fi  # built meanwhile
-
-  local reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
-  command -v go >/dev/null && [ -d "$reflect2" ] && command -v make >/dev/null \
-    && command -v rsync >/dev/null && command -v xz >/dev/null \
-    || apt_install golang-go golang-github-modern-go-reflect2-dev make rsync xz-utils ca-certificates
-
-  # deb-src entry for bookworm/main, using the mirror this machine already uses.
-  if ! apt-cache showsrc kubernetes 2>/dev/null | grep -qF "Version: $K8S_DEB_VERSION"; then
-    local mirror
-    mirror=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | grep -v security | awk '{print $2; exit}')
-    [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    mirror="${mirror:-http://deb.debian.org/debian}"
-    log "adding deb-src $mirror bookworm main"
-    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-      "$mirror" >/etc/apt/sources.list.d/idplane-deb-src.sources
-    apt-get update -qq >/dev/null || die "apt-get update failed"
-  fi
-
-  local src="$CACHE/src"
-  rm -rf "$src" && mkdir -p "$src/dl"
-  log "downloading Debian source kubernetes=$K8S_DEB_VERSION"
-  # (fallback: whatever bookworm currently ships, in case a point release replaced deb12u1)
-  (cd "$src/dl" && { apt-get source --download-only "kubernetes=$K8S_DEB_VERSION" \
-     || apt-get source --download-only -t bookworm kubernetes; }) >"$src/apt-source.log" 2>&1 \
-    || { tail_log "$src/apt-source.log"; die "apt-get source failed"; }
-  local orig; orig=$(ls "$src"/dl/kubernetes_*.orig.tar.* | head -n1)
-  log "unpacking $(basename "$orig")"
-  mkdir -p "$src/k8s" && tar -xf "$orig" -C "$src/k8s" --strip-components=1
-  local k="$src/k8s"
-  [ -d "$k/vendor" ] && [ -f "$k/Makefile" ] || die "unexpected source layout in $orig"
-
-  # vendored reflect2 1.0.1 crashes under Go >= 1.18 ("fatal error: fault" in mapiternext)
-  rm -f "$k"/vendor/github.com/modern-go/reflect2/*.go "$k"/vendor/github.com/modern-go/reflect2/*.s
-  cp "$reflect2"/*.go "$k/vendor/github.com/modern-go/reflect2/"
-  cp "$reflect2"/*.s "$k/vendor/github.com/modern-go/reflect2/" 2>/dev/null || true
-  rm -f "$k"/vendor/github.com/modern-go/reflect2/*_test.go
-
-  mkdir -p "$k/.go/src/k8s.io" && ln -sfn ../../.. "$k/.go/src/k8s.io/kubernetes"
-  log "building kube-apiserver + kubectl (~6 min on 2 cores), log: $src/build.log"
+# go_build MODULE_DIR OUT_DIR LDFLAGS PACKAGE...: builds into OUT_DIR.tmp, then renames, so
+# that a cache dir either holds every binary or none.
+go_build() {
+  local mod=$1 out=$2 ldflags=$3; shift 3
+  command -v go >/dev/null || die "go is not on the PATH (the machine's Go 1.26 builds the test cluster)"
+  local blog="$CACHE_ROOT/build-$(basename "$(dirname "$out")").log"
+  log "building $* (first build about 10 min on 2 cores; log $blog)"
   local t0=$SECONDS
-  if ! (cd "$k/.go/src/k8s.io/kubernetes" && \
-        GOPATH="$k/.go" GOCACHE="$src/gocache" CGO_ENABLED=0 GOFLAGS= \
-        KUBE_VERBOSE=1 make WHAT="cmd/kube-apiserver cmd/kubectl" >"$src/build.log" 2>&1); then
-    tail_log "$src/build.log"; die "build failed"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  if ! (cd "$mod" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" "$@") >"$blog" 2>&1; then
+    tail_log "$blog"; die "build failed"
   fi
-  log "build took $((SECONDS - t0))s"
-  mkdir -p "$BIN.tmp"
-  cp "$k"/_output/local/bin/linux/*/kube-apiserver "$k"/_output/local/bin/linux/*/kubectl "$BIN.tmp/"
-  rm -rf "$BIN" && mv "$BIN.tmp" "$BIN"
-  rm -rf "$src"   # ~2 GB of sources + go cache
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "built in $((SECONDS - t0))s: $out"
+}
+
+build() {
+  if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ] && [ -x "$ETCD_BIN/etcd" ]; then return 0; fi
+  mkdir -p "$CACHE_ROOT"
+  exec 8>"$CACHE_ROOT/.build.lock"
+  flock -w 3600 8 || die "timed out waiting for another build (lock $CACHE_ROOT/.build.lock)"
+  if [ ! -x "$ETCD_BIN/etcd" ]; then
+    go_build "$PINS/etcd" "$ETCD_BIN" "-s -w" go.etcd.io/etcd/server/v3
+    mv "$ETCD_BIN/server" "$ETCD_BIN/etcd"   # go names the binary after server/v3
+  fi
+  if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kubectl" ]; then
+    # The version the binaries report (/version, `kubectl version`): Helm and kube clients read it.
+    local v=$K8S_VERSION major minor ld="-s -w" p
+    major=${v#v}; major=${major%%.*}; minor=${v#v*.}; minor=${minor%%.*}
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+      ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+    done
+    go_build "$MOD" "$BIN" "$ld" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  fi
+  exec 8>&-
 }
 
 # -------------------------------------------------------------- runtime ----
@@ -115,7 +130,7 @@ start() {
 stop() {
   local p i; p=$(readpid "$1")
   if [ -n "$p" ] && alive "$p" "$1"; then
-    log "stopping $1 (pid $p)"
+    log "stopping $1 $MINOR (pid $p)"
     kill "$p" 2>/dev/null || true
     for i in $(seq 1 50); do alive "$p" "$1" || break; sleep 0.2; done
     if alive "$p" "$1"; then kill -9 "$p" 2>/dev/null || true; sleep 0.5; fi
@@ -144,7 +159,7 @@ setup_state() {
 apiVersion: v1
 kind: Config
 clusters:
-- name: idplane-test
+- name: idplane-test-$MINOR
   cluster:
     server: https://127.0.0.1:$API_PORT
     certificate-authority: $p/ca.crt
@@ -153,38 +168,42 @@ users:
   user:
     token: $ADMIN_TOKEN
 contexts:
-- name: idplane-test
-  context: {cluster: idplane-test, user: admin, namespace: default}
-current-context: idplane-test
+- name: idplane-test-$MINOR
+  context: {cluster: idplane-test-$MINOR, user: admin, namespace: default}
+current-context: idplane-test-$MINOR
 EOF
 }
 
 print_env() {
   echo "export KUBECONFIG=$DIR/kubeconfig"
+  echo "export IDPLANE_TEST_KUBECONFIG=$DIR/kubeconfig"
+  echo "export KUBECTL=$BIN/kubectl"
+  echo "export IDPLANE_TEST_K8S_VERSION=$K8S_VERSION"
   echo "export PATH=$BIN:\$PATH"
 }
 
 up() {
   mkdir -p "$DIR"
   exec 9>"$DIR/.lock"
-  flock -w 900 9 || die "timed out waiting for lock $DIR/.lock"
-  if running kube-apiserver && healthy; then log "already up"; print_env; return 0; fi
+  flock -w 3600 9 || die "timed out waiting for lock $DIR/.lock"
+  if running kube-apiserver && healthy; then log "Kubernetes $K8S_VERSION already up"; print_env; return 0; fi
+  command -v openssl >/dev/null && command -v curl >/dev/null && command -v flock >/dev/null \
+    || apt_install openssl curl ca-certificates util-linux
   build
-  command -v etcd >/dev/null && command -v openssl >/dev/null && command -v curl >/dev/null \
-    || apt_install etcd-server openssl curl ca-certificates
   setup_state
 
   if ! running etcd; then
     port_busy "$ETCD_CLIENT_PORT" && die "port $ETCD_CLIENT_PORT in use by something else"
-    log "starting etcd on 127.0.0.1:$ETCD_CLIENT_PORT (log $DIR/etcd.log)"
+    log "starting etcd ${ETCD_VERSION} on 127.0.0.1:$ETCD_CLIENT_PORT (log $DIR/etcd.log)"
     # clear ETCD_* env that a distro might set, they would override our flags
-    start etcd env $(env | awk -F= '/^ETCD_/{printf "-u %s ", $1}') etcd --name idplane \
+    start etcd env $(env | awk -F= '/^ETCD_/{printf "-u %s ", $1}') "$ETCD_BIN/etcd" --name idplane \
       --data-dir "$DIR/etcd-data" \
       --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
       --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT_PORT" \
       --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
       --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
-      --initial-cluster "idplane=http://127.0.0.1:$ETCD_PEER_PORT"
+      --initial-cluster "idplane=http://127.0.0.1:$ETCD_PEER_PORT" \
+      --listen-metrics-urls "" --log-level warn
   fi
   local i
   for i in $(seq 1 60); do
@@ -194,14 +213,16 @@ up() {
     sleep 0.5
   done
 
+  # --endpoint-reconciler-type=none: the apiserver advertises a loopback address, which
+  # the default reconciler of the `kubernetes` Service's endpoints refuses (no pods here).
   if ! running kube-apiserver; then
     port_busy "$API_PORT" && die "port $API_PORT in use by something else"
-    log "starting kube-apiserver on https://127.0.0.1:$API_PORT (log $DIR/kube-apiserver.log)"
+    log "starting kube-apiserver $K8S_VERSION on https://127.0.0.1:$API_PORT (log $DIR/kube-apiserver.log)"
     local p="$DIR/pki"
     start kube-apiserver "$BIN/kube-apiserver" \
       --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
       --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-      --secure-port="$API_PORT" --insecure-port=0 \
+      --secure-port="$API_PORT" \
       --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
       --client-ca-file="$p/ca.crt" \
       --token-auth-file="$DIR/tokens.csv" \
@@ -211,7 +232,8 @@ up() {
       --service-account-signing-key-file="$p/sa.key" \
       --api-audiences=https://kubernetes.default.svc.cluster.local \
       --service-cluster-ip-range=10.0.0.0/24 \
-      --allow-privileged=true
+      --allow-privileged=true \
+      --endpoint-reconciler-type=none
   fi
   log "waiting up to ${READY_TIMEOUT}s for /readyz"
   local deadline=$((SECONDS + READY_TIMEOUT))
@@ -220,7 +242,7 @@ up() {
     [ $SECONDS -ge $deadline ] && { tail_log "$DIR/kube-apiserver.log"; die "kube-apiserver not ready after ${READY_TIMEOUT}s"; }
     sleep 1
   done
-  log "up: https://127.0.0.1:$API_PORT, kubeconfig $DIR/kubeconfig"
+  log "Kubernetes $K8S_VERSION up: https://127.0.0.1:$API_PORT, kubeconfig $DIR/kubeconfig"
   print_env
 }
 
@@ -232,11 +254,14 @@ down() {
   stop etcd
 }
 
-case "${1:-}" in
+cmd="${1:-}"
+[ "$cmd" = versions ] && { versions; exit 0; }
+select_version "${2:-}"
+case "$cmd" in
   up) up ;;
   down) down ;;
   reset) down; rm -rf "$DIR" ;;
   env) print_env ;;
-  build) build; log "binaries in $BIN" ;;
-  *) echo "usage: $0 up|down|reset|env|build" >&2; exit 2 ;;
+  build) build; log "binaries in $BIN and $ETCD_BIN" ;;
+  *) echo "usage: $0 up|down|reset|env|build [MINOR] | versions" >&2; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
-//! Against the real test cluster: the CRDs install and become Established,
-//! the examples apply with server-side apply, the invalid fixtures are
-//! refused with the field named, `kubectl explain` reads the descriptions,
-//! and `kubectl get` shows the printer columns.
+//! Against the real test cluster: the CRDs install server-side and become
+//! Established, the examples apply with server-side apply, the invalid
+//! fixtures are refused by the apiserver itself (schema and CEL rules) with
+//! the field named, `kubectl explain` reads the descriptions, and
+//! `kubectl get` shows the printer columns. scripts/test.sh runs this file
+//! against the newest and the oldest supported Kubernetes.
 
 mod common;
 
@@ -70,40 +72,35 @@ fn every_example_applies_server_side() {
     );
 }
 
+/// `kubectl apply --server-side` of one fixture in `ns`: its stderr, after
+/// checking that the apiserver refused it. `--validate=strict` asks the
+/// apiserver itself to refuse unknown fields (fieldValidation=Strict).
+fn refused_by_the_apiserver(ns: &str, path: &std::path::Path) -> String {
+    let out = kubectl(&[
+        "apply",
+        "--server-side",
+        "--validate=strict",
+        "-n",
+        ns,
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "{} was accepted:\n{}",
+        path.display(),
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
 #[test]
 fn invalid_schema_fixtures_are_refused_naming_the_field() {
     install_crds();
     let ns = temp_namespace("invalid");
-    let dir = root().join("tests/fixtures/invalid/schema");
-    let mut checked = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        let body = std::fs::read_to_string(&path).unwrap();
-        let field = body
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect-field: "))
-            .unwrap();
-        // Kubernetes 1.20 prunes unknown fields instead of refusing them;
-        // kubectl's own schema validation refuses them, so that one case
-        // goes through kubectl's validation, every other one straight to
-        // the apiserver.
-        let by_kubectl = body.contains("# refused-by: kubectl");
-        let validate = if by_kubectl {
-            "--validate=true"
-        } else {
-            "--validate=false"
-        };
-        let out = kubectl(&[
-            "apply",
-            "--server-side",
-            validate,
-            "-n",
-            &ns,
-            "-f",
-            path.to_str().unwrap(),
-        ]);
-        let err = text(&out.stderr);
-        assert!(!out.status.success(), "{} was accepted", path.display());
+    let fixtures = invalid_fixtures("schema");
+    for (path, field, _) in &fixtures {
+        let err = refused_by_the_apiserver(&ns, path);
         let leaf = field.rsplit('.').next().unwrap();
         let leaf = leaf.split('[').next().unwrap();
         assert!(
@@ -111,9 +108,28 @@ fn invalid_schema_fixtures_are_refused_naming_the_field() {
             "{}: the error does not name {field}:\n{err}",
             path.display()
         );
-        checked += 1;
     }
-    assert!(checked >= 10);
+    assert!(fixtures.len() >= 10);
+}
+
+/// Every CEL rule of the CRDs compiles on this apiserver and is enforced by
+/// it: each fixture of `rules/` is refused with the rule's own message, at
+/// the field that `idplane validate` names (tests/validate_cli.rs checks
+/// the same fixtures, field and message against idplane).
+#[test]
+fn invalid_rule_fixtures_are_refused_by_the_apiserver_with_the_rule_message() {
+    install_crds();
+    let ns = temp_namespace("cel");
+    let fixtures = invalid_fixtures("rules");
+    for (path, field, message) in &fixtures {
+        let err = refused_by_the_apiserver(&ns, path);
+        assert!(
+            err.contains(&format!("{field}: ")) && err.contains(message.as_str()),
+            "{}: the apiserver's error does not say {message:?} at {field}:\n{err}",
+            path.display()
+        );
+    }
+    assert!(fixtures.len() >= 10);
 }
 
 #[test]

@@ -1,48 +1,21 @@
 //! `idplane validate` as a user runs it: the example org passes, every
 //! invalid fixture fails with its file, line, column, field and reason.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output, Stdio};
+
+use common::{invalid_fixtures, root, text};
 
 fn idplane() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idplane"))
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn run(args: &[&str]) -> Output {
     idplane().args(args).current_dir(root()).output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// The invalid fixtures with what each must report (from its header).
-fn fixtures(group: &str) -> Vec<(PathBuf, String, String)> {
-    let dir = root().join("tests/fixtures/invalid").join(group);
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let body = std::fs::read_to_string(&path).unwrap();
-        let header = |key: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
-                .unwrap_or_else(|| panic!("{} lacks # {key}", path.display()))
-                .to_string()
-        };
-        out.push((
-            path.clone(),
-            header("expect-field"),
-            header("expect-message"),
-        ));
-    }
-    out.sort();
-    assert!(!out.is_empty(), "no fixtures in {}", dir.display());
-    out
-}
 
 #[test]
 fn the_example_org_is_valid() {
@@ -58,7 +31,7 @@ fn the_example_org_is_valid() {
 }
 
 fn check_invalid(group: &str) {
-    for (path, field, message) in fixtures(group) {
+    for (path, field, message) in invalid_fixtures(group) {
         let rel = path.strip_prefix(root()).unwrap().display().to_string();
         let out = run(&["validate", &rel]);
         let stdout = text(&out.stdout);

@@ -309,12 +309,12 @@ pub struct NetworkCondition {
     pub connection: NetworkConnection,
     /// CIDRs (for example 10.0.0.0/8 or 2001:db8::/32) the client IP must be in.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("each entry must be a CIDR such as 10.0.0.0/8"))]
     pub include: Vec<String>,
     /// CIDRs the client IP must not be in.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("each entry must be a CIDR such as 10.0.0.0/8"))]
     pub exclude: Vec<String>,
 }

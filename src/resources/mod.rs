@@ -33,14 +33,24 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// Removes `null` from enum lists (optional enums are already `nullable`):
-/// apiservers before 1.22 cannot convert a CRD whose enum lists `null`.
+/// What the apiserver takes without complaint: `null` is removed from enum
+/// lists (optional enums are already `nullable`; a `null` entry breaks the
+/// CRD's conversion), and the unsigned integer formats that schemars writes
+/// (`uint32`, ...) are dropped: Kubernetes does not know them and warns on
+/// every apply of the CRD (the bounds are in `minimum`/`maximum`).
 fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(map) => {
                 if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
                     values.retain(|x| !x.is_null());
+                }
+                if map
+                    .get("format")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    map.remove("format");
                 }
                 map.values_mut().for_each(walk);
             }

@@ -14,34 +14,25 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The kubeconfig of the test cluster; panics with the fix when there is none.
+/// The kubeconfig of the test cluster (`eval "$(scripts/test-cluster.sh up)"`
+/// sets IDPLANE_TEST_KUBECONFIG; any other cluster works too); panics with
+/// the fix when there is none.
 pub fn kubeconfig() -> PathBuf {
-    if let Ok(p) = std::env::var("IDPLANE_TEST_KUBECONFIG") {
-        return PathBuf::from(p);
+    match std::env::var_os("IDPLANE_TEST_KUBECONFIG") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "no test cluster: run `eval \"$(scripts/test-cluster.sh up)\"` \
+             (or set IDPLANE_TEST_KUBECONFIG)"
+        ),
     }
-    let dir =
-        std::env::var("IDPLANE_CLUSTER_DIR").unwrap_or_else(|_| "/tmp/idplane-test-cluster".into());
-    let path = Path::new(&dir).join("kubeconfig");
-    assert!(
-        path.exists(),
-        "no test cluster: run `scripts/test-cluster.sh up` (or set IDPLANE_TEST_KUBECONFIG)"
-    );
-    path
 }
 
-/// kubectl: $KUBECTL, the one the cluster script built, or the PATH's.
+/// kubectl: $KUBECTL (the one scripts/test-cluster.sh built for the
+/// cluster's own version), or the PATH's.
 pub fn kubectl_path() -> PathBuf {
-    if let Ok(p) = std::env::var("KUBECTL") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let cache = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
-    let built = Path::new(&cache).join("idplane/k8s-1.20.2/bin/kubectl");
-    if built.exists() {
-        built
-    } else {
-        PathBuf::from("kubectl")
-    }
+    std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
 }
 
 pub fn kubectl(args: &[&str]) -> Output {
@@ -106,14 +97,7 @@ pub fn apply_yaml(namespace: &str, yaml: &str) {
 pub fn install_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        if server_minor() >= 25 {
-            kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
-        } else {
-            // Before 1.25 the CRD schema type has no x-kubernetes-validations
-            // (CEL): server-side apply refuses the unknown field, client-side
-            // apply drops it. idplane checks the CEL rules itself.
-            kubectl_ok(&["apply", "--validate=false", "-f", "crds/"]);
-        }
+        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
         for crd in [
             "telephonyhooks",
             "enrollmentpolicies",
@@ -140,6 +124,28 @@ pub fn server_minor() -> u32 {
         .trim_end_matches('+')
         .parse()
         .unwrap_or(0)
+}
+
+/// The fixtures of `tests/fixtures/invalid/GROUP/`, sorted: each file with
+/// its `# expect-field:` and `# expect-message:` header lines.
+pub fn invalid_fixtures(group: &str) -> Vec<(PathBuf, String, String)> {
+    let dir = root().join("tests/fixtures/invalid").join(group);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let body = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
+                .unwrap_or_else(|| panic!("{} lacks # {key}", path.display()))
+                .to_string()
+        };
+        let (field, message) = (header("expect-field"), header("expect-message"));
+        out.push((path, field, message));
+    }
+    out.sort();
+    assert!(!out.is_empty(), "no fixtures in {}", dir.display());
+    out
 }
 
 /// A fresh namespace (org) for one test.
