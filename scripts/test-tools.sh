@@ -4,10 +4,10 @@
 #   - Postfix's smtp-sink (Debian package postfix, installed unconfigured),
 #   - dnsmasq (Debian package dnsmasq-base: the binary, no system service),
 #   - openssl (test certificates),
-#   - Go (Debian package golang-go: the chart tests render the Helm chart
-#     with Go's text/template, Helm's template engine),
-#   - aiosmtpd in a virtualenv at ${IDPLANE_VENV:-/tmp/idplane-venv}
-#     (never in the system Python).
+#   - a virtualenv at ${IDPLANE_VENV:-/tmp/idplane-venv} (never the system
+#     Python) with aiosmtpd (the SMTP test server) and helm-python-sdk (Helm
+#     4's own Go SDK as a library: the chart tests render, lint, install,
+#     upgrade and uninstall the Helm chart with it).
 # Idempotent: a second run only checks and prints.
 set -euo pipefail
 
@@ -17,7 +17,6 @@ need=()
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v go >/dev/null 2>&1 || need+=(golang-go)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
@@ -29,13 +28,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 venv="${IDPLANE_VENV:-/tmp/idplane-venv}"
-if ! "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
-  log "creating $venv with aiosmtpd"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'aiosmtpd==1.4.6'
-fi
+[ -x "$venv/bin/python" ] || { log "creating $venv"; python3 -m venv "$venv"; }
+# pin PACKAGE VERSION: installs exactly that version unless it is there.
+pin() {
+  "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" \
+    >/dev/null 2>&1 && return
+  log "installing $1==$2 into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$1==$2" >&2
+}
+pin aiosmtpd 1.4.6
+pin helm-python-sdk 0.2.2
 
 echo "export IDPLANE_VENV=$venv"
 echo "export IDPLANE_SMTP_SINK=/usr/sbin/smtp-sink"
-echo "export IDPLANE_GO=$(command -v go)"
 echo "export IDPLANE_DNSMASQ=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)"

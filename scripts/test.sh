@@ -36,7 +36,7 @@ for tool in fmt clippy; do
   }
 done
 
-log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, Go, aiosmtpd in a virtualenv)"
+log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, a virtualenv with aiosmtpd and the Helm 4 SDK)"
 eval "$(scripts/test-tools.sh)"
 
 log "cargo fmt --check"

@@ -1,77 +1,101 @@
-//! The Helm chart (`charts/idplane`): rendered with Go's text/template, the
-//! engine Helm uses (tests/support/render_chart.go, as Helm is not
-//! packaged for Debian), then checked object by object and sent to the
-//! real test apiserver with `kubectl apply --dry-run=server`, which
-//! validates every object against the cluster's own schemas.
+//! The Helm chart (`charts/idplane`), with Helm 4 itself as the reference:
+//! its Go SDK (helm-python-sdk, driven by tests/support/helm.py in the
+//! virtualenv of scripts/test-tools.sh) lints the chart, renders it for the
+//! object-by-object checks and for `kubectl apply --dry-run=server` against
+//! the real test apiserver (which validates every object against the
+//! cluster's own schemas), and installs, upgrades and uninstalls a release
+//! there.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use common::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// `go`, from IDPLANE_GO or PATH (scripts/test-tools.sh installs Debian's
-/// golang-go).
-fn go() -> PathBuf {
-    std::env::var_os("IDPLANE_GO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("go"))
+/// The virtualenv's python, with helm-python-sdk: scripts/test-tools.sh
+/// installs it (once per test process) and names the virtualenv.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/test-tools.sh"))
+            .output()
+            .expect("scripts/test-tools.sh runs");
+        assert!(
+            out.status.success(),
+            "scripts/test-tools.sh failed:\n{}",
+            text(&out.stderr)
+        );
+        let env = text(&out.stdout);
+        let venv = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export IDPLANE_VENV="))
+            .unwrap_or_else(|| panic!("scripts/test-tools.sh printed no IDPLANE_VENV:\n{env}"));
+        Path::new(venv).join("bin/python")
+    })
 }
 
-/// Merges `over` into `base` the way Helm merges `--values` into the
-/// chart's defaults: maps key by key, anything else replaced.
-fn merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
+/// `tests/support/helm.py ARGS`.
+fn helm(args: &[&str]) -> Output {
+    Command::new(python())
+        .arg(root().join("tests/support/helm.py"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the virtualenv's python runs")
 }
 
-/// The chart rendered with its values.yaml plus `overrides`: the text and
-/// the objects.
+/// `helm.py ARGS`, which must succeed: its JSON answer.
+fn helm_json(args: &[&str]) -> Value {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm.py {args:?} failed:\n{}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn chart() -> String {
+    root().join("charts/idplane").to_str().unwrap().to_string()
+}
+
+/// `values` in a file of `dir`, for Helm to merge over values.yaml.
+fn values_file(dir: &Path, name: &str, values: &Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, values.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The YAML documents of a stream, empty ones left out.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The chart rendered by Helm with its values.yaml plus `overrides`: the
+/// text and the objects.
 fn render(overrides: Value) -> (String, Vec<Value>) {
     try_render(overrides).unwrap_or_else(|e| panic!("rendering failed: {e}"))
 }
 
-/// The chart rendered, or the renderer's error (a template's `fail`).
+/// The chart rendered, or Helm's error (a template's `fail`).
 fn try_render(overrides: Value) -> Result<(String, Vec<Value>), String> {
-    let chart = root().join("charts/idplane");
-    let defaults = std::fs::read_to_string(chart.join("values.yaml")).unwrap();
-    let mut values: Value = serde_yaml::from_str(&defaults).unwrap();
-    merge(&mut values, &overrides);
     let tmp = tempfile::tempdir().unwrap();
-    let values_path = tmp.path().join("values.json");
-    std::fs::write(&values_path, values.to_string()).unwrap();
-    let out = Command::new(go())
-        .arg("run")
-        .arg(root().join("tests/support/render_chart.go"))
-        .arg(&chart)
-        .arg(&values_path)
-        .args(["rel", "idplane-system"])
-        .env("GO111MODULE", "off")
-        .env("GOCACHE", std::env::temp_dir().join("idplane-go-cache"))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}); run scripts/test-tools.sh",
-                go().display()
-            )
-        });
+    let values = values_file(tmp.path(), "values.json", &overrides);
+    let out = helm(&["render", &chart(), &values, "rel", "idplane-system"]);
     if !out.status.success() {
         return Err(text(&out.stderr));
     }
     let yaml = text(&out.stdout);
-    let objects = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect();
+    let objects = documents(&yaml);
     Ok((yaml, objects))
 }
 
@@ -277,4 +301,415 @@ fn values_idplane_would_refuse_at_start_fail_the_install_with_the_reason() {
     );
     // Without a host there is no default provider, and nothing to refuse.
     assert!(try_render(json!({"email": {"defaultProvider": {"username": "mailer"}}})).is_ok());
+}
+
+#[test]
+fn helm_lint_finds_no_problem_with_the_default_or_the_email_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let email = json!({"email": {
+        "defaultSender": "Acme Mail <noreply@acme.example>",
+        "defaultProvider": {
+            "host": "smtp.acme.example",
+            "username": "mailer",
+            "passwordSecret": {"name": "smtp-relay", "key": "pw"},
+        },
+    }});
+    for (name, values) in [("defaults.json", json!({})), ("email.json", email)] {
+        let report = helm_json(&["lint", &chart(), &values_file(tmp.path(), name, &values)]);
+        assert_eq!(report["total_charts_linted"], 1, "{report:#}");
+        assert_eq!(report["errors"], json!([]), "{report:#}");
+        // Severity 1 is information ("icon is recommended"); 2 a warning, 3 an error.
+        let problems: Vec<&Value> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_u64().unwrap() >= 2)
+            .collect();
+        assert!(problems.is_empty(), "{name}: {problems:#?}");
+    }
+}
+
+/// A release installed by the test. However the test ends, it is
+/// uninstalled, Helm's share of the CRDs' fields given up and the
+/// namespace deleted, so that nothing of it is left in the cluster.
+struct Release {
+    name: String,
+    namespace: String,
+    kubeconfig: String,
+    /// The kubeconfig and the values files.
+    dir: tempfile::TempDir,
+}
+
+impl Release {
+    /// A fresh namespace, and a release name of its own: the
+    /// ClusterRole(Binding)s are named after the release.
+    fn new() -> Release {
+        let namespace = temp_namespace("helm");
+        let name = namespace.replacen("helm-", "idplane-", 1);
+        // Helm reads the cluster that kubectl is given, as one
+        // self-contained file.
+        let dir = tempfile::tempdir().unwrap();
+        let config = kubectl_ok(&["config", "view", "--raw", "--minify", "--flatten"]);
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, config).unwrap();
+        Release {
+            name,
+            namespace,
+            kubeconfig: kubeconfig.to_str().unwrap().to_string(),
+            dir,
+        }
+    }
+
+    /// `helm.py ACTION [CHART VALUES] RELEASE --kubeconfig .. --namespace ..`.
+    fn helm(&self, action: &str, chart_and_values: &[&str]) -> Output {
+        let mut args = vec![action];
+        args.extend_from_slice(chart_and_values);
+        args.extend_from_slice(&[
+            &self.name,
+            "--kubeconfig",
+            &self.kubeconfig,
+            "--namespace",
+            &self.namespace,
+        ]);
+        helm(&args)
+    }
+
+    /// Installs or upgrades (`action`) the chart with `values`: the release.
+    fn deploy(&self, action: &str, values: &Value) -> Value {
+        let values = values_file(self.dir.path(), &format!("{action}.json"), values);
+        let out = self.helm(action, &[&chart(), &values]);
+        assert!(
+            out.status.success(),
+            "helm {action} failed:\n{}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Helm's status of the release, or None when Helm has none.
+    fn status(&self) -> Option<Value> {
+        let out = self.helm("status", &[]);
+        if out.status.success() {
+            return Some(serde_json::from_slice(&out.stdout).unwrap());
+        }
+        let error = text(&out.stderr);
+        assert!(error.contains("not found"), "helm status failed:\n{error}");
+        None
+    }
+
+    /// An object of the release as the apiserver stores it.
+    fn stored(&self, kind: &str, name: &str) -> Option<Value> {
+        get_json(&self.namespace, &format!("{}/{name}", kind.to_lowercase()))
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.helm("uninstall", &[]);
+        let _ = give_up_helm_crd_fields();
+        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+/// The objects Helm applied for a release, from its own record.
+fn manifest_objects(release: &Value) -> Vec<Value> {
+    let manifest = release["manifest"].as_str();
+    documents(manifest.expect("the release's manifest"))
+}
+
+/// The CRDs of the chart's crds/ directory: their names.
+fn chart_crds() -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root().join("charts/idplane/crds")).unwrap() {
+        let yaml = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for crd in documents(&yaml) {
+            names.push(crd["metadata"]["name"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(!names.is_empty(), "the chart has CRDs");
+    names
+}
+
+/// The field manager of Helm 4's server-side apply: the program's name
+/// (its os.Args[0]), here the virtualenv's python.
+const HELM_FIELD_MANAGER: &str = "python";
+
+/// Whether Helm's field manager owns fields of each of the chart's CRDs.
+fn helm_owns_crd_fields() -> Vec<(String, bool)> {
+    chart_crds()
+        .into_iter()
+        .map(|crd| {
+            let out = kubectl_ok(&[
+                "get",
+                &format!("crd/{crd}"),
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ]);
+            let obj: Value = serde_json::from_str(&out).unwrap();
+            let owns = obj["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["manager"] == HELM_FIELD_MANAGER);
+            (crd, owns)
+        })
+        .collect()
+}
+
+/// Gives Helm's share of the CRDs' fields up: kubectl's errors, if any.
+/// Helm 4 server-side applies the chart's crds/ at every install, to
+/// existing CRDs too (without force), and so co-owns every field with the
+/// other tests' `kubectl apply --server-side`: a field that a later crds/
+/// drops would stay, kept by Helm's share. Applying nothing under Helm's
+/// field manager leaves kubectl the only owner; no field changes, as
+/// kubectl applied the same files (tests/crds_sync.rs) first.
+fn give_up_helm_crd_fields() -> Vec<String> {
+    let mut errors = Vec::new();
+    for crd in chart_crds() {
+        let nothing = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd},
+        });
+        let out = kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                HELM_FIELD_MANAGER,
+                "-f",
+                "-",
+            ],
+            &nothing.to_string(),
+        );
+        if !out.status.success() {
+            errors.push(format!("{crd}: {}", text(&out.stderr)));
+        }
+    }
+    errors
+}
+
+fn assert_crds_established() {
+    for crd in chart_crds() {
+        wait_for(
+            &format!("CRD {crd} Established"),
+            Duration::from_secs(60),
+            || {
+                let obj = get_json("default", &format!("crd/{crd}"))?;
+                (condition(&obj, "Established")?["status"] == "True").then_some(())
+            },
+        );
+    }
+}
+
+fn stored_args(set: &Value) -> Vec<String> {
+    set["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
+    let release = Release::new();
+    let (name, ns) = (release.name.as_str(), release.namespace.as_str());
+    kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "smtp-relay",
+        "-n",
+        ns,
+        "--from-literal=pw=not-used",
+    ]);
+    let mut values = json!({"email": {"defaultProvider": {
+        "host": "smtp.acme.example",
+        "username": "mailer",
+        "passwordSecret": {"name": "smtp-relay", "key": "pw"},
+    }}});
+
+    // The CRDs as the other tests apply them, so that Helm's own apply of
+    // the same files (it applies existing CRDs too) meets no conflict
+    // whatever CRDs a cluster that keeps its state had.
+    install_crds();
+
+    // Install: the chart's CRDs, then every object of the templates.
+    let installed = release.deploy("install", &values);
+    assert_eq!(installed["status"], "deployed", "{installed:#}");
+    assert_eq!(installed["revision"], 1);
+    assert_eq!(installed["namespace"], ns);
+    assert_crds_established();
+    for (crd, owns) in helm_owns_crd_fields() {
+        assert!(
+            owns,
+            "Helm did not apply CRD {crd} (field manager {HELM_FIELD_MANAGER})"
+        );
+    }
+    assert_eq!(give_up_helm_crd_fields(), Vec::<String>::new());
+    assert_crds_established();
+    let objects = manifest_objects(&installed);
+    let kinds: Vec<(&str, &str)> = objects
+        .iter()
+        .map(|o| {
+            let name = o["metadata"]["name"].as_str().unwrap();
+            (o["kind"].as_str().unwrap(), name)
+        })
+        .collect();
+    let pods = format!("{name}-pods");
+    let delegator = format!("{name}-auth-delegator");
+    for want in [
+        ("ServiceAccount", name),
+        ("ClusterRole", name),
+        ("ClusterRoleBinding", name),
+        ("ClusterRoleBinding", delegator.as_str()),
+        ("StatefulSet", name),
+        ("Service", name),
+        ("Service", pods.as_str()),
+    ] {
+        assert!(
+            kinds.contains(&want),
+            "{want:?} not in the release: {kinds:?}"
+        );
+    }
+    for object in &objects {
+        let (kind, object_name) = (
+            object["kind"].as_str().unwrap(),
+            object["metadata"]["name"].as_str().unwrap(),
+        );
+        let stored = release
+            .stored(kind, object_name)
+            .unwrap_or_else(|| panic!("the apiserver has no {kind} {object_name}"));
+        let meta = &stored["metadata"];
+        assert_eq!(
+            meta["labels"]["app.kubernetes.io/managed-by"], "Helm",
+            "{kind} {object_name}"
+        );
+        assert_eq!(meta["annotations"]["meta.helm.sh/release-name"], name);
+        assert_eq!(meta["annotations"]["meta.helm.sh/release-namespace"], ns);
+        if kind == "ServiceAccount" || kind == "StatefulSet" || kind == "Service" {
+            assert_eq!(meta["namespace"], ns, "{kind} {object_name}");
+        }
+        let args = |o: &Value| o["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        assert_eq!(args(&stored), args(object), "{kind} {object_name}: args");
+        // RBAC as the templates wrote it; the subjects in the release's namespace.
+        for field in ["rules", "roleRef", "subjects"] {
+            assert_eq!(
+                stored[field], object[field],
+                "{kind} {object_name}: {field}"
+            );
+        }
+    }
+    let role = release.stored("ClusterRole", name).unwrap();
+    assert!(
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["apiGroups"] == json!(["idplane.dev"])
+                && r["resources"][0] == "telephonyhooks"),
+        "{role:#}"
+    );
+    let binding = release.stored("ClusterRoleBinding", name).unwrap();
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
+    );
+    assert_eq!(
+        release.stored("ClusterRoleBinding", &delegator).unwrap()["roleRef"]["name"],
+        "system:auth-delegator"
+    );
+    assert_eq!(
+        release.stored("Service", &pods).unwrap()["spec"]["clusterIP"],
+        "None"
+    );
+    let service = release.stored("Service", name).unwrap();
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    let set = release.stored("StatefulSet", name).unwrap();
+    assert_eq!(set["spec"]["replicas"], 1);
+    assert_eq!(set["spec"]["serviceName"], pods);
+    let pod = &set["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], name);
+    let args = stored_args(&set);
+    for want in [
+        "operator".to_string(),
+        format!("--lease-name={name}-status-writer"),
+        "--smtp-host=smtp.acme.example".to_string(),
+        "--smtp-username=mailer".to_string(),
+    ] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--email-")), "{args:?}");
+    let password = pod["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "IDPLANE_SMTP_PASSWORD")
+        .expect("the password's variable");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"],
+        json!({"name": "smtp-relay", "key": "pw"})
+    );
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "state"
+    );
+
+    // Upgrade: the changed values reach the stored StatefulSet.
+    values["replicas"] = json!(2);
+    values["email"]["defaultSender"] = json!("Acme Mail <noreply@acme.example>");
+    values["extraArgs"] = json!(["--email-concurrency=32"]);
+    let upgraded = release.deploy("upgrade", &values);
+    assert_eq!(upgraded["status"], "deployed", "{upgraded:#}");
+    assert_eq!(upgraded["revision"], 2);
+    let set = release.stored("StatefulSet", name).unwrap();
+    assert_eq!(set["spec"]["replicas"], 2);
+    let args = stored_args(&set);
+    for want in [
+        "--email-default-sender=Acme Mail <noreply@acme.example>",
+        "--email-concurrency=32",
+        "--smtp-host=smtp.acme.example",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
+    }
+    let status = release.status().expect("the release");
+    assert_eq!(status["revision"], 2);
+    assert_eq!(status["status"], "deployed");
+
+    // Uninstall: the release and every object of it go, cluster-scoped
+    // RBAC too; Helm keeps the CRDs, and the Secret it did not create.
+    let out = release.helm("uninstall", &[]);
+    assert!(
+        out.status.success(),
+        "helm uninstall failed:\n{}",
+        text(&out.stderr)
+    );
+    for object in manifest_objects(&upgraded) {
+        let (kind, object_name) = (
+            object["kind"].as_str().unwrap(),
+            object["metadata"]["name"].as_str().unwrap(),
+        );
+        wait_for(
+            &format!("{kind} {object_name} to be deleted"),
+            Duration::from_secs(30),
+            || release.stored(kind, object_name).is_none().then_some(()),
+        );
+    }
+    assert_eq!(release.status(), None, "the release is still there");
+    let history = kubectl_ok(&[
+        "get",
+        "secrets",
+        "-n",
+        ns,
+        "-l",
+        &format!("owner=helm,name={name}"),
+        "-o",
+        "name",
+    ]);
+    assert_eq!(history.trim(), "", "Helm's release records are left");
+    assert!(release.stored("Secret", "smtp-relay").is_some());
+    assert_crds_established();
 }
