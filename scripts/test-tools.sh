@@ -38,6 +38,7 @@ pin() {
 }
 pin aiosmtpd 1.4.6
 pin helm-python-sdk 0.2.2
+pin schemathesis 4.32.5
 
 echo "export IDPLANE_VENV=$venv"
 echo "export IDPLANE_SMTP_SINK=/usr/sbin/smtp-sink"

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use idplane::cli::validate::{load, locate};
+use idplane::cli::validate::{load, locate, tally};
 use idplane::cli::{Cli, Command, OutputFormat};
-use idplane::validate::Options;
+use idplane::validate::{Options, Severity};
 
 /// jemalloc returns memory to the system under the churn of many watch
 /// events far better than glibc's allocator with many threads.
@@ -62,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = Options {
                 default_namespace: namespace,
                 strict,
+                egress_warnings: true,
             };
             let (documents, report) = load(&paths, &options)?;
             let located = locate(&documents, &report);
@@ -78,7 +79,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 || idplane::resources::KINDS.contains(&c.key.kind.as_str())
                         })
                         .count();
-                    eprintln!("{} objects checked, {} problems", checked, located.len());
+                    let warnings = located
+                        .iter()
+                        .filter(|l| l.finding.severity == Severity::Warning)
+                        .count();
+                    eprintln!(
+                        "{checked} objects checked, {}",
+                        tally(located.len() - warnings, warnings)
+                    );
                 }
                 OutputFormat::Json => {
                     println!(
@@ -106,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = Options {
                 default_namespace: namespace,
                 strict: false,
+                ..Options::default()
             };
             if check {
                 return check_manifests(&manifests, &options);

@@ -176,6 +176,10 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
         "the file stays below the 1Gi volume: {args:?}"
     );
     assert!(args.contains(&"--lease-name=rel-status-writer".to_string()));
+    assert!(
+        args.contains(&"--egress-private=deny".to_string()),
+        "private destinations refused by default: {args:?}"
+    );
     assert!(!args.iter().any(|a| a.starts_with("--smtp-")), "{args:?}");
     flags_parse(&args);
     assert_eq!(

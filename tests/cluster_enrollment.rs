@@ -62,6 +62,10 @@ fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
         "required: email, webauthn; optional: okta verify; not allowed: phone"
     );
     assert_eq!(condition(&admins, "Shadowed").unwrap()["status"], "False");
+    assert_eq!(
+        condition(&admins, "DefaultPolicy").unwrap()["reason"],
+        "DefaultPolicyActive"
+    );
     let out = kubectl_ok(&["get", "enrollmentpolicies", "-n", &ns]);
     assert!(
         out.contains("required: email, webauthn"),
@@ -111,4 +115,51 @@ fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
         body.contains("user.enrolled[0]") && body.contains("magic"),
         "{body}"
     );
+
+    // A namespace idplane does not watch is an org it knows nothing of.
+    let elsewhere = op.url("/v1/orgs/not-watched-by-idplane/enrollment/evaluate");
+    let (code, body) = http(
+        "POST",
+        &elsewhere,
+        Some(token),
+        Some(&json!({"user": {"id": "u2"}})),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("\"code\":\"org_not_found\""), "{body}");
+
+    // Without its default policy the org's policies warn in their status,
+    // and a user no policy lists is refused, not let in with a password.
+    kubectl_ok(&["delete", "enrollmentpolicy", "everyone", "-n", &ns]);
+    let warned = wait_for(
+        "admins DefaultPolicy=False",
+        Duration::from_secs(60),
+        || {
+            let o = get_json(&ns, "enrollmentpolicy/admins")?;
+            (condition(&o, "DefaultPolicy")?["status"] == "False").then_some(o)
+        },
+    );
+    let default = condition(&warned, "DefaultPolicy").unwrap();
+    assert_eq!(default["reason"], "NoDefaultPolicy");
+    assert!(
+        default["message"].as_str().unwrap().contains(&format!(
+            "org {ns} has EnrollmentPolicies but no default one"
+        )),
+        "{default}"
+    );
+    assert_eq!(condition(&warned, "Ready").unwrap()["status"], "True");
+    let (code, body) = wait_for(
+        "409 for a user no policy lists",
+        Duration::from_secs(30),
+        || {
+            let answer = http(
+                "POST",
+                &url,
+                Some(token),
+                Some(&json!({"user": {"id": "u2"}})),
+            );
+            (answer.0 != 200).then_some(answer)
+        },
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("\"code\":\"no_default_policy\""), "{body}");
 }

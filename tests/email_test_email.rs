@@ -23,6 +23,11 @@ fn args(org: &str) -> TestEmailArgs {
         manifests: None,
         smtp_ca_file: None,
         smtp_timeout: Duration::from_secs(5),
+        // The test server listens on loopback.
+        egress: idplane::egress::EgressSettings {
+            egress_allow: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        },
     }
 }
 

@@ -2,7 +2,8 @@
 //! the invariants of docs/enrollment.md.
 
 use idplane::enrollment::{
-    Authenticator, EnrolledAuthenticator, EnrollmentEngine, Evaluation, EvaluationRequest,
+    Authenticator, EnrolledAuthenticator, EnrollmentEngine, EvaluateError, Evaluation,
+    EvaluationRequest,
 };
 use idplane::index::PolicyConfig;
 use idplane::resources::{
@@ -204,11 +205,15 @@ fn request() -> impl Strategy<Value = EvaluationRequest> {
         )
 }
 
-fn evaluate(policies: &[PolicyConfig], request: &EvaluationRequest) -> Evaluation<'static> {
-    EnrollmentEngine::new(policies)
-        .evaluate(request)
-        .expect("generated requests are valid")
-        .into_owned()
+/// The answer, or `None` when the engine refuses because no policy
+/// applies (see `no_policy_fails_closed`); any other error is a bug, as the
+/// generated requests are valid.
+fn evaluate(policies: &[PolicyConfig], request: &EvaluationRequest) -> Option<Evaluation<'static>> {
+    match EnrollmentEngine::new(policies).evaluate(request) {
+        Ok(e) => Some(e.into_owned()),
+        Err(EvaluateError::NoDefaultPolicy) => None,
+        Err(e) => panic!("generated requests are valid: {e}"),
+    }
 }
 
 fn enrolled(request: &EvaluationRequest) -> Vec<Authenticator> {
@@ -225,7 +230,7 @@ proptest! {
 
     #[test]
     fn nothing_is_in_two_lists(policies in org(), request in request()) {
-        let e = evaluate(&policies, &request);
+        let Some(e) = evaluate(&policies, &request) else { return Ok(()) };
         for a in &e.required {
             prop_assert!(!e.not_allowed.contains(a), "{a} required and not allowed");
             prop_assert!(!e.optional.contains(a), "{a} required and optional");
@@ -241,7 +246,7 @@ proptest! {
 
     #[test]
     fn the_password_is_required_unless_federated(policies in org(), request in request()) {
-        let e = evaluate(&policies, &request);
+        let Some(e) = evaluate(&policies, &request) else { return Ok(()) };
         let p = Authenticator::OktaPassword;
         if request.user.federated {
             prop_assert!(!e.required.contains(p));
@@ -271,26 +276,61 @@ proptest! {
     #[test]
     fn a_user_in_no_group_gets_the_default_policy(policies in org(), mut request in request()) {
         request.user.groups.clear();
-        let e = evaluate(&policies, &request);
         let default = policies.iter().find(|p| p.is_default).map(|p| p.name.clone());
-        prop_assert_eq!(e.policy.as_deref(), default.as_deref());
-        prop_assert_eq!(e.matched_group, None);
-        if default.is_none() {
-            let password_only: Vec<Authenticator> = if request.user.federated {
-                Vec::new()
-            } else {
-                vec![Authenticator::OktaPassword]
-            };
-            prop_assert_eq!(e.required.to_vec(), password_only);
-            prop_assert!(e.optional.is_empty() && e.not_allowed.is_empty());
-            prop_assert!(e.enroll_now.is_empty() && e.auto_enrolled.is_empty());
-            prop_assert!(!e.prompt);
+        let e = evaluate(&policies, &request);
+        prop_assert_eq!(e.is_some(), default.is_some(), "an answer exactly when there is a default");
+        if let Some(e) = e {
+            prop_assert_eq!(e.policy.as_deref(), default.as_deref());
+            prop_assert_eq!(e.matched_group, None);
+        }
+    }
+
+    /// Fail closed: the engine refuses exactly when no active policy lists
+    /// one of the user's groups and there is no default policy; it never
+    /// answers for such a user, so never with the password alone.
+    #[test]
+    fn no_policy_fails_closed(policies in org(), request in request()) {
+        let covered = policies.iter().any(|p| {
+            p.spec.active
+                && (p.is_default || p.groups.iter().any(|g| request.user.groups.contains(g)))
+        });
+        let engine = EnrollmentEngine::new(&policies);
+        let result = engine.evaluate(&request);
+        if covered {
+            prop_assert!(result.is_ok(), "{:?}", result.err());
+            prop_assert!(result.unwrap().policy.is_some());
+        } else {
+            prop_assert_eq!(result.err(), Some(EvaluateError::NoDefaultPolicy));
+        }
+    }
+
+    /// Rule 5 for every recovery authenticator, SSO-enabled or not: the
+    /// email and the security question are required, the phone allowed;
+    /// those not SSO-enabled (and not also listed as SSO-enabled) are
+    /// marked as not displayed.
+    #[test]
+    fn recovery_authenticators_are_never_dropped(policies in org(), request in request()) {
+        let Some(e) = evaluate(&policies, &request) else { return Ok(()) };
+        for r in &request.recovery {
+            let a = Authenticator::parse(&r.key).expect("known key");
+            match a {
+                Authenticator::OktaEmail | Authenticator::SecurityQuestion => {
+                    prop_assert!(e.required.contains(a), "recovery {a} not required");
+                }
+                Authenticator::PhoneNumber => {
+                    prop_assert!(e.required.contains(a) || e.optional.contains(a), "recovery phone not allowed");
+                }
+                _ => {}
+            }
+            let sso_somewhere = request.recovery.iter().any(|o| o.key == r.key && o.sso_enabled);
+            let reason = e.reason(a).expect("every authenticator has a reason");
+            prop_assert_eq!(reason.not_displayed, !sso_somewhere, "{}", a);
         }
     }
 
     #[test]
     fn enroll_now_is_required_and_not_yet_enrolled(policies in org(), request in request()) {
-        let e = evaluate(&policies, &request);
+        let Some(e) = evaluate(&policies, &request) else { return Ok(()) };
         let have = enrolled(&request);
         for a in &e.enroll_now {
             prop_assert!(e.required.contains(a), "{a} enrolled now but not required");
@@ -318,7 +358,7 @@ proptest! {
         policies in org(),
         request in request(),
     ) {
-        let e = evaluate(&policies, &request);
+        let Some(e) = evaluate(&policies, &request) else { return Ok(()) };
         if let Some(app) = &e.app_requirement {
             for a in app.enroll_one_of.iter().chain(app.satisfied_by) {
                 prop_assert!(e.required.contains(a) || e.optional.contains(a), "{a} offered");

@@ -5,7 +5,8 @@
 //! the examples of docs/enrollment.md (which must be what the engine says).
 
 use idplane::enrollment::{
-    Authenticator, EnrollmentEngine, Evaluation, EvaluationRequest, explain_table, shadowed,
+    Authenticator, EnrollmentEngine, EvaluateError, Evaluation, EvaluationRequest, explain_table,
+    shadowed,
 };
 use idplane::index::PolicyConfig;
 use idplane::resources::EnrollmentPolicy;
@@ -502,26 +503,83 @@ fn rule_1_policy_and_rule_selection() {
             json!({"policy": "only-bob-excluded", "rule": null, "prompt": false, "enrollNow": [],
                    "missing": ["webauthn"]}),
         ),
-        case(
-            "no default policy and no match: only the password rule",
-            NO_DEFAULT,
-            user("sam", &["sales"]),
-            json!({"policy": null, "priority": null, "rule": null, "prompt": false,
-                   "required": ["okta_password"], "optional": [], "notAllowed": [], "missing": [],
-                   "enrollNow": [], "autoEnrolled": [], "phoneMethods": [],
-                   "reasons": [{"authenticator": "okta_password", "decision": "REQUIRED",
-                                "rule": "rule-2-password"}]}),
+    ]);
+}
+
+/// No policy lists the user's groups and the org has no (active) default
+/// policy: the engine refuses, naming the missing default policy; it never
+/// answers with the password alone, whoever the user and whatever the
+/// request.
+#[test]
+fn no_policy_for_the_user_is_refused_not_answered_with_the_password() {
+    let inactive_default = format!(
+        "{NO_DEFAULT}---\n{}",
+        r#"
+apiVersion: idplane.dev/v1alpha1
+kind: EnrollmentPolicy
+metadata: {name: everyone}
+spec:
+  priority: 100
+  default: true
+  active: false
+  authenticators:
+    - {key: okta_email, enroll: REQUIRED}
+"#
+    );
+    let orgs = [
+        ("policies, no default", org(NO_DEFAULT)),
+        ("an inactive default", org(&inactive_default)),
+        ("no policy at all", Vec::new()),
+    ];
+    let requests = [
+        ("a group no policy lists", user("sam", &["sales"])),
+        ("no group", json!({"user": {"id": "sam"}})),
+        (
+            "federated",
+            json!({"user": {"id": "fed", "groups": ["x"], "federated": true}}),
         ),
-        case(
-            "no default policy, no match, password not enrolled: missing but not prompted",
-            NO_DEFAULT,
+        (
+            "first sign-in with recovery, nothing enrolled",
             json!({"user": {"id": "sam"}, "firstSignIn": true,
                    "recovery": [{"key": "phone_number", "ssoEnabled": true}]}),
-            json!({"policy": null, "required": ["okta_password"], "missing": ["okta_password"],
-                   "enrollNow": [],
-                   "notes": ["no policy applies: the recovery authenticators change nothing (rules 5 and 6)"]}),
         ),
-    ]);
+        (
+            "an app that needs a possession factor",
+            json!({"user": {"id": "sam", "groups": ["sales"]}, "app": {"possession": true}}),
+        ),
+    ];
+    for (org_name, policies) in &orgs {
+        let engine = EnrollmentEngine::new(policies);
+        for (request_name, request) in &requests {
+            let request: EvaluationRequest = serde_json::from_value(request.clone()).unwrap();
+            let err = engine
+                .evaluate(&request)
+                .expect_err(&format!("{org_name}, {request_name}: must be refused"));
+            assert_eq!(
+                err,
+                EvaluateError::NoDefaultPolicy,
+                "{org_name}, {request_name}"
+            );
+            assert_eq!(
+                err.to_string(),
+                "user.groups: no active EnrollmentPolicy lists any of the user's groups and the org has no default EnrollmentPolicy (spec.default: true); refused rather than answered with the password alone"
+            );
+        }
+    }
+    // A covered user of the same org still gets an answer; a malformed
+    // request is reported as such before the missing default policy.
+    let engine = EnrollmentEngine::new(&org(NO_DEFAULT));
+    let covered: EvaluationRequest = serde_json::from_value(user("ann", &["admins"])).unwrap();
+    assert_eq!(
+        engine.evaluate(&covered).unwrap().policy.as_deref(),
+        Some("admins")
+    );
+    let malformed: EvaluationRequest =
+        serde_json::from_value(json!({"user": {"id": "", "groups": ["sales"]}})).unwrap();
+    assert_eq!(
+        engine.evaluate(&malformed).unwrap_err(),
+        EvaluateError::EmptyUserId
+    );
 }
 
 #[test]
@@ -548,12 +606,6 @@ fn rule_2_password() {
             json!({"required": ["okta_email", "webauthn"], "enrollNow": ["webauthn"],
                    "reason:okta_password": null,
                    "notes": ["federated sign-in (social auth or inbound federation): the password is not used (rule 2)"]}),
-        ),
-        case(
-            "federated user without any policy: nothing at all",
-            NO_DEFAULT,
-            json!({"user": {"id": "fed", "groups": ["x"], "federated": true}}),
-            json!({"required": [], "optional": [], "notAllowed": [], "reasons": []}),
         ),
     ]);
 }
@@ -655,16 +707,50 @@ fn rule_4_phone() {
 #[test]
 fn rule_5_recovery() {
     check(vec![
+        // The seed's first bullet: a recovery authenticator that is not
+        // SSO-enabled is not displayed by the enrollment policy, but the
+        // user still enrolls the email and the security question, and the
+        // phone is optional.
         case(
-            "recovery not SSO-enabled is not shown",
+            "recovery security question not SSO-enabled: required, not displayed",
             EXAMPLE,
             with(
                 user("c", &["contractors"]),
                 json!({"network": {"ip": "203.0.113.5"},
                        "recovery": [{"key": "security_question", "ssoEnabled": false}]}),
             ),
-            json!({"reason:security_question": {"decision": "NOT_ALLOWED", "rule": "rule-1-policy"},
-                   "notes": ["recovery security_question is not SSO-enabled: left out of enrollment (rule 5)"]}),
+            json!({"required": ["okta_password", "okta_email", "phone_number", "security_question"],
+                   "missing": ["phone_number", "security_question"],
+                   "enrollNow": ["phone_number", "security_question"],
+                   "reason:security_question": {"decision": "REQUIRED", "rule": "rule-5-recovery",
+                       "notDisplayed": true,
+                       "message": "the password policy recovers with it, so it is required whatever the enrollment policy says; it is not SSO-enabled, so the enrollment policy does not display it"},
+                   "notes": ["recovery security_question is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)"]}),
+        ),
+        case(
+            "recovery email not SSO-enabled: required and auto-enrolled, not displayed",
+            SHAPES,
+            json!({"user": {"id": "u", "groups": ["locked-down"], "enrolled": ["okta_password"]},
+                   "recovery": [{"key": "okta_email", "ssoEnabled": false}]}),
+            json!({"required": ["okta_password", "okta_email"], "autoEnrolled": ["okta_email"],
+                   "enrollNow": [],
+                   "reason:okta_email": {"decision": "REQUIRED", "rule": "rule-5-recovery",
+                       "notDisplayed": true},
+                   "notes": ["recovery okta_email is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)"]}),
+        ),
+        case(
+            "recovery phone not SSO-enabled: optional, not displayed",
+            EXAMPLE,
+            with(
+                user("ann", &["admins"]),
+                json!({"recovery": [{"key": "phone_number", "ssoEnabled": false}]}),
+            ),
+            json!({"optional": ["phone_number", "okta_verify"], "enrollNow": ["webauthn"],
+                   "phoneMethods": ["sms", "voice"],
+                   "reason:phone_number": {"decision": "OPTIONAL", "rule": "rule-5-recovery",
+                       "notDisplayed": true,
+                       "message": "the password policy recovers with the phone, so the phone is at least optional; it is not SSO-enabled, so the enrollment policy does not display it"},
+                   "notes": ["recovery phone_number is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)"]}),
         ),
         case(
             "recovery without ssoEnabled counts as not SSO-enabled",
@@ -673,7 +759,31 @@ fn rule_5_recovery() {
                 user("c", &["contractors"]),
                 json!({"recovery": [{"key": "security_question"}]}),
             ),
-            json!({"reason:security_question": {"decision": "NOT_ALLOWED"}}),
+            json!({"reason:security_question": {"decision": "REQUIRED", "notDisplayed": true}}),
+        ),
+        case(
+            "not displayed, decided by another rule: the reason says so too",
+            EXAMPLE,
+            with(
+                user("ann", &["admins"]),
+                json!({"recovery": [{"key": "okta_email"}, {"key": "okta_verify"}]}),
+            ),
+            json!({"reason:okta_email": {"decision": "REQUIRED", "rule": "rule-3-email", "notDisplayed": true,
+                       "message": "REQUIRED in the policy; the email is enrolled automatically, never by hand; a recovery authenticator that is not SSO-enabled: the enrollment policy does not display it"},
+                   "reason:okta_verify": {"decision": "OPTIONAL", "rule": "rule-1-policy", "notDisplayed": true},
+                   "notes": ["recovery okta_email is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)",
+                             "recovery okta_verify is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)"]}),
+        ),
+        case(
+            "SSO-enabled recovery is displayed: no notDisplayed in its reason",
+            EXAMPLE,
+            with(
+                user("ann", &["admins"]),
+                json!({"recovery": [{"key": "security_question", "ssoEnabled": true}]}),
+            ),
+            json!({"reason:security_question": {"decision": "REQUIRED", "rule": "rule-5-recovery",
+                       "message": "the password policy recovers with it (SSO-enabled), so it is required whatever the enrollment policy says"},
+                   "notes": []}),
         ),
         case(
             "recovery security question overrides NOT_ALLOWED",
@@ -770,7 +880,19 @@ fn rule_6_first_sign_in() {
             EXAMPLE,
             json!({"user": {"id": "new", "groups": ["admins"]}, "firstSignIn": true,
                    "recovery": [{"key": "okta_verify", "ssoEnabled": false}]}),
-            json!({"optional": ["okta_verify"]}),
+            json!({"optional": ["okta_verify"],
+                   "reason:okta_verify": {"rule": "rule-1-policy", "notDisplayed": true}}),
+        ),
+        case(
+            "first sign-in: a recovery phone not SSO-enabled stays optional (rule 5 only)",
+            EXAMPLE,
+            json!({"user": {"id": "new", "groups": ["admins"]}, "firstSignIn": true,
+                   "recovery": [{"key": "phone_number", "ssoEnabled": false},
+                                {"key": "security_question", "ssoEnabled": false}]}),
+            json!({"required": ["okta_password", "okta_email", "security_question", "webauthn"],
+                   "optional": ["phone_number", "okta_verify"],
+                   "enrollNow": ["okta_password", "security_question", "webauthn"],
+                   "reason:phone_number": {"decision": "OPTIONAL", "rule": "rule-5-recovery"}}),
         ),
         case(
             "first sign-in: the policy's optional authenticators stay optional",
@@ -1092,20 +1214,21 @@ note: the rule never prompts: missing required authenticators are listed, not en
 ";
     assert_eq!(table, expected, "\n{table}");
 
-    let none = evaluate(
+    // A recovery authenticator the policy does not display: its row and a
+    // note say so.
+    let hidden = evaluate(
         NO_DEFAULT,
-        &json!({"user": {"id": "f", "federated": true}, "app": {"possession": true}}),
+        &json!({"user": {"id": "a", "groups": ["admins"], "enrolled": ["okta_password", "okta_email"]},
+                "recovery": [{"key": "security_question"}]}),
     );
-    assert_eq!(
-        explain_table(&none),
-        "\
-policy: none: no policy applies: no active policy lists the user's groups and the org has no default policy; only the password rule holds
-rule: none (does not prompt): no policy, so no rule: the user is not prompted
-authenticator | decision | enroll now | why
---------------+----------+------------+----
-app: not satisfied: no allowed authenticator satisfies the app: the user cannot meet its needs under this policy
-note: federated sign-in (social auth or inbound federation): the password is not used (rule 2)
-"
+    let table = explain_table(&hidden);
+    assert!(
+        table.contains("security_question | REQUIRED    | yes        | rule-5-recovery: the password policy recovers with it, so it is required whatever the enrollment policy says; it is not SSO-enabled, so the enrollment policy does not display it\n"),
+        "\n{table}"
+    );
+    assert!(
+        table.ends_with("note: recovery security_question is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)\n"),
+        "\n{table}"
     );
 }
 

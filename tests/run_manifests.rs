@@ -11,6 +11,8 @@ use serde_json::Value;
 
 const ACME: &str = "acme-token-0123456789abcdef";
 const OTHER: &str = "other-token-0123456789abcdef";
+/// May call every org: what a caller with a typo in the org holds.
+const ALL: &str = "all-orgs-token-0123456789abcdef";
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -26,7 +28,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     }
     std::fs::write(
         tmp.path().join("tokens.yaml"),
-        format!("tokens:\n  - {{name: acme-idp, token: {ACME}, orgs: [acme]}}\n  - {{name: other-idp, token: {OTHER}, orgs: [other]}}\n"),
+        format!("tokens:\n  - {{name: acme-idp, token: {ACME}, orgs: [acme]}}\n  - {{name: other-idp, token: {OTHER}, orgs: [other]}}\n  - {{name: all-idp, token: {ALL}, orgs: [\"*\"]}}\n"),
     )
     .unwrap();
     (tmp, manifests)
@@ -259,4 +261,231 @@ fn every_org_route_is_authorized_before_the_request_is_read() {
         checked >= 10,
         "only {checked} routes under /v1/orgs/{{org}}"
     );
+}
+
+/// Two more orgs next to acme: `nodefault`, whose only policy lists
+/// `admins` and which has no default policy, and `hookonly`, known by a
+/// telephony hook alone.
+const OTHER_ORGS: &str = r#"
+apiVersion: idplane.dev/v1alpha1
+kind: EnrollmentPolicy
+metadata: {name: admins, namespace: nodefault}
+spec:
+  priority: 1
+  groups: [admins]
+  authenticators:
+    - {key: okta_email, enroll: REQUIRED}
+    - {key: webauthn, enroll: REQUIRED}
+  rules:
+    - {name: everywhere, enroll: LOGIN}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: hook, namespace: hookonly}
+stringData: {token: hook-token-0123456789}
+---
+apiVersion: idplane.dev/v1alpha1
+kind: TelephonyHook
+metadata: {name: sms, namespace: hookonly}
+spec:
+  active: false
+  url: https://sms.example.com/okta/telephony
+  auth: {header: Authorization, secretRef: {name: hook, key: token}}
+"#;
+
+fn post(run: &Idplane, org: &str, token: &str, body: &Value) -> (u16, Value) {
+    let url = run.url(&format!("/v1/orgs/{org}/enrollment/evaluate"));
+    let (code, text) = http("POST", &url, Some(token), Some(body));
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (code, body)
+}
+
+/// Issue 15: enrollment fails closed. An org idplane knows nothing of is
+/// 404 `org_not_found` (whatever the body); a user no policy covers, in an
+/// org without a default policy, is 409 `no_default_policy` naming the
+/// missing default; never 200 with the password alone. The status of the
+/// org's policies warns.
+#[test]
+fn enrollment_fails_closed_for_unknown_orgs_and_uncovered_users() {
+    let (tmp, manifests) = setup();
+    std::fs::write(manifests.join("50-other-orgs.yaml"), OTHER_ORGS).unwrap();
+    let run = start(tmp.path(), &manifests, "closed.log");
+    let request =
+        serde_json::json!({"user": {"id": "u1", "groups": ["admins"]}, "firstSignIn": true});
+
+    // The issue's own call, and a body of the wrong shape: the org first.
+    for body in [&request, &serde_json::json!({"unexpected": true})] {
+        let (code, answer) = post(&run, "no-such-org", ALL, body);
+        assert_eq!(code, 404, "{answer}");
+        assert_eq!(answer["code"], "org_not_found", "{answer}");
+        assert_eq!(
+            answer["message"],
+            "org no-such-org: idplane knows no object in this org (namespace); check the org in the path"
+        );
+    }
+
+    // A configured org answers as before.
+    let (code, answer) = post(&run, "acme", ALL, &request);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["policy"], "admins");
+
+    // Policies but no default: a covered user is answered, an uncovered
+    // one (another group, no group, federated) is refused.
+    let (code, answer) = post(&run, "nodefault", ALL, &request);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["required"],
+        serde_json::json!(["okta_password", "okta_email", "webauthn"])
+    );
+    let uncovered = [
+        serde_json::json!({"user": {"id": "u2", "groups": ["sales"]}, "firstSignIn": true}),
+        serde_json::json!({"user": {"id": "u3"}}),
+        serde_json::json!({"user": {"id": "u4", "groups": ["sales"], "federated": true}}),
+    ];
+    let refusal = "org nodefault: user.groups: no active EnrollmentPolicy lists any of the user's groups and the org has no default EnrollmentPolicy (spec.default: true); refused rather than answered with the password alone";
+    for body in &uncovered {
+        let (code, answer) = post(&run, "nodefault", ALL, body);
+        assert_eq!(code, 409, "{body}: {answer}");
+        assert_eq!(answer["code"], "no_default_policy", "{answer}");
+        assert_eq!(answer["message"], refusal);
+    }
+    // An org known by a telephony hook alone has no policy for anyone.
+    let (code, answer) = post(&run, "hookonly", ALL, &request);
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["code"], "no_default_policy", "{answer}");
+
+    // Status: every policy of nodefault says the org has no default policy
+    // (Ready stays True); acme's policies name their default.
+    let (code, body) = http_get(&run.url("/v1/orgs/nodefault/status"), Some(ALL));
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let admins = &status["objects"][0];
+    assert_eq!(admins["name"], "admins", "{status}");
+    assert_eq!(cond(admins, "Ready")["status"], "True");
+    let default = cond(admins, "DefaultPolicy");
+    assert_eq!(default["status"], "False", "{default}");
+    assert_eq!(default["reason"], "NoDefaultPolicy");
+    assert_eq!(
+        default["message"],
+        "org nodefault has EnrollmentPolicies but no default one (spec.default: true): a user in none of the groups its active policies list gets the error no_default_policy at sign-in, not an answer; add a default policy"
+    );
+    for name in ["admins", "contractors", "everyone"] {
+        let policy = object(&run, "EnrollmentPolicy", name).unwrap();
+        let default = cond(&policy, "DefaultPolicy");
+        assert_eq!(default["status"], "True", "{name}: {default}");
+        assert_eq!(default["reason"], "DefaultPolicyActive");
+        assert_eq!(
+            default["message"],
+            "users in none of the groups the org's policies list get the default policy everyone"
+        );
+    }
+    // The warning is printed at load, with file and line; the policy is used.
+    let log = std::fs::read_to_string(tmp.path().join("closed.log")).unwrap();
+    assert!(
+        log.contains("50-other-orgs.yaml:") && log.contains(": warning: EnrollmentPolicy nodefault/admins: spec.default: org nodefault has EnrollmentPolicies but no default one"),
+        "{log}"
+    );
+    // A warning is not a problem: every object is accepted.
+    assert!(
+        log.contains("objects and Secrets accepted, 0 problems, "),
+        "{log}"
+    );
+}
+
+/// Issue 15: before the first full sync (`/readyz` 503: here a manifest
+/// that cannot be parsed, so nothing is loaded), every `/v1/orgs/{org}/…`
+/// route of the OpenAPI document answers 503 `not_ready`, with a token or
+/// without (the check comes before authorization); once the file is fixed
+/// the same calls are answered.
+#[test]
+fn every_org_route_is_not_ready_before_the_first_full_sync() {
+    let (tmp, manifests) = setup();
+    let broken = manifests.join("60-broken.yaml");
+    std::fs::write(&broken, "kind: [unclosed\n").unwrap();
+    let run = Idplane::start(
+        &[
+            "run",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            tmp.path().join("state/idplane.db").to_str().unwrap(),
+            "--tokens",
+            tmp.path().join("tokens.yaml").to_str().unwrap(),
+            "--poll-millis",
+            "100",
+            "-n",
+            "acme",
+        ],
+        &[],
+        &tmp.path().join("not-ready.log"),
+    );
+    // Give the (failed) first load time to happen: still not ready.
+    wait_for("the load to fail", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(tmp.path().join("not-ready.log")).unwrap();
+        log.contains("60-broken.yaml").then_some(())
+    });
+    let (code, body) = http_get(&run.url("/readyz"), None);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"code\":\"not_ready\""), "{body}");
+
+    let (code, body) = http_get(&run.url("/openapi.json"), None);
+    assert_eq!(code, 200, "{body}");
+    let document: Value = serde_json::from_str(&body).unwrap();
+    let evaluate =
+        serde_json::json!({"user": {"id": "u1", "groups": ["admins"]}, "firstSignIn": true});
+    let mut urls = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let Some(rest) = path.strip_prefix("/v1/orgs/{org}") else {
+            continue;
+        };
+        let url = run.url(&format!(
+            "/v1/orgs/acme{}",
+            rest.replace("{id}", "em-1").replace("{name}", "primary")
+        ));
+        for method in item.as_object().unwrap().keys() {
+            urls.push((method.to_uppercase(), url.clone()));
+        }
+    }
+    assert!(
+        urls.len() >= 10,
+        "only {} routes under /v1/orgs/{{org}}",
+        urls.len()
+    );
+    for (method, url) in &urls {
+        let body = (method != "GET").then_some(&evaluate);
+        for token in [Some(ACME), None] {
+            let (code, text) = http(method, url, token, body);
+            assert_eq!(
+                code,
+                503,
+                "{method} {url} (token: {}): {text}",
+                token.is_some()
+            );
+            let e: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(e["code"], "not_ready", "{method} {url}: {text}");
+            assert_eq!(e["message"], "the first full sync is not done yet");
+        }
+    }
+    // Unknown orgs too: not ready says nothing about which orgs exist.
+    let (code, text) = http(
+        "POST",
+        &run.url("/v1/orgs/no-such-org/enrollment/evaluate"),
+        Some(ALL),
+        Some(&evaluate),
+    );
+    assert_eq!(code, 503, "{text}");
+
+    // Fixed: the first full sync happens and the same call is answered.
+    std::fs::remove_file(&broken).unwrap();
+    wait_every(
+        "ready",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || (http_get(&run.url("/readyz"), None).0 == 200).then_some(()),
+    );
+    let (code, answer) = post(&run, "acme", ACME, &evaluate);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["policy"], "admins");
 }

@@ -89,6 +89,9 @@ fn start_operator(ns: &str, tmp: &std::path::Path) -> Idplane {
             "6",
             "--telephony-status-interval",
             "500ms",
+            // The bridge listens on loopback.
+            ALLOW_LOOPBACK[0],
+            ALLOW_LOOPBACK[1],
         ],
         &[("KUBECONFIG", kc.to_str().unwrap()), ("RUST_LOG", "info")],
         &tmp.join("operator.log"),

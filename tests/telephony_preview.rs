@@ -20,9 +20,12 @@ struct PreviewCli {
     args: PreviewArgs,
 }
 
+/// `idplane preview ARGS`, loopback allowed (the hooks listen there).
 fn preview_cli(args: &[&str]) -> (ExitCode, String) {
-    let cli = PreviewCli::try_parse_from(std::iter::once("preview").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let line = std::iter::once("preview")
+        .chain(args.iter().copied())
+        .chain(common::ALLOW_LOOPBACK);
+    let cli = PreviewCli::try_parse_from(line).unwrap_or_else(|e| panic!("{e}"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -26,7 +26,17 @@ fn the_example_org_is_valid() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert_eq!(text(&out.stdout), "", "no findings expected");
+    // The one finding: the example hook is the local reference bridge on
+    // loopback, which the default egress rule refuses (a warning, and the
+    // reason `idplane run` needs --egress-allow to reach it).
+    let stdout = text(&out.stdout);
+    let findings: Vec<&str> = stdout.lines().collect();
+    assert_eq!(findings.len(), 1, "{stdout}");
+    assert!(
+        findings[0].starts_with("examples/org/20-telephony-hooks.yaml:")
+            && findings[0].contains("warning: TelephonyHook default/primary: spec.url: egress refused: 127.0.0.1 is loopback"),
+        "{stdout}"
+    );
     assert!(text(&out.stderr).contains("0 problems"));
 }
 
@@ -212,4 +222,53 @@ fn run_manifests_prints_the_org_configuration_without_secrets() {
         stdout.contains("<redacted; Secret version manifest>"),
         "{stdout}"
     );
+}
+
+/// Issue 15: an org with policies but no active default policy is a
+/// warning (users in none of their groups get an error at sign-in), not an
+/// error: exit 0, once per org, on the first policy or on the inactive
+/// default.
+#[test]
+fn an_org_without_a_default_policy_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata: {name: admins, namespace: acme}\n\
+         spec: {priority: 1, groups: [admins]}\n---\n\
+         apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata: {name: staff, namespace: acme}\n\
+         spec: {priority: 2, groups: [staff]}\n---\n\
+         apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata: {name: admins, namespace: beta}\n\
+         spec: {priority: 1, groups: [admins]}\n---\n\
+         apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata: {name: everyone, namespace: beta}\n\
+         spec: {priority: 9, default: true, active: false}\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = run(&["validate", f]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "a warning does not fail:\n{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{f}:4:1: warning: EnrollmentPolicy acme/admins: spec.default: org acme has EnrollmentPolicies but no default one (spec.default: true): a user in none of the groups its active policies list gets the error no_default_policy at sign-in, not an answer; add a default policy"
+            ),
+            format!(
+                "{f}:19:36: warning: EnrollmentPolicy beta/everyone: spec.active: the default EnrollmentPolicy everyone of org beta is not active (spec.active: false), so the org has no default policy: a user in none of the groups its active policies list gets the error no_default_policy at sign-in, not an answer; activate it"
+            ),
+        ],
+        "\n{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("4 objects checked, 0 problems, 2 warnings"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["validate", "-o", "json", f]);
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(findings[0]["severity"], "warning");
+    assert_eq!(findings[0]["rule"], "noDefaultPolicy");
+    assert_eq!(findings[0]["field"], "spec.default");
 }

@@ -17,7 +17,8 @@ impl Drop for Killed {
 }
 
 /// Writes `tokens.yaml` in `dir` granting `token` every org, starts
-/// `idplane run --manifests MANIFESTS --listen 127.0.0.1:0 --tokens …`
+/// `idplane run --manifests MANIFESTS --listen 127.0.0.1:0 --tokens …
+/// --egress-allow 127.0.0.0/8`
 /// with `extra` flags, and returns once it prints the address it listens
 /// on: the process and `http://ADDR`.
 pub fn run_idplane(dir: &Path, manifests: &Path, token: &str, extra: &[&str]) -> (Killed, String) {
@@ -32,6 +33,9 @@ pub fn run_idplane(dir: &Path, manifests: &Path, token: &str, extra: &[&str]) ->
         .arg(manifests)
         .args(["--listen", "127.0.0.1:0", "--tokens"])
         .arg(&tokens)
+        // The benchmarks' hook services and SMTP servers are on loopback,
+        // which idplane connects to only when the installation allows it.
+        .args(["--egress-allow", "127.0.0.0/8"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

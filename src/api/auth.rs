@@ -126,11 +126,7 @@ impl Authenticator {
     /// returns the caller's name.
     pub async fn authorize(&self, header: Option<&str>, org: &str) -> Result<String, ApiError> {
         let token = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("send a bearer token: Authorization: Bearer TOKEN"))?;
         match self {
@@ -227,9 +223,27 @@ async fn kube_review(client: &Client, token: &str, org: &str) -> Result<String, 
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme is
+/// case-insensitive (RFC 9110, 11.1), and spaces around the token are
+/// allowed.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer t1", "bearer t1", "BEARER t1", "BeArEr  t1 "] {
+            assert_eq!(bearer_token(header), Some("t1"), "{header:?}");
+        }
+        for header in ["Basic dTpw", "Bearert1", "t1", "Bearer"] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
 
     #[tokio::test]
     async fn token_file_binds_tokens_to_orgs() {

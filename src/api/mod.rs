@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +75,12 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize_org,
+        ))
+        // Added last, so it runs first: before the first full sync nothing
+        // under an org is answered, not even to check a token.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_synced,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -107,6 +114,34 @@ async fn authorize_org(
         .ok_or_else(|| ApiError::internal("this route has no {org} to authorize"))?;
     state.authorize(request.headers(), org).await?;
     Ok(next.run(request).await)
+}
+
+/// 503 `not_ready` for every `/v1/orgs/{org}/…` call until the first full
+/// sync: until then an org's policies may be missing or partial, and an
+/// answer built from them could let users in with less than their policy
+/// requires. It runs before authorization: `/readyz` tells anyone the same
+/// thing, and a token check (a TokenReview in a cluster) is not worth
+/// making for a call refused anyway.
+async fn require_synced(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.snapshot().synced {
+        return Err(not_ready());
+    }
+    Ok(next.run(request).await)
+}
+
+/// The answer of `/readyz` and of every org call before the first full sync.
+fn not_ready() -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the first full sync is not done yet",
+    );
+    error.retry_after = Some(1);
+    error
 }
 
 async fn count_requests(
@@ -145,12 +180,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     if state.snapshot().synced {
         (StatusCode::OK, "ready").into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the first full sync is not done yet",
-        )
-        .into_response()
+        not_ready().into_response()
     }
 }
 
@@ -271,23 +301,58 @@ async fn org_events(
 }
 
 /// Which authenticators a user must, may or may not enroll at this sign-in.
+/// The org is checked before the body is read, so that a typo in the org is
+/// reported as such whatever the body.
 async fn evaluate_enrollment(
     State(state): State<SharedState>,
     Path(org): Path<String>,
-    JsonBody(request): JsonBody<crate::enrollment::EvaluationRequest>,
+    request: Request,
 ) -> Result<Json<Value>, ApiError> {
+    use axum::extract::FromRequest;
     let snapshot = state.snapshot();
-    let engine = match snapshot.org(&org).and_then(|o| o.enrollment.clone()) {
-        Some(e) => e,
-        // An org without policies: only the password rule applies.
+    let config = snapshot.org(&org).ok_or_else(|| org_not_found(&org))?;
+    let JsonBody(request) =
+        JsonBody::<crate::enrollment::EvaluationRequest>::from_request(request, &state).await?;
+    // An org known by its other objects but without a policy: every user is
+    // uncovered, which the engine refuses (no_default_policy).
+    let engine = match &config.enrollment {
+        Some(e) => e.clone(),
         None => Arc::new(crate::enrollment::EnrollmentEngine::new(&[])),
     };
     let evaluation = engine
         .evaluate(&request)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| evaluate_error(&org, &e))?;
     serde_json::to_value(&evaluation)
         .map(Json)
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// 404 for an org idplane knows no object of: a typo in the org, or an org
+/// whose objects have not arrived, must not get an answer as if it had no
+/// policy.
+fn org_not_found(org: &str) -> ApiError {
+    ApiError::not_found(
+        "org_not_found",
+        format!(
+            "org {org}: idplane knows no object in this org (namespace); check the org in the path"
+        ),
+    )
+}
+
+/// The API answer for an enrollment the engine refuses. The request is
+/// fine when no policy covers the user: 409, for the org's configuration
+/// (its state) is what is missing, not something in the request, and
+/// retrying does not help until a default policy is added.
+fn evaluate_error(org: &str, e: &crate::enrollment::EvaluateError) -> ApiError {
+    use crate::enrollment::EvaluateError;
+    match e {
+        EvaluateError::NoDefaultPolicy => ApiError::new(
+            StatusCode::CONFLICT,
+            "no_default_policy",
+            format!("org {org}: {e}"),
+        ),
+        _ => ApiError::bad_request("invalid_request", e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -299,7 +364,11 @@ mod tests {
     /// error for every caller, never a route that skips authorization.
     #[tokio::test]
     async fn a_route_without_an_org_is_refused_not_left_open() {
-        let (_keep, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let synced = Snapshot {
+            synced: true,
+            ..Snapshot::default()
+        };
+        let (_keep, snapshots) = watch::channel(Arc::new(synced));
         let state = Arc::new(AppState {
             snapshots,
             auth: Authenticator::Tokens(auth::TokenFile { tokens: vec![] }),

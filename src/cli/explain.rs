@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::enrollment::{EnrollmentEngine, EvaluationRequest, explain_table};
-use crate::validate::{Options, validate};
+use crate::validate::{Options, Severity, validate};
 
 #[derive(Subcommand, Debug)]
 pub enum ExplainCommand {
@@ -123,6 +123,7 @@ pub async fn run(command: ExplainCommand) -> anyhow::Result<ExitCode> {
     let options = Options {
         default_namespace: args.namespace.clone(),
         strict: false,
+        ..Options::default()
     };
     let values = match &args.manifests {
         Some(dir) => crate::source::manifest::read_paths(std::slice::from_ref(dir))?
@@ -137,10 +138,11 @@ pub async fn run(command: ExplainCommand) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|f| f.object.namespace == args.namespace)
     {
-        eprintln!(
-            "warning: {} {}: {} (left out)",
-            f.object, f.field, f.message
-        );
+        let effect = match f.severity {
+            Severity::Error => " (left out)",
+            Severity::Warning => "",
+        };
+        eprintln!("warning: {} {}: {}{effect}", f.object, f.field, f.message);
     }
     let (config, _) = crate::index::build(&report, &crate::index::Secrets::new());
     let policies = config

@@ -99,6 +99,10 @@ pub struct TelephonyPreview {
     /// Bearer token for --server.
     #[arg(long, env = "IDPLANE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --manifests: where the request may go (the same rule as
+    /// `idplane run`; a running idplane applies its own).
+    #[command(flatten)]
+    pub egress: crate::egress::EgressSettings,
 }
 
 /// Runs `idplane preview`, printing to stdout.
@@ -168,7 +172,11 @@ async fn telephony(args: TelephonyPreview, out: &mut dyn Write) -> anyhow::Resul
                     6,
                 ),
             };
-            (hook.url.clone(), preview::redacted_headers(hook), request)
+            (
+                crate::egress::redact_userinfo(&hook.url).into_owned(),
+                preview::redacted_headers(hook),
+                request,
+            )
         }
         Origin::Server { .. } => {
             let mut body = serde_json::to_value(args.input())?;
@@ -211,7 +219,8 @@ async fn telephony(args: TelephonyPreview, out: &mut dyn Write) -> anyhow::Resul
     }
     let report = match &origin {
         Origin::Local(hook) => {
-            let caller = HookCaller::new()?;
+            let egress = crate::egress::Egress::new(&args.egress)?;
+            let caller = HookCaller::new(std::sync::Arc::new(egress))?;
             preview::send(&caller, hook, &request).await.to_json()
         }
         Origin::Server { .. } => {
@@ -226,7 +235,12 @@ async fn telephony(args: TelephonyPreview, out: &mut dyn Write) -> anyhow::Resul
         None => writeln!(out, "no HTTP answer")?,
     }
     match &report["response"]["body"] {
-        Value::Null => {}
+        // Not JSON: what it was, not what it said.
+        Value::Null => {
+            if let Some(summary) = report["response"]["bodySummary"].as_str() {
+                writeln!(out, "{summary}")?;
+            }
+        }
         Value::String(text) => writeln!(out, "{text}")?,
         body => writeln!(out, "{}", serde_json::to_string_pretty(body)?)?,
     }
@@ -279,6 +293,7 @@ fn local_hook(dir: &Path, namespace: &str, name: &str) -> anyhow::Result<HookCon
     let options = Options {
         default_namespace: namespace.to_string(),
         strict: false,
+        ..Options::default()
     };
     let (_, report) = super::validate::load(&[dir.to_path_buf()], &options)?;
     let secrets = crate::index::secrets_from(&report.checked);

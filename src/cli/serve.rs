@@ -87,9 +87,14 @@ pub struct ModuleSettings {
     #[arg(long = "database-max-size", env = "IDPLANE_DATABASE_MAX_SIZE", value_parser = parse_size)]
     pub database_max_size: Option<u64>,
     #[command(flatten)]
+    pub http: crate::api::server::HttpSettings,
+    #[command(flatten)]
     pub telephony: crate::telephony::TelephonySettings,
     #[command(flatten)]
     pub email: crate::email::EmailSettings,
+    /// Where hook calls and org SMTP connections may go.
+    #[command(flatten)]
+    pub egress: crate::egress::EgressSettings,
 }
 
 impl Default for ModuleSettings {
@@ -97,8 +102,10 @@ impl Default for ModuleSettings {
         Self {
             shutdown_grace: Duration::from_secs(20),
             database_max_size: None,
+            http: Default::default(),
             telephony: Default::default(),
             email: Default::default(),
+            egress: Default::default(),
         }
     }
 }
@@ -211,8 +218,12 @@ pub async fn start_modules(
         extras: core.extras.clone(),
         stop: core.stop.clone(),
     };
-    let telephony = crate::telephony::start(ctx.clone(), settings.telephony.clone()).await?;
-    let email = crate::email::start(ctx, settings.email.clone()).await?;
+    // One rule and one resolver for every connection configuration aims.
+    let egress =
+        Arc::new(crate::egress::Egress::new(&settings.egress).context("--egress-nameserver")?);
+    let telephony =
+        crate::telephony::start(ctx.clone(), settings.telephony.clone(), egress.clone()).await?;
+    let email = crate::email::start(ctx, settings.email.clone(), egress).await?;
     Ok(telephony.merge(email))
 }
 
@@ -222,6 +233,7 @@ pub async fn serve_api(
     auth: Authenticator,
     listen: SocketAddr,
     routes: axum::Router<SharedState>,
+    http: &crate::api::server::HttpSettings,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let state: SharedState = Arc::new(AppState {
         snapshots: core.snapshots.clone(),
@@ -237,16 +249,14 @@ pub async fn serve_api(
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     eprintln!("listening on {bound}");
-    let stopping = core.stop.requested.clone().cancelled_owned();
-    Ok(tokio::spawn(async move {
-        // On a stop: no new connections; requests under way are answered.
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping)
-            .await
-        {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    }))
+    let stopping = core.stop.requested.clone();
+    // On a stop: no new connections; requests under way are answered.
+    Ok(tokio::spawn(crate::api::server::serve(
+        listener,
+        app,
+        http.clone(),
+        stopping,
+    )))
 }
 
 /// Settings of `idplane operator`.
@@ -305,7 +315,14 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         core.metrics.clone(),
     ));
     let routes = start_modules(&core, &settings.modules).await?;
-    let server = serve_api(&core, Authenticator::kube(client), settings.listen, routes).await?;
+    let server = serve_api(
+        &core,
+        Authenticator::kube(client),
+        settings.listen,
+        routes,
+        &settings.modules.http,
+    )
+    .await?;
     serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
 }
 
@@ -395,7 +412,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         core.metrics.clone(),
     ));
     let routes = start_modules(&core, &settings.modules).await?;
-    let server = serve_api(&core, auth, settings.listen, routes).await?;
+    let server = serve_api(&core, auth, settings.listen, routes, &settings.modules.http).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = _leader_tx;
     serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await

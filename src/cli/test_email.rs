@@ -9,8 +9,13 @@
 //! - `--manifests DIR`: reads the org's EmailProvider and its Secret from
 //!   files and connects from this machine (no status is written).
 //!
+//! With `--manifests` the connection goes through the same egress rule as
+//! `idplane run` (the `--egress-*` flags); a running idplane applies its
+//! own.
+//!
 //! Exit status: 0 when the server accepted the message, 1 when it did not,
-//! 2 on any other error (bad flags, unreadable files, no provider).
+//! 2 on any other error (bad flags, unreadable files, no provider, an
+//! address the egress rule refuses).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::email::api::send_test;
-use crate::email::smtp::{SmtpClient, SmtpOptions, load_roots};
+use crate::email::smtp::{SmtpClient, SmtpOptions, Step, load_roots};
 use crate::email::worker::provider_route;
 use crate::email::{message, parse_duration};
 use crate::validate::Options;
@@ -51,6 +56,9 @@ pub struct TestEmailArgs {
     /// With --manifests: each SMTP network step at most.
     #[arg(long = "smtp-timeout", default_value = "30s", value_parser = parse_duration)]
     pub smtp_timeout: Duration,
+    /// With --manifests: where the connection may go.
+    #[command(flatten)]
+    pub egress: crate::egress::EgressSettings,
 }
 
 /// Runs `idplane test-email`.
@@ -111,6 +119,7 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
     let options = Options {
         default_namespace: args.namespace.clone(),
         strict: false,
+        ..Options::default()
     };
     let (_, report) = crate::cli::validate::load(&[dir.to_path_buf()], &options)?;
     let secrets = crate::index::secrets_from(&report.checked);
@@ -138,6 +147,7 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
         timeout: args.smtp_timeout,
         pool_size: 1,
         extra_roots,
+        egress: std::sync::Arc::new(crate::egress::Egress::new(&args.egress)?),
     });
     let route = provider_route(provider);
     // Not the server's answer: exit 2, as for the other configuration errors.
@@ -149,6 +159,8 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
             println!("SUCCESS via {}: {reply}", route.via.label());
             Ok(ExitCode::SUCCESS)
         }
+        // No server was asked: exit 2, as for the missing Secret.
+        Err(e) if e.step == Step::Egress => bail!("{}", e.message),
         Err(e) => {
             println!(
                 "FAILURE via {} ({}): {}",

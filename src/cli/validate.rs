@@ -40,6 +40,16 @@ impl std::fmt::Display for Located<'_> {
     }
 }
 
+/// "N problems", with ", M warnings" when there are any: a warning does
+/// not fail validation, so it is not counted as a problem.
+pub fn tally(problems: usize, warnings: usize) -> String {
+    match warnings {
+        0 => format!("{problems} problems"),
+        1 => format!("{problems} problems, 1 warning"),
+        n => format!("{problems} problems, {n} warnings"),
+    }
+}
+
 /// Places findings in the documents they came from.
 pub fn locate<'a>(documents: &'a [Document], report: &'a Report) -> Vec<Located<'a>> {
     report

@@ -133,7 +133,8 @@ pub fn desired_status(
     for extra in [Some(&view.state.extra), extra].into_iter().flatten() {
         for (k, v) in extra {
             if k == "conditions" {
-                // Extra conditions (Verified, Shadowed, ...) come as a list.
+                // Extra conditions (Verified, Shadowed, DefaultPolicy, ...) come
+                // as a list.
                 for c in v.as_array().into_iter().flatten() {
                     if let Some(d) = extra_condition(c) {
                         desired.retain(|x| x.type_ != d.type_);
@@ -159,6 +160,7 @@ fn extra_condition(c: &Value) -> Option<Desired> {
     let type_ = match c.get("type")?.as_str()? {
         "Verified" => ct::VERIFIED,
         "Shadowed" => ct::SHADOWED,
+        "DefaultPolicy" => ct::DEFAULT_POLICY,
         _ => return None,
     };
     let status = match c.get("status")?.as_str()? {

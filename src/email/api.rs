@@ -366,8 +366,13 @@ async fn test_email(
             "time": rfc3339(now),
         }))),
         Err(e) => {
-            // No server was asked when the provider's Secret is missing.
-            let (status, code, what) = if e.step == super::smtp::Step::Credentials {
+            // No server was asked when the provider's Secret is missing or
+            // the egress rule refuses its address.
+            let unasked = matches!(
+                e.step,
+                super::smtp::Step::Credentials | super::smtp::Step::Egress
+            );
+            let (status, code, what) = if unasked {
                 (StatusCode::CONFLICT, "provider_unusable", "was not sent")
             } else {
                 (StatusCode::BAD_GATEWAY, "smtp_failed", "was not accepted")

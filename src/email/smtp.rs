@@ -3,7 +3,10 @@
 //! that say which step failed. Credentials come only from the
 //! [`Endpoint`] the caller builds from the newest snapshot; a transport is
 //! keyed by the whole endpoint, so a new host or port never runs with
-//! credentials that were not read with it.
+//! credentials that were not read with it. Every connection to an org's
+//! server dials only addresses the egress rule admitted (see
+//! [`crate::egress`]): the host is resolved and filtered here, and lettre
+//! is handed those addresses, never the name.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,7 @@ use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParame
 use lettre::transport::smtp::response::Response;
 
 use super::retry::AttemptResult;
+use crate::egress::Egress;
 use crate::index::SecretValue;
 use crate::resources::TlsMode;
 
@@ -27,6 +31,9 @@ pub struct Endpoint {
     pub tls: TlsMode,
     /// Username and password; `None` sends no AUTH.
     pub credentials: Option<(String, Secret)>,
+    /// The installation's own default provider: aimed by idplane's flags,
+    /// which also set the egress rule, not by an org, so not under it.
+    pub trusted: bool,
 }
 
 impl std::hash::Hash for Endpoint {
@@ -35,6 +42,7 @@ impl std::hash::Hash for Endpoint {
         self.port.hash(state);
         tls_name(self.tls).hash(state);
         self.credentials.hash(state);
+        self.trusted.hash(state);
     }
 }
 
@@ -88,6 +96,8 @@ pub struct SmtpOptions {
     pub pool_size: u32,
     /// Certificate authorities trusted besides the public ones.
     pub extra_roots: Vec<Certificate>,
+    /// Where connections to org servers may go, and the resolver.
+    pub egress: Arc<Egress>,
 }
 
 /// Which step of a fresh connection failed.
@@ -95,6 +105,8 @@ pub struct SmtpOptions {
 pub enum Step {
     /// Reading the password from its Secret, before any connection.
     Credentials,
+    /// The egress rule refused every address of the host: no connection.
+    Egress,
     Connect,
     Tls,
     Auth,
@@ -106,6 +118,7 @@ impl Step {
     pub fn reason(self) -> &'static str {
         match self {
             Self::Credentials => "SecretNotFound",
+            Self::Egress => "EgressRefused",
             Self::Connect => "ConnectionFailed",
             Self::Tls => "TlsFailed",
             Self::Auth => "AuthFailed",
@@ -736,12 +749,17 @@ impl SmtpClient {
             ),
             _ => None,
         };
-        let address = (endpoint.host.as_str(), endpoint.port);
         let limit = self.options.timeout;
+        let addresses = self.addresses(endpoint, limit).await?;
         // The TCP connect, implicit TLS, the greeting and EHLO, together
         // (lettre bounds only the connect).
-        let connect =
-            AsyncSmtpConnection::connect_tokio1(address, Some(limit), &hello, implicit, None);
+        let connect = AsyncSmtpConnection::connect_tokio1(
+            addresses.as_slice(),
+            Some(limit),
+            &hello,
+            implicit,
+            None,
+        );
         let mut conn = within(limit, connect).await.map_err(|e| {
             let step = match &e {
                 Failure::Smtp(e) if e.is_tls() => Step::Tls,
@@ -820,6 +838,38 @@ impl SmtpClient {
         ))
     }
 
+    /// The addresses to dial for `endpoint`: those of its host that the
+    /// egress rule admits (all of them for the trusted default provider).
+    /// A refusal is [`Step::Egress`]; a name that does not resolve, a
+    /// connection failure as before.
+    async fn addresses(
+        &self,
+        endpoint: &Endpoint,
+        limit: Duration,
+    ) -> Result<Vec<std::net::SocketAddr>, StepError> {
+        let egress = &self.options.egress;
+        let (host, port) = (endpoint.host.as_str(), endpoint.port);
+        let found = if endpoint.trusted {
+            tokio::time::timeout(limit, egress.lookup(host, port)).await
+        } else {
+            tokio::time::timeout(limit, egress.resolve(host, port)).await
+        };
+        let failed = |step: Step, why: String| StepError {
+            step,
+            message: format!("cannot connect to {host}:{port}: {why}"),
+            permanent: false,
+        };
+        match found {
+            Ok(Ok(addresses)) => Ok(addresses),
+            Ok(Err(e)) if e.is_refusal() => Err(failed(Step::Egress, e.to_string())),
+            Ok(Err(e)) => Err(failed(Step::Connect, e.to_string())),
+            Err(_) => Err(failed(
+                Step::Connect,
+                format!("no address within {limit:?} (--smtp-timeout)"),
+            )),
+        }
+    }
+
     /// Connects, negotiates TLS, authenticates and quits; the summary on
     /// success.
     pub async fn verify(&self, endpoint: &Endpoint) -> Result<String, StepError> {
@@ -866,6 +916,71 @@ pub fn load_roots(path: &std::path::Path) -> Result<Vec<Certificate>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        egress: crate::egress::EgressSettings,
+    }
+
+    /// The egress rule of these flags.
+    fn egress(flags: &[&str]) -> Arc<Egress> {
+        let parsed = Flags::try_parse_from(std::iter::once("x").chain(flags.iter().copied()))
+            .unwrap()
+            .egress;
+        Arc::new(Egress::new(&parsed).unwrap())
+    }
+
+    /// A listener that greets like an SMTP server and counts connections.
+    async fn greeter() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.write_all(b"220 internal-relay ESMTP\r\n").await;
+            }
+        });
+        (port, count)
+    }
+
+    /// An org's server on loopback is refused before any connection, and
+    /// the refusal names the rule and the address, not the server; the
+    /// trusted default provider at the same address is dialled.
+    #[tokio::test]
+    async fn org_servers_go_through_the_egress_rule() {
+        let (port, count) = greeter().await;
+        let client = SmtpClient::new(SmtpOptions {
+            timeout: Duration::from_millis(500),
+            pool_size: 1,
+            extra_roots: Vec::new(),
+            egress: egress(&[]),
+        });
+        let mut endpoint = Endpoint {
+            host: "2130706433".into(),
+            port,
+            tls: TlsMode::None,
+            credentials: Some(("user".into(), Secret::new("hunter22"))),
+            trusted: false,
+        };
+        let e = client.verify(&endpoint).await.unwrap_err();
+        assert_eq!(e.step, Step::Egress);
+        assert_eq!(
+            e.message,
+            format!(
+                "cannot connect to 2130706433:{port}: egress refused: 127.0.0.1 (from 2130706433) is loopback, admitted only by --egress-allow"
+            )
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+        endpoint.trusted = true;
+        let e = client.verify(&endpoint).await.unwrap_err();
+        assert_ne!(e.step, Step::Egress, "{e:?}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     /// A server written here only for a failure no real server gives on
     /// demand: it accepts MAIL, refuses the recipient, and then never
@@ -910,12 +1025,14 @@ mod tests {
             timeout: Duration::from_millis(300),
             pool_size: 1,
             extra_roots: Vec::new(),
+            egress: egress(&["--egress-allow", "127.0.0.0/8"]),
         });
         let endpoint = Endpoint {
             host: "127.0.0.1".into(),
             port,
             tls: TlsMode::None,
             credentials: None,
+            trusted: false,
         };
         let message = lettre::Message::builder()
             .from("a@example.com".parse().unwrap())
@@ -941,6 +1058,7 @@ mod tests {
             port: 587,
             tls: TlsMode::Starttls,
             credentials: Some(("user".into(), Secret::new("hunter22"))),
+            trusted: false,
         };
         assert_eq!(
             redact("535 bad password hunter22", &endpoint),
@@ -992,6 +1110,7 @@ mod tests {
             port: 25,
             tls: TlsMode::None,
             credentials: Some(("u".into(), Secret::new("one"))),
+            trusted: false,
         };
         let mut b = a.clone();
         b.credentials = Some(("u".into(), Secret::new("two")));

@@ -96,16 +96,16 @@ pub async fn run(
                     }),
                     Ok(_) => smtp.verify(&subject.endpoint).await,
                 };
-                let still_current = current.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
-                    == Some(&this_round);
-                if !still_current {
+                let still_current = || {
+                    current.lock().unwrap_or_else(|e| e.into_inner()).get(&key) == Some(&this_round)
+                };
+                if !still_current() {
                     return;
                 }
                 let (ok, reason, message) = match &result {
                     Ok(summary) => (true, "Verified", summary.clone()),
                     Err(e) => (false, e.step.reason(), e.message.clone()),
                 };
-                extras.set(&key, "conditions", verified_condition(ok, reason, &message));
                 let log = LogEntry {
                     org: key.namespace.clone(),
                     type_: "email.verify".into(),
@@ -114,8 +114,13 @@ pub async fn run(
                     subject: format!("EmailProvider/{}", key.name),
                     detail: json!({"reason": reason, "message": message}),
                 };
+                // The event first: whoever sees the condition finds it. A
+                // newer round may have begun meanwhile: it decides then.
                 if let Err(e) = queue.log(&log).await {
                     tracing::warn!(error = %e, "cannot log the verification");
+                }
+                if still_current() {
+                    extras.set(&key, "conditions", verified_condition(ok, reason, &message));
                 }
             });
         }

@@ -50,6 +50,7 @@ fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
             .as_ref()
             .ok()
             .map(|password| (p.username.clone(), Secret::from(password))),
+        trusted: false,
     }
 }
 
@@ -620,6 +621,7 @@ mod tests {
                 port: 25,
                 tls: TlsMode::None,
                 credentials: None,
+                trusted: true,
             },
             policy: RetryPolicy {
                 max_attempts: 5,

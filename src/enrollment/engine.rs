@@ -77,12 +77,10 @@ mod message {
     pub const POLICY_DEFAULT: &str =
         "the default policy: no active policy lists any of the user's groups";
     pub const POLICY_DEFAULT_NO_GROUPS: &str = "the default policy: the user is in no group";
-    pub const POLICY_NONE: &str = "no policy applies: no active policy lists the user's groups and the org has no default policy; only the password rule holds";
     pub const RULE_MATCHED: &str = "the first rule of the policy whose conditions match";
     pub const RULE_NONE: &str = "the policy has no rules: it prompts as a LOGIN rule would";
     pub const RULE_NO_MATCH: &str =
         "no rule of the policy matches this user and network: the user is not prompted";
-    pub const RULE_NO_POLICY: &str = "no policy, so no rule: the user is not prompted";
     pub const REQUIRED: &str = "the policy requires it";
     pub const OPTIONAL: &str = "the policy allows it; the user may skip it";
     pub const NOT_ALLOWED: &str = "the policy does not allow it";
@@ -95,6 +93,11 @@ mod message {
     pub const EMAIL_OPTIONAL: &str = "OPTIONAL in the policy counts as REQUIRED for the email; enrolled automatically, never by hand";
     pub const RECOVERY_REQUIRED: &str = "the password policy recovers with it (SSO-enabled), so it is required whatever the enrollment policy says";
     pub const RECOVERY_PHONE: &str = "the password policy recovers with the phone (SSO-enabled), so the phone is at least optional";
+    pub const RECOVERY_REQUIRED_HIDDEN: &str = "the password policy recovers with it, so it is required whatever the enrollment policy says; it is not SSO-enabled, so the enrollment policy does not display it";
+    pub const RECOVERY_PHONE_HIDDEN: &str = "the password policy recovers with the phone, so the phone is at least optional; it is not SSO-enabled, so the enrollment policy does not display it";
+    /// Appended to another rule's reason for a recovery authenticator that
+    /// is not SSO-enabled.
+    pub const NOT_DISPLAYED: &str = "a recovery authenticator that is not SSO-enabled: the enrollment policy does not display it";
     pub const FIRST_SIGN_IN: &str = "first sign-in: the user enrolls the enrollment policy's and the recovery's authenticators together";
     pub const APP_ONLY_CANDIDATE: &str =
         "the app needs it: the only allowed authenticator that satisfies the app";
@@ -112,8 +115,6 @@ mod message {
     pub const NOTE_NEVER: &str =
         "the rule never prompts: missing required authenticators are listed, not enrolled now";
     pub const NOTE_LATER_SIGN_IN: &str = "not the first sign-in: the recovery's other authenticators are not added to the enrollment policy's (rule 6)";
-    pub const NOTE_NO_POLICY_RECOVERY: &str =
-        "no policy applies: the recovery authenticators change nothing (rules 5 and 6)";
 }
 
 /// The phone's message for its SMS and voice values (rule 4).
@@ -451,26 +452,39 @@ impl EnrollmentEngine {
     /// A malformed request (an unknown authenticator key or phone method,
     /// methods on a key other than the phone, the password as a recovery
     /// authenticator, an unparsable client IP, an empty user id), with a
-    /// message naming the field.
+    /// message naming the field; and [`EvaluateError::NoDefaultPolicy`] when
+    /// no policy applies to the user: without a policy there is nothing to
+    /// decide with, and answering "the password alone" would let the user in
+    /// without the MFA the org meant to require.
     pub fn evaluate<'a>(
         &'a self,
         request: &'a EvaluationRequest,
     ) -> Result<Evaluation<'a>, EvaluateError> {
         let checked = request.check()?;
+        let (position, group) = self
+            .select(&request.user.groups)
+            .ok_or(EvaluateError::NoDefaultPolicy)?;
+        let policy = &self.policies[position];
         let mut notes: Vec<Cow<'static, str>> = Vec::new();
         let federated = request.user.federated;
         if federated {
             notes.push(message::NOTE_FEDERATED.into());
         }
-        let mut table = Table::EMPTY;
+        let policy_reason = if group.is_some() {
+            message::POLICY_BY_GROUP
+        } else if request.user.groups.is_empty() {
+            message::POLICY_DEFAULT_NO_GROUPS
+        } else {
+            message::POLICY_DEFAULT
+        };
         let mut evaluation = Evaluation {
-            policy: None,
-            priority: None,
-            matched_group: None,
-            policy_reason: message::POLICY_NONE.into(),
+            policy: Some(Cow::Borrowed(&policy.name)),
+            priority: Some(policy.priority),
+            matched_group: group.map(Cow::Borrowed),
+            policy_reason: policy_reason.into(),
             rule: None,
             rule_enroll: None,
-            rule_reason: message::RULE_NO_POLICY.into(),
+            rule_reason: message::RULE_NO_MATCH.into(),
             prompt: false,
             required: Authenticators::EMPTY,
             optional: Authenticators::EMPTY,
@@ -483,47 +497,29 @@ impl EnrollmentEngine {
             reasons: Vec::new(),
             notes: Vec::new(),
         };
-        if let Some((position, group)) = self.select(&request.user.groups) {
-            let policy = &self.policies[position];
-            evaluation.policy = Some(Cow::Borrowed(&policy.name));
-            evaluation.priority = Some(policy.priority);
-            evaluation.matched_group = group.map(Cow::Borrowed);
-            evaluation.policy_reason = if group.is_some() {
-                message::POLICY_BY_GROUP
-            } else if request.user.groups.is_empty() {
-                message::POLICY_DEFAULT_NO_GROUPS
-            } else {
-                message::POLICY_DEFAULT
-            }
-            .into();
-            let mut no_ip = false;
-            match policy.choose_rule(&request.user.id, checked.ip, &mut no_ip) {
-                RuleChoice::Matched(i) => {
-                    let rule = &policy.rules[i];
-                    evaluation.rule = Some(Cow::Borrowed(&rule.name));
-                    evaluation.rule_enroll = Some(rule.enroll);
-                    evaluation.rule_reason = message::RULE_MATCHED.into();
-                    evaluation.prompt = rule.enroll.prompts();
-                    if !evaluation.prompt {
-                        notes.push(message::NOTE_NEVER.into());
-                    }
-                }
-                RuleChoice::NoRules => {
-                    evaluation.rule_reason = message::RULE_NONE.into();
-                    evaluation.prompt = true;
-                }
-                RuleChoice::NoneMatched => {
-                    evaluation.rule_reason = message::RULE_NO_MATCH.into();
+        let mut no_ip = false;
+        match policy.choose_rule(&request.user.id, checked.ip, &mut no_ip) {
+            RuleChoice::Matched(i) => {
+                let rule = &policy.rules[i];
+                evaluation.rule = Some(Cow::Borrowed(&rule.name));
+                evaluation.rule_enroll = Some(rule.enroll);
+                evaluation.rule_reason = message::RULE_MATCHED.into();
+                evaluation.prompt = rule.enroll.prompts();
+                if !evaluation.prompt {
+                    notes.push(message::NOTE_NEVER.into());
                 }
             }
-            if no_ip {
-                notes.push(message::NOTE_NO_IP.into());
+            RuleChoice::NoRules => {
+                evaluation.rule_reason = message::RULE_NONE.into();
+                evaluation.prompt = true;
             }
-            table = policy.table;
-            apply_recovery(&mut table, &checked, request.first_sign_in, &mut notes);
-        } else if !checked.recovery.is_empty() {
-            notes.push(message::NOTE_NO_POLICY_RECOVERY.into());
+            RuleChoice::NoneMatched => {}
         }
+        if no_ip {
+            notes.push(message::NOTE_NO_IP.into());
+        }
+        let mut table = policy.table;
+        apply_recovery(&mut table, &checked, request.first_sign_in, &mut notes);
         if !federated {
             table.set(
                 Authenticator::OktaPassword,
@@ -554,11 +550,19 @@ impl EnrollmentEngine {
             .iter()
             .map(|a| {
                 let (rule, text) = table.why[a.index()];
+                let not_displayed = checked.recovery_hidden.contains(a);
+                // Rule 5's own messages for these already say so.
+                let message = if not_displayed && rule != RuleId::Recovery {
+                    Cow::Owned(format!("{text}; {}", message::NOT_DISPLAYED))
+                } else {
+                    Cow::Borrowed(text)
+                };
                 Reason {
                     authenticator: a,
                     decision: table.get(a).unwrap_or(Enrollment::NotAllowed),
                     rule,
-                    message: Cow::Borrowed(text),
+                    message,
+                    not_displayed,
                 }
             })
             .collect();
@@ -567,7 +571,11 @@ impl EnrollmentEngine {
     }
 }
 
-/// Rules 5 and 6: the password policy's recovery authenticators.
+/// Rules 5 and 6: the password policy's recovery authenticators. Rule 5
+/// holds for every recovery authenticator: one that is not SSO-enabled is
+/// only not *displayed* by the enrollment policy (a note says so), the user
+/// still enrolls it. Rule 6 pools only the SSO-enabled ones, the ones the
+/// enrollment policy displays.
 fn apply_recovery(
     table: &mut Table,
     checked: &CheckedRequest,
@@ -576,28 +584,29 @@ fn apply_recovery(
 ) {
     for a in checked.recovery_hidden {
         notes.push(
-            format!("recovery {a} is not SSO-enabled: left out of enrollment (rule 5)").into(),
+            format!("recovery {a} is not SSO-enabled: the enrollment policy does not display it, but it stays in the answer (rule 5)").into(),
         );
     }
-    for a in checked.recovery {
+    for a in checked.recovery.or(checked.recovery_hidden) {
+        let hidden = checked.recovery_hidden.contains(a);
         match a {
             Authenticator::OktaEmail | Authenticator::SecurityQuestion
                 if !table.required.contains(a) =>
             {
-                table.set(
-                    a,
-                    Enrollment::Required,
-                    RuleId::Recovery,
-                    message::RECOVERY_REQUIRED,
-                );
+                let text = if hidden {
+                    message::RECOVERY_REQUIRED_HIDDEN
+                } else {
+                    message::RECOVERY_REQUIRED
+                };
+                table.set(a, Enrollment::Required, RuleId::Recovery, text);
             }
             Authenticator::PhoneNumber if table.not_allowed.contains(a) => {
-                table.set(
-                    a,
-                    Enrollment::Optional,
-                    RuleId::Recovery,
-                    message::RECOVERY_PHONE,
-                );
+                let text = if hidden {
+                    message::RECOVERY_PHONE_HIDDEN
+                } else {
+                    message::RECOVERY_PHONE
+                };
+                table.set(a, Enrollment::Optional, RuleId::Recovery, text);
             }
             _ => {}
         }

@@ -53,6 +53,15 @@ pub struct Reason {
     /// The rule that decided last.
     pub rule: RuleId,
     pub message: Cow<'static, str>,
+    /// A recovery authenticator that is not SSO-enabled: the enrollment
+    /// policy does not display it, yet the decision above holds (rule 5).
+    /// Serialized only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub not_displayed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How the app's needs (rule 7) are met.
@@ -77,8 +86,9 @@ pub struct AppOutcome {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Evaluation<'a> {
-    /// The policy that applies; `None` when no policy lists one of the
-    /// user's groups and the org has no default policy.
+    /// The policy that applies. The engine always names one (without a
+    /// policy it refuses: [`super::EvaluateError::NoDefaultPolicy`]); `None`
+    /// only in answers read from elsewhere.
     pub policy: Option<Cow<'a, str>>,
     /// That policy's priority.
     pub priority: Option<i32>,
@@ -114,8 +124,8 @@ pub struct Evaluation<'a> {
     pub app_requirement: Option<AppOutcome>,
     /// One per authenticator in `required`, `optional` or `notAllowed`.
     pub reasons: Vec<Reason>,
-    /// Everything else worth knowing: federation, hidden recovery
-    /// authenticators, skipped zone rules.
+    /// Everything else worth knowing: federation, recovery authenticators
+    /// the enrollment policy does not display, skipped zone rules.
     pub notes: Vec<Cow<'static, str>>,
 }
 

@@ -34,6 +34,13 @@ pub use shadowed::{Shadowed, shadowed};
 /// A request the engine cannot evaluate. Each message names the field.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum EvaluateError {
+    /// No active policy lists the user's groups and the org has no default
+    /// policy. Refused, not answered with the password alone: that answer
+    /// would let the user in without the MFA the org meant to require.
+    #[error(
+        "user.groups: no active EnrollmentPolicy lists any of the user's groups and the org has no default EnrollmentPolicy (spec.default: true); refused rather than answered with the password alone"
+    )]
+    NoDefaultPolicy,
     #[error("user.id: must not be empty")]
     EmptyUserId,
     #[error("{field}: unknown authenticator key \"{key}\"")]

@@ -54,7 +54,7 @@ pub struct SignInUser {
 /// the phone's methods (`{"key": "phone_number", "methods": ["sms"]}`).
 /// Either phone method counts as the phone being enrolled.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum EnrolledAuthenticator {
     Key(String),
     WithMethods {
@@ -84,8 +84,9 @@ impl From<&str> for EnrolledAuthenticator {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecoveryAuthenticator {
     pub key: String,
-    /// Also usable to sign in. Recovery authenticators that are not are left
-    /// out of enrollment (rule 5). Absent means false.
+    /// Also usable to sign in. The enrollment policy does not display
+    /// recovery authenticators that are not, but rule 5 holds for them all.
+    /// Absent means false.
     #[serde(default)]
     pub sso_enabled: bool,
 }
@@ -116,7 +117,9 @@ pub(crate) struct CheckedRequest {
     pub(crate) enrolled: Authenticators,
     /// SSO-enabled recovery authenticators.
     pub(crate) recovery: Authenticators,
-    /// Recovery authenticators left out because they are not SSO-enabled.
+    /// Recovery authenticators that are not SSO-enabled: rule 5 holds for
+    /// them, rule 6 does not, and the enrollment policy does not display
+    /// them.
     pub(crate) recovery_hidden: Authenticators,
     /// (needs possession, accepted authenticators); `None` without an app.
     pub(crate) app: Option<(bool, Authenticators)>,

@@ -72,6 +72,8 @@ impl HeaderValue {
 #[serde(rename_all = "camelCase")]
 pub struct HookConfig {
     pub name: String,
+    /// Shown with its userinfo (a credential) redacted.
+    #[serde(serialize_with = "crate::egress::serialize_redacted_url")]
     pub url: String,
     pub insecure_http: bool,
     pub auth_header: String,
@@ -379,9 +381,11 @@ pub fn build(
 ) -> (RuntimeConfig, BTreeMap<ObjectKey, ObjectState>) {
     let mut config = RuntimeConfig::new();
     let mut states = BTreeMap::new();
+    // Accepted policies by org: (name, default, active).
+    let mut roles: BTreeMap<String, Vec<(String, bool, bool)>> = BTreeMap::new();
     for (input, checked) in report.checked.iter().enumerate() {
         let Some(typed) = &checked.typed else {
-            if let Some(f) = report.findings_for(input).next() {
+            if let Some(f) = report.errors_for(input).next() {
                 let is_ours = crate::resources::KINDS.contains(&checked.key.kind.as_str());
                 if is_ours {
                     states.insert(checked.key.clone(), invalid_state(report, input, f));
@@ -394,8 +398,9 @@ pub fn build(
         }
         let ns = &checked.key.namespace;
         let name = checked.key.name.clone();
-        let findings: Vec<&Finding> = report.findings_for(input).collect();
-        if let Some(f) = findings.first() {
+        // Warnings (an org without a default policy) do not keep an object
+        // out; the status shows them in their own condition.
+        if let Some(f) = report.errors_for(input).next() {
             states.insert(checked.key.clone(), invalid_state(report, input, f));
             continue;
         }
@@ -431,6 +436,11 @@ pub fn build(
                 }
             },
             Typed::EnrollmentPolicy(p) => {
+                roles.entry(ns.clone()).or_default().push((
+                    name.clone(),
+                    p.spec.is_default,
+                    p.spec.active,
+                ));
                 let mut st = if p.spec.active {
                     org.policies.push(policy_config(p));
                     state(
@@ -511,6 +521,9 @@ pub fn build(
             &org.policies,
         )));
         mark_shadowed(ns, &org.policies, &mut states);
+        if let Some(roles) = roles.get(ns) {
+            mark_default_policy(ns, roles, &mut states);
+        }
         // A fallback that could not be resolved is dropped from the chain.
         let names: Vec<String> = org.hooks.keys().cloned().collect();
         for hook in org.hooks.values_mut() {
@@ -520,6 +533,68 @@ pub fn build(
         }
     }
     (config, states)
+}
+
+/// Adds a condition to the extra conditions of an object's state.
+fn push_condition(st: &mut ObjectState, condition: serde_json::Value) {
+    match st.extra.get_mut("conditions") {
+        Some(serde_json::Value::Array(list)) => list.push(condition),
+        _ => {
+            st.extra.insert(
+                "conditions".into(),
+                serde_json::Value::Array(vec![condition]),
+            );
+        }
+    }
+}
+
+/// Gives every accepted policy of the org a `DefaultPolicy` condition:
+/// False (`NoDefaultPolicy`) when the org has no active default policy, so
+/// that whoever looks at any of its policies sees that users in none of
+/// their groups are refused at sign-in; True naming the default otherwise.
+/// `Ready` is left alone: each policy still works for its own groups.
+fn mark_default_policy(
+    ns: &str,
+    roles: &[(String, bool, bool)],
+    states: &mut BTreeMap<ObjectKey, ObjectState>,
+) {
+    use crate::resources::{condition_type, reason as r};
+    use crate::validate::cross::{PolicyRole, missing_default_policy};
+    let list: Vec<PolicyRole> = roles
+        .iter()
+        .map(|(name, is_default, active)| PolicyRole {
+            name,
+            is_default: *is_default,
+            active: *active,
+        })
+        .collect();
+    let condition = match missing_default_policy(ns, &list) {
+        Some(missing) => serde_json::json!({
+            "type": condition_type::DEFAULT_POLICY, "status": "False",
+            "reason": r::NO_DEFAULT_POLICY, "message": missing.message,
+        }),
+        None => {
+            let name = list
+                .iter()
+                .find(|p| p.is_default && p.active)
+                .map_or("", |p| p.name);
+            serde_json::json!({
+                "type": condition_type::DEFAULT_POLICY, "status": "True",
+                "reason": r::DEFAULT_POLICY_ACTIVE,
+                "message": format!("users in none of the groups the org's policies list get the default policy {name}"),
+            })
+        }
+    };
+    for (name, _, _) in roles {
+        let key = ObjectKey {
+            kind: "EnrollmentPolicy".into(),
+            namespace: ns.to_string(),
+            name: name.clone(),
+        };
+        if let Some(st) = states.get_mut(&key) {
+            push_condition(st, condition.clone());
+        }
+    }
 }
 
 /// Gives every active policy a `Shadowed` condition: True, naming the
@@ -550,16 +625,13 @@ fn mark_shadowed(
                 serde_json::json!({"type": "Shadowed", "status": "False", "reason": "Reachable", "message": "some users can match this policy"})
             }
         };
-        st.extra.insert(
-            "conditions".into(),
-            serde_json::Value::Array(vec![condition]),
-        );
+        push_condition(st, condition);
     }
 }
 
 fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState {
     let all: Vec<String> = report
-        .findings_for(input)
+        .errors_for(input)
         .map(|f| {
             if f.field.is_empty() {
                 f.message.clone()

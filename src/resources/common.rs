@@ -67,6 +67,9 @@ pub mod condition_type {
     pub const VERIFIED: &str = "Verified";
     /// A policy that can never apply because higher-priority policies hide it.
     pub const SHADOWED: &str = "Shadowed";
+    /// Whether the policy's org has an active default policy; False means
+    /// users in none of the org's groups get an error at sign-in.
+    pub const DEFAULT_POLICY: &str = "DefaultPolicy";
 }
 
 /// Condition reasons used across resources.
@@ -79,6 +82,10 @@ pub mod reason {
     pub const ACTIVATED: &str = "Activated";
     pub const INSECURE_HTTP: &str = "InsecureHttp";
     pub const READY: &str = "Ready";
+    /// `DefaultPolicy` True: the org has an active default policy.
+    pub const DEFAULT_POLICY_ACTIVE: &str = "DefaultPolicyActive";
+    /// `DefaultPolicy` False: the org has policies but no active default.
+    pub const NO_DEFAULT_POLICY: &str = "NoDefaultPolicy";
 }
 
 /// Parses a Kubernetes-style duration (`500ms`, `3s`, `1m30s`, `1h`) into

@@ -334,7 +334,9 @@ pub struct EnrollmentPolicyStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted`, `Ready`, and `Shadowed` when the policy can never apply.
+    /// `Accepted`, `Ready`, `Shadowed` when the policy can never apply, and
+    /// `DefaultPolicy` (False when the org has no active default policy:
+    /// users no policy covers are then refused enrollment answers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// One line, for example `required: email, phone; optional: webauthn`.

@@ -58,14 +58,25 @@ pub async fn load_once(root: &Path, options: &Options, changes: &mpsc::Sender<Ch
         eprintln!("{located}");
     }
     let ours = report.checked.iter().filter(|c| c.typed.is_some()).count();
+    let (problems, warnings) = counts(&report);
     eprintln!(
-        "loaded {} from {}: {} objects and Secrets accepted, {} problems",
+        "loaded {} from {}: {} objects and Secrets accepted, {}",
         documents.len(),
         root.display(),
         ours,
-        report.findings.len()
+        crate::cli::validate::tally(problems, warnings)
     );
     changes.send(Change::ReplaceAll(values)).await.is_ok()
+}
+
+/// (errors, warnings) among the findings.
+fn counts(report: &crate::validate::Report) -> (usize, usize) {
+    let warnings = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::validate::Severity::Warning)
+        .count();
+    (report.findings.len() - warnings, warnings)
 }
 
 /// Loads the directory, then reloads it whenever a file changes.

@@ -1,13 +1,19 @@
 //! Calling a hook over HTTP: headers (the auth secret, the custom ones),
 //! the hook's timeout, no redirects, an answer read up to 256 KB while it
-//! streams, and one retry after a timeout or a connection error. The
-//! judgement of a complete answer is [`super::contract::judge`].
+//! streams, and one retry after a timeout or a connection error. Every
+//! call goes through the egress rule (see [`crate::egress`]): names are
+//! resolved and filtered by the client's own resolver, literal addresses
+//! (which no resolver sees) are checked before the request, and the peer
+//! that answered is checked again. The judgement of a complete answer is
+//! [`super::contract::judge`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue as HttpHeaderValue, header};
 
 use super::contract::{Failure, FailureKind, MAX_RESPONSE_BYTES, Verdict, judge};
+use crate::egress::{self, Egress, EgressError};
 use crate::index::HookConfig;
 
 /// What one execution of a hook (with its retry, if any) came to.
@@ -22,12 +28,15 @@ pub struct Exchange {
     pub http_status: Option<u16>,
     /// The last answer's body, kept only when asked (previews).
     pub body: Option<Vec<u8>>,
+    /// The last answer's `Content-Type`, when it had one.
+    pub content_type: Option<String>,
 }
 
 /// The HTTP client of every hook call.
 #[derive(Clone)]
 pub struct HookCaller {
     client: reqwest::Client,
+    egress: Arc<Egress>,
 }
 
 /// The client could not be built (TLS roots...).
@@ -38,18 +47,31 @@ pub struct CallerError(#[from] reqwest::Error);
 struct Answer {
     status: u16,
     location: Option<String>,
+    content_type: Option<String>,
     body: Vec<u8>,
 }
 
+/// A refusal as a hook failure; any other egress error (a name that does
+/// not resolve) is a connection error, as before the rule.
+fn egress_failure(e: &EgressError) -> Failure {
+    if e.is_refusal() {
+        Failure::new(FailureKind::EgressRefused, e.to_string())
+    } else {
+        Failure::new(FailureKind::Connection, format!("cannot connect: {e}"))
+    }
+}
+
 impl HookCaller {
-    pub fn new() -> Result<Self, CallerError> {
-        let client = reqwest::Client::builder()
+    /// A client whose every connection goes through `egress`.
+    pub fn new(egress: Arc<Egress>) -> Result<Self, CallerError> {
+        let client = egress
+            .http_client()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("idplane/", env!("CARGO_PKG_VERSION")))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { client })
+        Ok(Self { client, egress })
     }
 
     /// The headers of a request to `hook`: content type, the auth header
@@ -85,8 +107,9 @@ impl HookCaller {
     /// or a connection error.
     pub async fn call(&self, hook: &HookConfig, body: Vec<u8>, keep_body: bool) -> Exchange {
         let start = Instant::now();
-        let headers = match Self::headers(hook) {
-            Ok(h) => h,
+        let prepared = Self::headers(hook).and_then(|h| Ok((h, self.target(&hook.url)?)));
+        let (headers, url) = match prepared {
+            Ok(p) => p,
             Err(failure) => {
                 return Exchange {
                     verdict: Verdict::Failed(failure),
@@ -94,6 +117,7 @@ impl HookCaller {
                     took: start.elapsed(),
                     http_status: None,
                     body: None,
+                    content_type: None,
                 };
             }
         };
@@ -102,16 +126,20 @@ impl HookCaller {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let result = self.once(&hook.url, &headers, body.clone(), timeout).await;
+            let result = self.once(&url, &headers, body.clone(), timeout).await;
             match result {
                 Err(f) if f.kind.is_retried() && attempts < 2 => continue,
                 Err(f) => {
+                    // A refused address got no request (the resolver
+                    // refused it before any connection).
+                    let refused = f.kind == FailureKind::EgressRefused;
                     return Exchange {
                         verdict: Verdict::Failed(f),
-                        attempts,
+                        attempts: attempts - u32::from(refused),
                         took: start.elapsed(),
                         http_status: None,
                         body: None,
+                        content_type: None,
                     };
                 }
                 Ok(answer) => {
@@ -122,21 +150,42 @@ impl HookCaller {
                         took: start.elapsed(),
                         http_status: Some(answer.status),
                         body: keep_body.then_some(answer.body),
+                        content_type: answer.content_type,
                     };
                 }
             }
         }
     }
 
+    /// The URL as the client reads it, refused when its host is an address
+    /// the rule refuses (an address never reaches the client's resolver:
+    /// `http://2130706433/` is dialled as 127.0.0.1).
+    fn target(&self, url: &str) -> Result<reqwest::Url, Failure> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            Failure::new(
+                FailureKind::InvalidConfig,
+                format!("the url cannot be used: {e}"),
+            )
+        })?;
+        if let Some(ip) = egress::url_literal(&parsed) {
+            self.egress
+                .check(None, ip)
+                .map_err(|e| egress_failure(&e))?;
+        }
+        Ok(parsed)
+    }
+
     async fn once(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         headers: &HeaderMap,
         body: axum::body::Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
         let transport = |e: reqwest::Error, reading: bool| {
-            if e.is_timeout() {
+            if let Some(refused) = egress::find_in(&e) {
+                egress_failure(refused)
+            } else if e.is_timeout() {
                 Failure::new(
                     FailureKind::Timeout,
                     format!("no complete answer within {} ms", timeout.as_millis()),
@@ -152,14 +201,30 @@ impl HookCaller {
         };
         let mut response = self
             .client
-            .post(url)
+            .post(url.clone())
             .headers(headers.clone())
             .body(body)
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| transport(e, false))?;
+        // The resolver and the check above decided where to connect; the
+        // peer that answered must be one of those (a pooled connection, a
+        // connector change): nothing of its answer is read otherwise.
+        if let Some(peer) = response.remote_addr() {
+            let name = url
+                .host_str()
+                .filter(|_| egress::url_literal(url).is_none());
+            self.egress
+                .check(name, peer.ip())
+                .map_err(|e| egress_failure(&e))?;
+        }
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -187,6 +252,7 @@ impl HookCaller {
         Ok(Answer {
             status,
             location,
+            content_type,
             body,
         })
     }

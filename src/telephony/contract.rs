@@ -72,7 +72,7 @@ impl RequestType {
 
 /// The user the code is for, as the caller describes them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserInfo {
     pub id: String,
     pub login: String,
@@ -84,7 +84,7 @@ pub struct UserInfo {
 
 /// Where the caller's own request came from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CallerContext {
     #[serde(default)]
     pub ip: Option<String>,
@@ -272,6 +272,8 @@ pub enum FailureKind {
     BodyTooLarge,
     /// The hook's configuration cannot make a request (a header value).
     InvalidConfig,
+    /// The egress rule refuses the address the hook's URL leads to.
+    EgressRefused,
 }
 
 impl FailureKind {
@@ -286,6 +288,7 @@ impl FailureKind {
             Self::HookError => "hook_error",
             Self::BodyTooLarge => "body_too_large",
             Self::InvalidConfig => "invalid_config",
+            Self::EgressRefused => "egress_refused",
         }
     }
 
@@ -755,5 +758,7 @@ mod tests {
         assert!(f.detail.len() < 210);
         assert!(FailureKind::Timeout.is_retried() && FailureKind::Connection.is_retried());
         assert!(!FailureKind::HttpStatus.is_retried() && !FailureKind::ProviderFailed.is_retried());
+        // Asking again goes to the same refused address.
+        assert!(!FailureKind::EgressRefused.is_retried());
     }
 }

@@ -135,10 +135,11 @@ impl PreviewOutcome {
     /// The answer and its judgement as JSON.
     pub fn to_json(&self) -> Value {
         let ex = &self.exchange;
-        let body = ex.body.as_deref().map(|b| {
-            serde_json::from_slice::<Value>(b)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned()))
-        });
+        let response = shown_response(
+            ex.http_status,
+            ex.content_type.as_deref(),
+            ex.body.as_deref(),
+        );
         let judgement = match &ex.verdict {
             Verdict::Delivered(d) => json!({
                 "delivered": true,
@@ -155,13 +156,50 @@ impl PreviewOutcome {
             }),
         };
         json!({
-            "response": {"httpStatus": ex.http_status, "body": body},
+            "response": response,
             "judgement": judgement,
             "attempts": ex.attempts,
             "durationMillis": ex.took.as_millis() as u64,
             "summary": self.summary(),
         })
     }
+}
+
+/// Longest `Content-Type` shown: it is whatever the server said.
+const MAX_CONTENT_TYPE: usize = 100;
+
+/// An answer as a preview shows it: the body only when it is JSON (what
+/// the contract asks of a hook); any other body is summarised (status,
+/// content type, length) and not shown, so that a preview reads no page
+/// of whatever answers at a URL.
+pub fn shown_response(
+    status: Option<u16>,
+    content_type: Option<&str>,
+    body: Option<&[u8]>,
+) -> Value {
+    let content_type = content_type.map(|t| {
+        t.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_CONTENT_TYPE)
+            .collect::<String>()
+    });
+    let mut shown = json!({"httpStatus": status, "contentType": content_type, "body": null});
+    let Some(body) = body else {
+        return shown;
+    };
+    shown["length"] = json!(body.len());
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => shown["body"] = value,
+        Err(_) => {
+            let status = status.map_or("no status".to_string(), |s| format!("HTTP {s}"));
+            let kind = content_type.as_deref().unwrap_or("no content type");
+            shown["bodySummary"] = json!(format!(
+                "{status}, {kind}, {} bytes: not JSON, not shown",
+                body.len()
+            ));
+        }
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -194,6 +232,31 @@ mod tests {
             message_template: "Code ${otpCode}".into(),
             fallback: None,
         }
+    }
+
+    #[test]
+    fn only_json_answers_are_shown() {
+        let json_body = br#"{"commands": []}"#;
+        let shown = shown_response(Some(200), Some("application/json"), Some(json_body));
+        assert_eq!(shown["body"], json!({"commands": []}));
+        assert_eq!(shown["length"], 16);
+        let page = b"<html><body>internal admin page</body></html>";
+        let shown = shown_response(Some(200), Some("text/html\r\nX: y"), Some(page));
+        assert_eq!(shown["body"], Value::Null);
+        assert_eq!(shown["contentType"], "text/htmlX: y");
+        assert_eq!(
+            shown["bodySummary"],
+            format!(
+                "HTTP 200, text/htmlX: y, {} bytes: not JSON, not shown",
+                page.len()
+            )
+        );
+        assert!(!shown.to_string().contains("admin page"));
+        let none = shown_response(None, None, None);
+        assert_eq!(
+            none,
+            json!({"httpStatus": null, "contentType": null, "body": null})
+        );
     }
 
     #[test]

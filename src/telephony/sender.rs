@@ -485,7 +485,7 @@ impl OtpSender {
             "hook": name,
             "active": active,
             "method": "POST",
-            "url": hook.url,
+            "url": crate::egress::redact_userinfo(&hook.url),
             "headers": headers,
             "request": request,
             "sent": false,

@@ -2,7 +2,8 @@
 //! that passed their own checks: one active TelephonyHook, one
 //! EmailProvider, one EmailDomain per brand, unique EnrollmentPolicy
 //! priorities, at most one default policy, fallbacks that resolve without
-//! cycles, and Secret keys that exist when the Secret is at hand.
+//! cycles, and Secret keys that exist when the Secret is at hand. One rule
+//! only warns: an org with policies but no active default policy.
 //!
 //! Where "one per org" is broken, the oldest object (creationTimestamp,
 //! then name) wins and every other one gets a `Conflict` finding naming the
@@ -30,6 +31,51 @@ pub fn winner<'a>(candidates: &[Candidate<'a>]) -> Option<Candidate<'a>> {
             (a.created.is_none(), a.created, a.name).cmp(&(b.created.is_none(), b.created, b.name))
         })
         .copied()
+}
+
+/// What the default-policy rule needs to know of one EnrollmentPolicy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyRole<'a> {
+    pub name: &'a str,
+    pub is_default: bool,
+    pub active: bool,
+}
+
+/// An org whose policies leave some users without a policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingDefault<'a> {
+    /// A default policy that exists but is not active, if any: the one to fix.
+    pub inactive_default: Option<&'a str>,
+    /// What is wrong and what it does at sign-in.
+    pub message: String,
+}
+
+/// Whether an org has EnrollmentPolicies but no active default one. Then a
+/// user in none of the groups its policies list gets an error at sign-in
+/// (enrollment fails closed), never an answer: worth a warning wherever the
+/// org's policies are shown. `None` when an active default exists or the
+/// org has no policy at all.
+pub fn missing_default_policy<'a>(
+    namespace: &str,
+    policies: &[PolicyRole<'a>],
+) -> Option<MissingDefault<'a>> {
+    if policies.is_empty() || policies.iter().any(|p| p.is_default && p.active) {
+        return None;
+    }
+    let effect = "a user in none of the groups its active policies list gets the error no_default_policy at sign-in, not an answer";
+    let inactive_default = policies.iter().find(|p| p.is_default).map(|p| p.name);
+    let message = match inactive_default {
+        Some(name) => format!(
+            "the default EnrollmentPolicy {name} of org {namespace} is not active (spec.active: false), so the org has no default policy: {effect}; activate it"
+        ),
+        None => format!(
+            "org {namespace} has EnrollmentPolicies but no default one (spec.default: true): {effect}; add a default policy"
+        ),
+    };
+    Some(MissingDefault {
+        inactive_default,
+        message,
+    })
 }
 
 struct Org<'a> {
@@ -218,8 +264,44 @@ fn check_org(namespace: &str, org: &Org, checked: &[Checked], findings: &mut Vec
         findings,
     );
 
+    check_default_policy(namespace, org, findings);
     check_fallbacks(namespace, org, findings);
     check_secret_refs(org, checked, findings);
+}
+
+/// One warning per org without an active default policy: on the inactive
+/// default policy if there is one (`spec.active`), else on the org's first
+/// policy in input order (`spec.default`).
+fn check_default_policy(namespace: &str, org: &Org, findings: &mut Vec<Finding>) {
+    let roles: Vec<PolicyRole> = org
+        .policies
+        .iter()
+        .map(|(_, c, p)| PolicyRole {
+            name: &c.key.name,
+            is_default: p.spec.is_default,
+            active: p.spec.active,
+        })
+        .collect();
+    let Some(missing) = missing_default_policy(namespace, &roles) else {
+        return;
+    };
+    let (field, at) = match missing.inactive_default {
+        Some(name) => (
+            "spec.active",
+            org.policies.iter().find(|(_, c, _)| c.key.name == name),
+        ),
+        None => ("spec.default", org.policies.first()),
+    };
+    if let Some((input, c, _)) = at {
+        findings.push(Finding {
+            input: *input,
+            object: c.key.clone(),
+            field: field.to_string(),
+            message: missing.message,
+            severity: Severity::Warning,
+            rule: Rule::NoDefaultPolicy,
+        });
+    }
 }
 
 fn check_fallbacks(namespace: &str, org: &Org, findings: &mut Vec<Finding>) {
@@ -329,6 +411,43 @@ fn check_secret_refs(org: &Org, checked: &[Checked], findings: &mut Vec<Finding>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_org_without_an_active_default_policy_is_reported() {
+        let role = |name, is_default, active| PolicyRole {
+            name,
+            is_default,
+            active,
+        };
+        assert_eq!(missing_default_policy("acme", &[]), None, "no policy");
+        assert_eq!(
+            missing_default_policy(
+                "acme",
+                &[role("admins", false, true), role("everyone", true, true)]
+            ),
+            None
+        );
+        assert_eq!(
+            missing_default_policy("acme", &[role("admins", false, true)]),
+            Some(MissingDefault {
+                inactive_default: None,
+                message: "org acme has EnrollmentPolicies but no default one (spec.default: true): a user in none of the groups its active policies list gets the error no_default_policy at sign-in, not an answer; add a default policy".into(),
+            })
+        );
+        let inactive = missing_default_policy(
+            "acme",
+            &[role("admins", false, true), role("everyone", true, false)],
+        )
+        .unwrap();
+        assert_eq!(inactive.inactive_default, Some("everyone"));
+        assert!(
+            inactive.message.starts_with(
+                "the default EnrollmentPolicy everyone of org acme is not active (spec.active: false)"
+            ),
+            "{}",
+            inactive.message
+        );
+    }
 
     #[test]
     fn oldest_then_name_wins() {

@@ -8,6 +8,7 @@
 //! objects run per namespace on the objects that passed: see [`cross`].
 
 pub mod cross;
+pub mod egress;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,12 @@ pub enum Rule {
     Duplicate,
     /// An object of idplane's group that idplane does not serve (`--strict`).
     UnknownKind,
+    /// A hook URL or SMTP host written as an address that the default
+    /// egress rule refuses (a warning: the installation may allow it).
+    Egress,
+    /// The org has EnrollmentPolicies but no active default one: users in
+    /// none of their groups get an error at sign-in (a warning).
+    NoDefaultPolicy,
 }
 
 /// Identifies an object.
@@ -118,6 +125,10 @@ pub struct Options {
     pub default_namespace: String,
     /// Objects of idplane's group with a kind it does not serve are errors.
     pub strict: bool,
+    /// Warn about hook URLs and SMTP hosts that the default egress rule
+    /// refuses: for `idplane validate`, which knows no installation. `run`
+    /// and the operator apply their own rule when they connect.
+    pub egress_warnings: bool,
 }
 
 impl Default for Options {
@@ -125,6 +136,7 @@ impl Default for Options {
         Self {
             default_namespace: "default".into(),
             strict: false,
+            egress_warnings: false,
         }
     }
 }
@@ -145,6 +157,13 @@ impl Report {
     /// Findings about one input object.
     pub fn findings_for(&self, input: usize) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(move |f| f.input == input)
+    }
+
+    /// Error findings about one input object: those that keep it out of
+    /// the configuration (warnings do not).
+    pub fn errors_for(&self, input: usize) -> impl Iterator<Item = &Finding> {
+        self.findings_for(input)
+            .filter(|f| f.severity == Severity::Error)
     }
 }
 
@@ -429,5 +448,12 @@ pub fn finish(checked: Vec<Checked>, own: Vec<Vec<OwnFinding>>) -> Report {
 /// objects, per namespace.
 pub fn validate(objects: &[Value], options: &Options) -> Report {
     let (checked, own): (Vec<_>, Vec<_>) = objects.iter().map(|v| check_one(v, options)).unzip();
-    finish(checked, own)
+    let mut report = finish(checked, own);
+    if options.egress_warnings {
+        report.findings.extend(egress::check(&report.checked));
+    }
+    report
+        .findings
+        .sort_by(|a, b| (a.input, &a.field).cmp(&(b.input, &b.field)));
+    report
 }

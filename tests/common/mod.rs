@@ -380,3 +380,7 @@ pub fn http(
         }
     })
 }
+
+/// The egress allowance of the tests whose servers listen on loopback:
+/// idplane refuses loopback unless the installation allows it.
+pub const ALLOW_LOOPBACK: [&str; 2] = ["--egress-allow", "127.0.0.0/8"];

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::common::{Idplane, Killed, http, http_get, root, wait_every};
+use super::common::{ALLOW_LOOPBACK, Idplane, Killed, http, http_get, root, wait_every};
 
 pub const TOKEN: &str = "email-test-token-0123456789abcdef";
 
@@ -426,8 +426,16 @@ pub fn default_provider(port: &str) -> [&str; 7] {
     ]
 }
 
-/// Starts `idplane run --manifests` with the given extra flags.
+/// Starts `idplane run --manifests` with the given extra flags, loopback
+/// allowed (the test servers listen there).
 pub fn start_idplane(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
+    let mut flags = ALLOW_LOOPBACK.to_vec();
+    flags.extend_from_slice(extra);
+    start_idplane_strict(tmp, manifests, log, &flags)
+}
+
+/// [`start_idplane`] under the default egress rule (nothing allowed).
+pub fn start_idplane_strict(tmp: &Path, manifests: &Path, log: &str, extra: &[&str]) -> Idplane {
     let mut flags = Vec::new();
     if !extra.contains(&"--smtp-timeout") {
         flags.extend(["--smtp-timeout", "5s"]);

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::common::{Idplane, http, http_get, wait_for};
+use crate::common::{ALLOW_LOOPBACK, Idplane, http, http_get, wait_for};
 
 /// The secret every test hook expects in `Authorization`.
 pub const HOOK_TOKEN: &str = "hook-token-0123";
@@ -252,8 +252,16 @@ impl Workspace {
         .unwrap();
     }
 
-    /// `idplane run` on these manifests with extra flags; waits until ready.
+    /// `idplane run` on these manifests with extra flags, loopback allowed
+    /// (the hooks listen there); waits until ready.
     pub fn run(&self, log: &str, extra: &[&str]) -> Idplane {
+        let mut flags = ALLOW_LOOPBACK.to_vec();
+        flags.extend_from_slice(extra);
+        self.run_strict(log, &flags)
+    }
+
+    /// `idplane run` with only `extra`: the default egress rule.
+    pub fn run_strict(&self, log: &str, extra: &[&str]) -> Idplane {
         Idplane::run_manifests(
             &self.manifests(),
             &self.database(),
