@@ -552,6 +552,21 @@ impl Egress {
 }
 
 fn servers(nameservers: &[SocketAddr]) -> Result<TokioResolver, EgressError> {
+    let mut options = ResolverOpts::default();
+    options.timeout = Duration::from_secs(5);
+    options.attempts = 1;
+    TokioResolver::builder_with_config(
+        name_server_config(nameservers),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(options)
+    .build()
+    .map_err(|e| EgressError::Setup(e.to_string()))
+}
+
+/// A resolver configuration that asks exactly these servers, over UDP and
+/// TCP at each one's port (the tests' dnsmasq listens on a high port).
+pub fn name_server_config(nameservers: &[SocketAddr]) -> ResolverConfig {
     let servers = nameservers
         .iter()
         .map(|addr| {
@@ -562,16 +577,7 @@ fn servers(nameservers: &[SocketAddr]) -> Result<TokioResolver, EgressError> {
             NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
         })
         .collect();
-    let mut options = ResolverOpts::default();
-    options.timeout = Duration::from_secs(5);
-    options.attempts = 1;
-    TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(servers),
-        TokioRuntimeProvider::default(),
-    )
-    .with_options(options)
-    .build()
-    .map_err(|e| EgressError::Setup(e.to_string()))
+    ResolverConfig::from_name_servers(servers)
 }
 
 /// reqwest's resolver: the rule's admitted addresses of a name.

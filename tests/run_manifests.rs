@@ -47,6 +47,25 @@ fn start(tmp: &std::path::Path, manifests: &std::path::Path, log: &str) -> Idpla
     )
 }
 
+/// Every `/v1/orgs/{org}/…` operation of the OpenAPI document, as
+/// (METHOD, URL) for org acme and objects that exist in the examples.
+fn org_routes(run: &Idplane, document: &Value) -> Vec<(String, String)> {
+    let mut routes = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let Some(rest) = path.strip_prefix("/v1/orgs/{org}") else {
+            continue;
+        };
+        let url = run.url(&format!(
+            "/v1/orgs/acme{}",
+            rest.replace("{id}", "em-1").replace("{name}", "primary")
+        ));
+        for method in item.as_object().unwrap().keys() {
+            routes.push((method.to_uppercase(), url.clone()));
+        }
+    }
+    routes
+}
+
 fn object(run: &Idplane, kind: &str, name: &str) -> Option<Value> {
     let (code, body) = http_get(&run.url("/v1/orgs/acme/status"), Some(ACME));
     if code != 200 {
@@ -234,26 +253,17 @@ fn every_org_route_is_authorized_before_the_request_is_read() {
     let document: Value = serde_json::from_str(&body).unwrap();
     let wrong_shape = serde_json::json!({"unexpected": [1, 2, 3]});
     let mut checked = 0;
-    for (path, item) in document["paths"].as_object().unwrap() {
-        let Some(rest) = path.strip_prefix("/v1/orgs/{org}") else {
-            continue;
-        };
-        let url = run.url(&format!(
-            "/v1/orgs/acme{}",
-            rest.replace("{id}", "em-1").replace("{name}", "primary")
-        ));
-        for method in item.as_object().unwrap().keys() {
-            let body = (method != "get").then_some(&wrong_shape);
-            let (code, text) = http(&method.to_uppercase(), &url, None, body);
-            assert_eq!(code, 401, "{method} {url} without a token: {text}");
-            assert!(
-                text.contains("\"code\":\"unauthorized\""),
-                "{method} {url}: {text}"
-            );
-            let (code, text) = http(&method.to_uppercase(), &url, Some(OTHER), body);
-            assert_eq!(code, 403, "{method} {url} with another org's token: {text}");
-            checked += 1;
-        }
+    for (method, url) in org_routes(&run, &document) {
+        let body = (method != "GET").then_some(&wrong_shape);
+        let (code, text) = http(&method, &url, None, body);
+        assert_eq!(code, 401, "{method} {url} without a token: {text}");
+        assert!(
+            text.contains("\"code\":\"unauthorized\""),
+            "{method} {url}: {text}"
+        );
+        let (code, text) = http(&method, &url, Some(OTHER), body);
+        assert_eq!(code, 403, "{method} {url} with another org's token: {text}");
+        checked += 1;
     }
     // config, status, events, enrollment, OTP send/verify/preview, emails,
     // an email, the test email.
@@ -435,19 +445,7 @@ fn every_org_route_is_not_ready_before_the_first_full_sync() {
     let document: Value = serde_json::from_str(&body).unwrap();
     let evaluate =
         serde_json::json!({"user": {"id": "u1", "groups": ["admins"]}, "firstSignIn": true});
-    let mut urls = Vec::new();
-    for (path, item) in document["paths"].as_object().unwrap() {
-        let Some(rest) = path.strip_prefix("/v1/orgs/{org}") else {
-            continue;
-        };
-        let url = run.url(&format!(
-            "/v1/orgs/acme{}",
-            rest.replace("{id}", "em-1").replace("{name}", "primary")
-        ));
-        for method in item.as_object().unwrap().keys() {
-            urls.push((method.to_uppercase(), url.clone()));
-        }
-    }
+    let urls = org_routes(&run, &document);
     assert!(
         urls.len() >= 10,
         "only {} routes under /v1/orgs/{{org}}",

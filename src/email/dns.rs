@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::ResolverOpts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use serde_json::json;
@@ -292,18 +292,8 @@ pub fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<TokioRe
         TokioResolver::builder_tokio()
             .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
     } else {
-        let servers = nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
         TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
+            crate::egress::name_server_config(nameservers),
             TokioRuntimeProvider::default(),
         )
     };
