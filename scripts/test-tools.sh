@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs the tools the email tests and benchmark use, and prints the
+# Installs the tools the email, chart and API tests and the benchmarks use, and prints the
 # environment they read (eval "$(scripts/test-tools.sh)"):
 #   - Postfix's smtp-sink (Debian package postfix, installed unconfigured),
 #   - dnsmasq (Debian package dnsmasq-base: the binary, no system service),
 #   - openssl (test certificates),
 #   - a virtualenv at ${IDPLANE_VENV:-/tmp/idplane-venv} (never the system
-#     Python) with aiosmtpd (the SMTP test server) and helm-python-sdk (Helm
+#     Python) with aiosmtpd (the SMTP test server), helm-python-sdk (Helm
 #     4's own Go SDK as a library: the chart tests render, lint, install,
-#     upgrade and uninstall the Helm chart with it).
+#     upgrade and uninstall the Helm chart with it) and schemathesis (fuzzes
+#     the runtime API against its OpenAPI document, tests/openapi.rs).
 # Idempotent: a second run only checks and prints.
 set -euo pipefail
 

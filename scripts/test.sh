@@ -36,7 +36,7 @@ for tool in fmt clippy; do
   }
 done
 
-log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, a virtualenv with aiosmtpd and the Helm 4 SDK)"
+log "test tools (scripts/test-tools.sh: smtp-sink, dnsmasq, a virtualenv with aiosmtpd, the Helm 4 SDK and schemathesis)"
 eval "$(scripts/test-tools.sh)"
 
 log "cargo fmt --check"

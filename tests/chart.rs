@@ -10,7 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -18,26 +17,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The virtualenv's python, with helm-python-sdk: scripts/test-tools.sh
-/// installs it (once per test process) and names the virtualenv.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/test-tools.sh"))
-            .output()
-            .expect("scripts/test-tools.sh runs");
-        assert!(
-            out.status.success(),
-            "scripts/test-tools.sh failed:\n{}",
-            text(&out.stderr)
-        );
-        let env = text(&out.stdout);
-        let venv = env
-            .lines()
-            .find_map(|l| l.strip_prefix("export IDPLANE_VENV="))
-            .unwrap_or_else(|| panic!("scripts/test-tools.sh printed no IDPLANE_VENV:\n{env}"));
-        Path::new(venv).join("bin/python")
-    })
+/// installs it.
+fn python() -> PathBuf {
+    test_tool("IDPLANE_VENV").join("bin/python")
 }
 
 /// `tests/support/helm.py ARGS`.

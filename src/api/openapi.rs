@@ -12,14 +12,13 @@
 
 use serde_json::{Map, Value, json};
 
-/// One route of a module's own table: method, path, summary, request
-/// schema. The modules keep naming their routes with it; the document
+/// One route of a module's own table: method, path, summary. The
+/// modules keep naming their routes with it; the document
 /// describes each of them with an [`Operation`].
 pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
-    pub request: Option<fn() -> Value>,
 }
 
 /// One answer of an operation.
@@ -468,8 +467,8 @@ fn events_operation() -> Operation {
     )
     .query(
         "after",
-        "The cursor: a nextCursor value (events after it); none or empty for the first page",
-        json!({"type": "integer", "format": "int64"}),
+        "The cursor: a nextCursor value (the events after it); none or empty for the first page",
+        json!({"type": "string", "pattern": "^([+-]?0*[0-9]{1,18})?$"}),
     )
     .query(
         "limit",

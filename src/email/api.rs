@@ -31,33 +31,6 @@ pub fn routes(service: Arc<EmailService>) -> Router<SharedState> {
         .layer(Extension(service))
 }
 
-fn send_schema() -> Value {
-    let addresses = json!({"oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {"type": "string"}, "maxItems": message::MAX_RECIPIENTS}
-    ]});
-    json!({
-        "type": "object", "required": ["to", "subject"], "additionalProperties": false,
-        "properties": {
-            "to": addresses,
-            "cc": addresses,
-            "brand": {"type": "string", "description": "Sends from the brand's verified EmailDomain"},
-            "subject": {"type": "string", "maxLength": message::MAX_SUBJECT_CHARS},
-            "text": {"type": "string"},
-            "html": {"type": "string"},
-            "idempotencyKey": {"type": "string", "maxLength": message::MAX_KEY_BYTES,
-                "description": "The same key within 24 hours returns the same id and sends once"}
-        }
-    })
-}
-
-fn test_schema() -> Value {
-    json!({
-        "type": "object", "required": ["from", "to"], "additionalProperties": false,
-        "properties": {"from": {"type": "string"}, "to": {"type": "string"}}
-    })
-}
-
 /// The module's endpoints, for `/openapi.json`.
 pub fn endpoints() -> Vec<Endpoint> {
     vec![
@@ -65,19 +38,16 @@ pub fn endpoints() -> Vec<Endpoint> {
             method: "post",
             path: "/v1/orgs/{org}/emails",
             summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider, or the store is full)",
-            request: Some(send_schema),
         },
         Endpoint {
             method: "get",
             path: "/v1/orgs/{org}/emails/{id}",
             summary: "An email's state (queued, sending, retrying, sent, failed), its attempts with SMTP replies, and its events",
-            request: None,
         },
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/email-provider/test",
             summary: "Send one test email synchronously through the org's provider and report the SMTP outcome (written to status.lastTest)",
-            request: Some(test_schema),
         },
     ]
 }

@@ -16,6 +16,7 @@ use super::network::client_address;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EvaluationRequest {
     /// Who signs in.
+    #[serde(deserialize_with = "crate::wire::object")]
     pub user: SignInUser,
     /// The user's first sign-in: the enrollment policy's and the recovery's
     /// authenticators are enrolled together (rule 6).
@@ -23,13 +24,25 @@ pub struct EvaluationRequest {
     pub first_sign_in: bool,
     /// The recovery authenticators of the password policy that applies to
     /// the user.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::wire::objects"
+    )]
     pub recovery: Vec<RecoveryAuthenticator>,
     /// What the app being signed in to asks for, if anything (rule 7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::optional_object"
+    )]
     pub app: Option<AppNeeds>,
     /// Where the client connects from, for rules with a network zone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::wire::optional_object"
+    )]
     pub network: Option<ClientNetwork>,
 }
 

@@ -27,11 +27,11 @@ pub struct PreviewInput {
     pub channel: Channel,
     #[serde(default)]
     pub request_type: RequestType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::wire::object")]
     pub user: UserInfo,
     #[serde(default)]
     pub locale: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::wire::object")]
     pub context: CallerContext,
 }
 

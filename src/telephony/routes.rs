@@ -90,66 +90,22 @@ async fn preview(
     Ok(Json(sender.preview(&org, &name, body).await?))
 }
 
-fn user_schema() -> Value {
-    json!({"type": "object", "required": ["id", "login"], "properties": {
-        "id": {"type": "string"}, "login": {"type": "string"},
-        "firstName": {"type": "string"}, "lastName": {"type": "string"}}})
-}
-
-fn context_schema() -> Value {
-    json!({"type": "object", "properties": {
-        "ip": {"type": "string", "description": "The end user's IP address"},
-        "requestId": {"type": "string", "description": "The caller's request id"}}})
-}
-
-fn send_schema() -> Value {
-    json!({"type": "object", "required": ["phoneNumber", "channel", "requestType", "user"],
-        "additionalProperties": false,
-        "properties": {
-            "phoneNumber": {"type": "string", "pattern": "^\\+[1-9][0-9]{6,14}$", "description": "E.164"},
-            "channel": {"type": "string", "enum": ["sms", "voice"]},
-            "requestType": {"type": "string", "enum": ["enrollment", "verification", "account-unlock", "password-reset"]},
-            "user": user_schema(),
-            "locale": {"type": "string", "description": "Passed to the hook; default EN-US"},
-            "context": context_schema()}})
-}
-
-fn verify_schema() -> Value {
-    json!({"type": "object", "required": ["transactionId", "code"], "additionalProperties": false,
-        "properties": {"transactionId": {"type": "string"}, "code": {"type": "string"}}})
-}
-
-fn preview_schema() -> Value {
-    json!({"type": "object", "properties": {
-        "phoneNumber": {"type": "string", "description": "E.164; required unless request is given"},
-        "channel": {"type": "string", "enum": ["sms", "voice"], "default": "sms"},
-        "requestType": {"type": "string", "enum": ["enrollment", "verification", "account-unlock", "password-reset"], "default": "verification"},
-        "user": user_schema(),
-        "locale": {"type": "string"},
-        "context": context_schema(),
-        "request": {"type": "object", "description": "The whole body to send instead of the built one"},
-        "send": {"type": "boolean", "default": true, "description": "false: only build and show the request"}}})
-}
-
 pub(super) fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/otp/send",
             summary: "Send a one-time passcode by SMS or voice through the org's active TelephonyHook (fallback on failure); 429 with Retry-After over a limit, 502 when every hook failed",
-            request: Some(send_schema),
         },
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/otp/verify",
             summary: "Verify a passcode: verified, invalid, expired or locked",
-            request: Some(verify_schema),
         },
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/telephony-hooks/{name}/preview",
             summary: "Build, show (secrets redacted) and send a preview request to a hook, active or not; its code is never valid",
-            request: Some(preview_schema),
         },
     ]
 }

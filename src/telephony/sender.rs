@@ -45,10 +45,11 @@ pub struct SendRequest {
     pub phone_number: String,
     pub channel: Channel,
     pub request_type: RequestType,
+    #[serde(deserialize_with = "crate::wire::object")]
     pub user: UserInfo,
     #[serde(default)]
     pub locale: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::wire::object")]
     pub context: CallerContext,
 }
 
@@ -391,12 +392,12 @@ impl OtpSender {
         org: &str,
         req: VerifyRequest,
     ) -> Result<VerifyAnswer, TelephonyError> {
-        if req.transaction_id.is_empty() || req.transaction_id.len() > 128 {
+        if req.transaction_id.is_empty() || req.transaction_id.chars().count() > 128 {
             return Err(TelephonyError::InvalidRequest(
                 "transactionId must be 1 to 128 characters".into(),
             ));
         }
-        if req.code.is_empty() || req.code.len() > 32 {
+        if req.code.is_empty() || req.code.chars().count() > 32 {
             return Err(TelephonyError::InvalidRequest(
                 "code must be 1 to 32 characters".into(),
             ));

@@ -126,6 +126,30 @@ pub fn server_minor() -> u32 {
         .unwrap_or(0)
 }
 
+/// A path that `scripts/test-tools.sh` prints (`export NAME=PATH`): the
+/// script installs the test tools (smtp-sink, dnsmasq, the virtualenv with
+/// aiosmtpd, the Helm SDK and schemathesis) on its first run, once per
+/// test process.
+pub fn test_tool(name: &str) -> PathBuf {
+    static ENV: OnceLock<String> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("scripts/test-tools.sh"))
+            .output()
+            .expect("scripts/test-tools.sh runs");
+        assert!(
+            out.status.success(),
+            "scripts/test-tools.sh failed:\n{}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    });
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("scripts/test-tools.sh printed no {name}:\n{env}"))
+}
+
 /// The fixtures of `tests/fixtures/invalid/GROUP/`, sorted: each file with
 /// its `# expect-field:` and `# expect-message:` header lines.
 pub fn invalid_fixtures(group: &str) -> Vec<(PathBuf, String, String)> {

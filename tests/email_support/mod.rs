@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::common::{ALLOW_LOOPBACK, Idplane, Killed, http, http_get, root, wait_every};
+use super::common::{ALLOW_LOOPBACK, Idplane, Killed, http, http_get, root, test_tool, wait_every};
 
 pub const TOKEN: &str = "email-test-token-0123456789abcdef";
 
@@ -27,22 +27,7 @@ pub struct Tools {
 pub fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(root().join("scripts/test-tools.sh"))
-            .output()
-            .expect("scripts/test-tools.sh runs");
-        assert!(
-            out.status.success(),
-            "scripts/test-tools.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let var = |name: &str| -> PathBuf {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| panic!("test-tools.sh printed no {name}:\n{text}"))
-        };
+        let var = test_tool;
         Tools {
             python: var("IDPLANE_VENV").join("bin/python"),
             smtp_sink: var("IDPLANE_SMTP_SINK"),
