@@ -178,7 +178,7 @@ async fn main() {
     }
     let root = env!("CARGO_MANIFEST_DIR");
     std::env::set_current_dir(root).unwrap();
-    kubectl(&["apply", "--validate=false", "-f", "crds/"]);
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
     let client = client().await;
     let run = format!("bench{:x}", std::process::id());
     let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("{run}-{n}")).collect();
@@ -285,8 +285,13 @@ async fn main() {
     }
 
     let ratio = convergence.as_secs_f64() / bare.as_secs_f64();
+    let server = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let report = format!(
-        "# idplane convergence benchmark ({date}, {cores} cores, Kubernetes 1.20.2 test apiserver)\n\
+        "# idplane convergence benchmark ({date}, {cores} cores, Kubernetes {server} test apiserver)\n\
          command: cargo bench --bench convergence\n\
          objects: 1000 mixed (hooks, policies, providers, domains) in {NAMESPACES} namespaces\n\
          apply (16 concurrent server-side applies): {applied:.2?}\n\
