@@ -41,13 +41,13 @@ pub struct HttpSettings {
     /// request; also the longest pause while it sends a body. Slower
     /// clients are disconnected. Identity services send whole requests
     /// at once: a few seconds is plenty even across regions.
-    #[arg(long = "http-read-timeout", default_value = "10s", value_parser = crate::email::parse_duration)]
+    #[arg(long = "http-read-timeout", default_value = "10s", value_parser = crate::resources::parse_duration)]
     pub read_timeout: Duration,
     /// A connection with no request under way closes after this long
     /// (keep-alive). Above the usual client pool idle time (Go, Java and
     /// reqwest keep idle connections 30 to 90 s) matters less than not
     /// holding descriptors for clients that went away.
-    #[arg(long = "http-idle-timeout", default_value = "60s", value_parser = crate::email::parse_duration)]
+    #[arg(long = "http-idle-timeout", default_value = "60s", value_parser = crate::resources::parse_duration)]
     pub idle_timeout: Duration,
     /// Open connections in all; more are answered 503 and closed. Keep it
     /// below the process's file-descriptor limit less what the store, the

@@ -34,12 +34,7 @@ use crate::api::openapi::{Endpoint, Operation, address, event_schema, not_blank,
 use crate::resources::TlsMode;
 use crate::runtime::{ModuleContext, StartError};
 
-/// A duration flag: `500ms`, `30s`, `5m`, `24h`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::resources::parse_duration_millis(text)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 24h"))
-}
+pub use crate::resources::parse_duration;
 
 /// A TLS mode flag: `starttls`, `implicit` or `none`.
 pub fn parse_tls(text: &str) -> Result<TlsMode, String> {

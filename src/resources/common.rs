@@ -88,6 +88,14 @@ pub mod reason {
     pub const NO_DEFAULT_POLICY: &str = "NoDefaultPolicy";
 }
 
+/// A duration flag or field: `500ms`, `30s`, `5m`, `24h`, `1h30m`; the
+/// message says what is expected.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    parse_duration_millis(text)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 30s, 5m or 24h"))
+}
+
 /// Parses a Kubernetes-style duration (`500ms`, `3s`, `1m30s`, `1h`) into
 /// milliseconds. Only the units `ms`, `s`, `m` and `h` are accepted.
 pub fn parse_duration_millis(text: &str) -> Option<u64> {
