@@ -260,6 +260,16 @@ impl std::fmt::Display for Why {
 }
 
 impl EgressRule {
+    /// [`Self::check`] as the error a caller reports: the address, the name
+    /// it came from (if any) and why it is refused.
+    pub fn check_named(&self, name: Option<&str>, addr: IpAddr) -> Result<(), EgressError> {
+        self.check(addr).map_err(|why| EgressError::Refused {
+            name: name.map(str::to_string),
+            addr,
+            why,
+        })
+    }
+
     /// The rule's decision on one address: `--egress-deny` first, then
     /// `--egress-allow`, then the class (public admitted, private as
     /// `--egress-private` says, every other class refused).
@@ -502,11 +512,7 @@ impl Egress {
     /// Checks an address about to be dialled as it is (a literal host, or
     /// the peer a connection reached); `name` is what it came from.
     pub fn check(&self, name: Option<&str>, addr: IpAddr) -> Result<(), EgressError> {
-        self.rule.check(addr).map_err(|why| EgressError::Refused {
-            name: name.map(str::to_string),
-            addr,
-            why,
-        })
+        self.rule.check_named(name, addr)
     }
 
     /// The addresses of `host` (a name or a literal) that the rule admits,

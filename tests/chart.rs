@@ -88,17 +88,36 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} in {objects:#?}"))
 }
 
-fn container(objects: &[Value]) -> &Value {
-    &find(objects, "StatefulSet", "rel")["spec"]["template"]["spec"]["containers"][0]
+/// The idplane container of a StatefulSet, rendered or stored.
+fn set_container(set: &Value) -> &Value {
+    &set["spec"]["template"]["spec"]["containers"][0]
 }
 
-fn args(objects: &[Value]) -> Vec<String> {
-    container(objects)["args"]
+fn container_args(container: &Value) -> Vec<String> {
+    container["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
+}
+
+/// The container's `IDPLANE_SMTP_PASSWORD` variable.
+fn password_variable(container: &Value) -> &Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "IDPLANE_SMTP_PASSWORD")
+        .expect("the password's variable")
+}
+
+fn container(objects: &[Value]) -> &Value {
+    set_container(find(objects, "StatefulSet", "rel"))
+}
+
+fn args(objects: &[Value]) -> Vec<String> {
+    container_args(container(objects))
 }
 
 /// The real apiserver accepts every object (server-side dry run).
@@ -216,11 +235,7 @@ fn email_values_configure_the_default_provider_with_the_password_from_a_secret()
         "no cap when the value is empty: {args:?}"
     );
     flags_parse(&args);
-    let env = container(&objects)["env"].as_array().unwrap();
-    let password = env
-        .iter()
-        .find(|e| e["name"] == "IDPLANE_SMTP_PASSWORD")
-        .expect("the password's variable");
+    let password = password_variable(container(&objects));
     assert_eq!(
         password["valueFrom"]["secretKeyRef"],
         json!({"name": "smtp-relay", "key": "pw"})
@@ -489,15 +504,6 @@ fn assert_crds_established() {
     }
 }
 
-fn stored_args(set: &Value) -> Vec<String> {
-    set["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     let release = Release::new();
@@ -619,7 +625,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     assert_eq!(set["spec"]["serviceName"], pods);
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], name);
-    let args = stored_args(&set);
+    let args = container_args(set_container(&set));
     for want in [
         "operator".to_string(),
         format!("--lease-name={name}-status-writer"),
@@ -629,12 +635,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
         assert!(args.contains(&want), "{want} not in {args:?}");
     }
     assert!(!args.iter().any(|a| a.starts_with("--email-")), "{args:?}");
-    let password = pod["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "IDPLANE_SMTP_PASSWORD")
-        .expect("the password's variable");
+    let password = password_variable(set_container(&set));
     assert_eq!(
         password["valueFrom"]["secretKeyRef"],
         json!({"name": "smtp-relay", "key": "pw"})
@@ -653,7 +654,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     assert_eq!(upgraded["revision"], 2);
     let set = release.stored("StatefulSet", name).unwrap();
     assert_eq!(set["spec"]["replicas"], 2);
-    let args = stored_args(&set);
+    let args = container_args(set_container(&set));
     for want in [
         "--email-default-sender=Acme Mail <noreply@acme.example>",
         "--email-concurrency=32",

@@ -362,23 +362,14 @@ pub fn event_schema() -> Value {
 }
 
 /// Authenticator keys, as the enrollment engine names them.
-pub const AUTHENTICATORS: [&str; 12] = [
-    "okta_password",
-    "okta_email",
-    "phone_number",
-    "security_question",
-    "webauthn",
-    "okta_verify",
-    "google_otp",
-    "duo",
-    "rsa_token",
-    "symantec_vip",
-    "yubikey_token",
-    "external_idp",
-];
+fn authenticator_keys() -> impl Iterator<Item = &'static str> {
+    crate::enrollment::Authenticator::ALL
+        .into_iter()
+        .map(crate::enrollment::Authenticator::as_str)
+}
 
 fn authenticator() -> Value {
-    json!({"type": "string", "enum": AUTHENTICATORS})
+    json!({"type": "string", "enum": authenticator_keys().collect::<Vec<_>>()})
 }
 
 fn authenticators() -> Value {
@@ -514,9 +505,7 @@ fn evaluate_operation() -> Operation {
 }
 
 fn evaluation_request_schema() -> Value {
-    let others: Vec<&str> = AUTHENTICATORS
-        .iter()
-        .copied()
+    let others: Vec<&str> = authenticator_keys()
         .filter(|a| *a != "phone_number")
         .collect();
     let methods = json!({"type": "array", "items": {"type": "string", "enum": ["sms", "voice"]}});
@@ -528,9 +517,7 @@ fn evaluation_request_schema() -> Value {
             "key": {"type": "string", "enum": others},
             "methods": {"type": "array", "maxItems": 0, "description": "Methods are for phone_number only"}}},
     ]});
-    let recovery_keys: Vec<&str> = AUTHENTICATORS
-        .iter()
-        .copied()
+    let recovery_keys: Vec<&str> = authenticator_keys()
         .filter(|a| *a != "okta_password")
         .collect();
     json!({"type": "object", "required": ["user"], "additionalProperties": false, "properties": {

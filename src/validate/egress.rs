@@ -56,12 +56,7 @@ pub fn host_refusal(rule: &EgressRule, host: &str) -> Option<EgressError> {
 }
 
 fn refusal(rule: &EgressRule, name: Option<&str>, ip: IpAddr) -> Option<EgressError> {
-    let why = rule.check(ip).err()?;
-    Some(EgressError::Refused {
-        name: name.map(str::to_string),
-        addr: ip,
-        why,
-    })
+    rule.check_named(name, ip).err()
 }
 
 /// `localhost` names are loopback whatever DNS says (RFC 6761).
