@@ -321,3 +321,31 @@ fn the_bearer_scheme_is_case_insensitive() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{scheme}: {answer}");
     }
 }
+
+#[test]
+fn a_body_that_stalls_longer_than_the_read_timeout_is_cut() {
+    let (_tmp, run) = start(&["--http-read-timeout", "1s"]);
+    let mut stream = TcpStream::connect(&run.addr).unwrap();
+    let head = format!(
+        "POST /v1/orgs/acme/enrollment/evaluate HTTP/1.1\r\nHost: idplane\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"user\":"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let sent = Instant::now();
+    // The rest of the body never comes.
+    let answer = read_until_closed(&mut stream, Duration::from_secs(8))
+        .expect("the server gives up on the body and closes");
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cut after {waited:?}, before the 1 s read timeout"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let body = body_json(&answer);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("paused longer than --http-read-timeout"),
+        "{body}"
+    );
+}
