@@ -160,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     identity,
                     duration: std::time::Duration::from_secs(lease_seconds.max(3)),
                 },
-                writer: idplane::controller::writer::WriterSettings {
+                writer: idplane::controller::status_writer::WriterSettings {
                     writes_per_second: status_writes_per_second.max(1),
                     concurrency: status_concurrency.max(1),
                     ..Default::default()

@@ -1,5 +1,5 @@
 //! What the runtime modules (telephony, email, enrollment) receive when they
-//! start: the index's snapshots, the store, metrics and the status extras.
+//! start: the index's snapshots, the store, metrics and the status module_fields.
 //! Each module returns the routes it serves under `/v1/orgs/{org}/...`.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::controller::extras::StatusExtras;
+use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -23,7 +23,7 @@ pub struct ModuleContext {
     /// Prometheus registry and shared counters.
     pub metrics: Arc<Metrics>,
     /// Where modules publish status fields (metrics, test results...).
-    pub extras: Arc<StatusExtras>,
+    pub module_fields: Arc<ModuleFields>,
     /// The process's stop: modules stop taking new work when it is
     /// requested and run what must finish first on its tracker.
     pub stop: Stop,

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::controller::conditions::desired_status;
-use crate::controller::extras::StatusExtras;
-use crate::controller::writer::WrittenStatuses;
+use crate::controller::module_fields::ModuleFields;
+use crate::controller::status_writer::WrittenStatuses;
 use crate::index::Snapshot;
 use crate::store::Store;
 use crate::telemetry::{Metrics, RequestLabel, RouteLabel};
@@ -40,7 +40,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     pub written: WrittenStatuses,
-    pub extras: Arc<StatusExtras>,
+    pub module_fields: Arc<ModuleFields>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -225,7 +225,7 @@ async fn org_status(
                 desired_status(
                     k,
                     view,
-                    state.extras.get(k).as_ref(),
+                    state.module_fields.get(k).as_ref(),
                     view.observed_status.as_deref(),
                     &now,
                 )
@@ -375,7 +375,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             store: Store::memory().await.unwrap(),
             written: WrittenStatuses::default(),
-            extras: Arc::new(StatusExtras::default()),
+            module_fields: Arc::new(ModuleFields::default()),
         });
         let extra = Router::new().route("/v1/orgless", get(|| async { "open" }));
         let response = router(state, extra)

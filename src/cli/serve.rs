@@ -12,9 +12,9 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{AppState, Authenticator, SharedState};
-use crate::controller::extras::StatusExtras;
 use crate::controller::lease::{self, LeaseSettings};
-use crate::controller::writer::{self, StatusSink, WriterSettings, WrittenStatuses};
+use crate::controller::module_fields::ModuleFields;
+use crate::controller::status_writer::{self, StatusSink, WriterSettings, WrittenStatuses};
 use crate::index::{self, Change, IndexWriter, Referenced, Snapshot};
 use crate::runtime::Stop;
 use crate::store::Store;
@@ -27,7 +27,7 @@ pub struct Core {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub referenced: watch::Receiver<Referenced>,
     pub metrics: Arc<Metrics>,
-    pub extras: Arc<StatusExtras>,
+    pub module_fields: Arc<ModuleFields>,
     pub written: WrittenStatuses,
     pub store: Store,
     pub stop: Stop,
@@ -50,7 +50,7 @@ pub async fn start_core(
     let (changes, changes_rx) = mpsc::channel(4096);
     let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
     let (ref_tx, referenced) = watch::channel(Referenced::default());
-    tokio::spawn(index::writer::run(
+    tokio::spawn(index::snapshot_writer::run(
         IndexWriter::new(options),
         changes_rx,
         snap_tx,
@@ -62,7 +62,7 @@ pub async fn start_core(
         snapshots,
         referenced,
         metrics,
-        extras: Arc::new(StatusExtras::default()),
+        module_fields: Arc::new(ModuleFields::default()),
         written: WrittenStatuses::default(),
         store,
         stop,
@@ -215,7 +215,7 @@ pub async fn start_modules(
         snapshots: core.snapshots.clone(),
         store: core.store.clone(),
         metrics: core.metrics.clone(),
-        extras: core.extras.clone(),
+        module_fields: core.module_fields.clone(),
         stop: core.stop.clone(),
     };
     // One rule and one resolver for every connection configuration aims.
@@ -241,7 +241,7 @@ pub async fn serve_api(
         metrics: core.metrics.clone(),
         store: core.store.clone(),
         written: core.written.clone(),
-        extras: core.extras.clone(),
+        module_fields: core.module_fields.clone(),
     });
     let app = crate::api::router(state, routes);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -305,9 +305,9 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         leader_tx,
         core.stop.requested.clone(),
     ));
-    tokio::spawn(writer::run(
+    tokio::spawn(status_writer::run(
         core.snapshots.clone(),
-        core.extras.clone(),
+        core.module_fields.clone(),
         leader_rx,
         StatusSink::kube(client.clone(), &settings.lease.identity),
         settings.writer.clone(),
@@ -394,7 +394,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         stop,
     )
     .await?;
-    writer::preload(&core.store, &core.written).await?;
+    status_writer::preload(&core.store, &core.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),
         settings.options.clone(),
@@ -402,9 +402,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         settings.poll,
     ));
     let (_leader_tx, leader_rx) = watch::channel(true);
-    tokio::spawn(writer::run(
+    tokio::spawn(status_writer::run(
         core.snapshots.clone(),
-        core.extras.clone(),
+        core.module_fields.clone(),
         leader_rx,
         StatusSink::Store(core.store.clone()),
         WriterSettings::default(),

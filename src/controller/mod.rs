@@ -3,6 +3,6 @@
 //! transitions, and the Lease that decides which replica writes.
 
 pub mod conditions;
-pub mod extras;
 pub mod lease;
-pub mod writer;
+pub mod module_fields;
+pub mod status_writer;

@@ -323,7 +323,9 @@ async fn test_email(
             namespace: org.clone(),
             name: name.clone(),
         };
-        service.extras.set(&key, "lastTest", last_test_status(&log));
+        service
+            .module_fields
+            .set(&key, "lastTest", last_test_status(&log));
     }
     if let Err(e) = service.queue.log(&log).await {
         tracing::warn!(error = %e, "cannot log the test email");

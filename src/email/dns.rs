@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::queue::{DomainRow, LogEntry, Queue};
 use super::verify::verified_condition;
 use super::worker::{now_millis, rfc3339};
-use crate::controller::extras::StatusExtras;
+use crate::controller::module_fields::ModuleFields;
 use crate::index::{DomainConfig, OrgConfig, Snapshot};
 use crate::validate::ObjectKey;
 
@@ -336,10 +336,10 @@ fn domain_key(org: &str, name: &str) -> ObjectKey {
     }
 }
 
-fn publish(extras: &StatusExtras, row: &DomainRow) {
+fn publish(module_fields: &ModuleFields, row: &DomainRow) {
     let key = domain_key(&row.org, &row.name);
-    extras.set(&key, "validationStatus", json!(row.status));
-    extras.set(
+    module_fields.set(&key, "validationStatus", json!(row.status));
+    module_fields.set(
         &key,
         "dnsValidationRecords",
         json!([{
@@ -348,7 +348,7 @@ fn publish(extras: &StatusExtras, row: &DomainRow) {
             "verificationValue": record_value(&row.token),
         }]),
     );
-    extras.set(
+    module_fields.set(
         &key,
         "conditions",
         verified_condition(row.status == VERIFIED, &row.reason, &row.message),
@@ -358,7 +358,7 @@ fn publish(extras: &StatusExtras, row: &DomainRow) {
 /// What the domain loop needs.
 pub struct DomainWatch {
     pub queue: Queue,
-    pub extras: Arc<StatusExtras>,
+    pub module_fields: Arc<ModuleFields>,
     pub book: Arc<DomainBook>,
     pub resolver: Arc<TokioResolver>,
     pub timing: DnsTiming,
@@ -435,7 +435,7 @@ impl DomainWatch {
                 }
                 let row = &rows[&(org.clone(), d.name.clone())];
                 self.book.set(row);
-                publish(&self.extras, row);
+                publish(&self.module_fields, row);
             }
         }
         let gone: Vec<(String, String)> = rows
@@ -482,7 +482,7 @@ impl DomainWatch {
                 tracing::error!(error = %e, "cannot store a brand domain check");
             }
             self.book.set(&after);
-            publish(&self.extras, &after);
+            publish(&self.module_fields, &after);
             rows.insert((after.org.clone(), after.name.clone()), after);
         }
     }

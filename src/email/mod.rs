@@ -9,7 +9,7 @@
 //! `queue` (all SQL), `worker` (dispatch and attempts), `smtp` (lettre),
 //! `verify` (the `Verified` condition), `dns` (brand domains), `stats`
 //! (metrics), `api` (routes). Not here: the index (configuration) and the
-//! status writer, which this module feeds through the status extras.
+//! status writer, which this module feeds through the status module_fields.
 
 pub mod api;
 pub mod dns;
@@ -223,7 +223,7 @@ pub struct EmailService {
     pub default_sender: Option<String>,
     pub stats: Arc<stats::DeliveryStats>,
     pub domains: Arc<dns::DomainBook>,
-    pub extras: Arc<crate::controller::extras::StatusExtras>,
+    pub module_fields: Arc<crate::controller::module_fields::ModuleFields>,
     pub wake: Arc<Notify>,
 }
 
@@ -291,13 +291,13 @@ pub async fn start(
             namespace: org,
             name,
         };
-        ctx.extras
+        ctx.module_fields
             .set(&key, "lastTest", api::last_test_status(&log));
     }
     tokio::spawn(
         stats
             .clone()
-            .publish(ctx.snapshots.clone(), ctx.extras.clone()),
+            .publish(ctx.snapshots.clone(), ctx.module_fields.clone()),
     );
 
     let wake = Arc::new(Notify::new());
@@ -317,14 +317,14 @@ pub async fn start(
         ctx.snapshots.clone(),
         smtp.clone(),
         default.clone(),
-        ctx.extras.clone(),
+        ctx.module_fields.clone(),
         queue.clone(),
         stats.clone(),
     ));
     let domains = Arc::new(dns::DomainBook::default());
     let watch = dns::DomainWatch {
         queue: queue.clone(),
-        extras: ctx.extras.clone(),
+        module_fields: ctx.module_fields.clone(),
         book: domains.clone(),
         resolver: Arc::new(resolver),
         timing: dns::DnsTiming {
@@ -343,7 +343,7 @@ pub async fn start(
         default_sender: settings.email_default_sender.clone(),
         stats,
         domains,
-        extras: ctx.extras.clone(),
+        module_fields: ctx.module_fields.clone(),
         wake,
     });
     Ok(api::routes(service))

@@ -1,6 +1,6 @@
 //! Delivery numbers: Prometheus counters, and each org provider's
 //! `status.metrics`, published at most once a second through the status
-//! extras. The numbers start from what the store holds, so a restart does
+//! module_fields. The numbers start from what the store holds, so a restart does
 //! not reset them.
 
 use std::collections::{HashMap, HashSet};
@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::queue::ProviderTotals;
-use crate::controller::extras::StatusExtras;
+use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::telemetry::Metrics;
 use crate::validate::ObjectKey;
@@ -293,7 +293,7 @@ impl DeliveryStats {
     pub async fn publish(
         self: Arc<Self>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        extras: Arc<StatusExtras>,
+        module_fields: Arc<ModuleFields>,
     ) {
         loop {
             self.changed.notified().await;
@@ -317,7 +317,7 @@ impl DeliveryStats {
                 updates
             };
             for (key, value) in updates {
-                extras.set(&key, "metrics", value);
+                module_fields.set(&key, "metrics", value);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -13,7 +13,7 @@ use super::queue::{LogEntry, Queue};
 use super::smtp::{Endpoint, SmtpClient, Step, StepError};
 use super::stats::DeliveryStats;
 use super::worker::{DefaultProvider, now_millis, provider_route, rfc3339};
-use crate::controller::extras::StatusExtras;
+use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::validate::ObjectKey;
 
@@ -43,7 +43,7 @@ pub async fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     smtp: Arc<SmtpClient>,
     default: Option<DefaultProvider>,
-    extras: Arc<StatusExtras>,
+    module_fields: Arc<ModuleFields>,
     queue: Queue,
     stats: Arc<DeliveryStats>,
 ) {
@@ -84,8 +84,12 @@ pub async fn run(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), round);
-            let (smtp, extras, queue, current) =
-                (smtp.clone(), extras.clone(), queue.clone(), current.clone());
+            let (smtp, module_fields, queue, current) = (
+                smtp.clone(),
+                module_fields.clone(),
+                queue.clone(),
+                current.clone(),
+            );
             let this_round = round;
             tokio::spawn(async move {
                 let result = match &subject.secret {
@@ -120,7 +124,7 @@ pub async fn run(
                     tracing::warn!(error = %e, "cannot log the verification");
                 }
                 if still_current() {
-                    extras.set(&key, "conditions", verified_condition(ok, reason, &message));
+                    module_fields.set(&key, "conditions", verified_condition(ok, reason, &message));
                 }
             });
         }

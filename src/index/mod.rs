@@ -1,7 +1,8 @@
 //! The runtime configuration: per org (namespace), the objects that passed
 //! validation, with Secrets resolved, conflicts settled and policies sorted.
 //! Building it is pure ([`build`]); one task owns the current snapshot and
-//! publishes it to readers (see `Index` in later modules).
+//! publishes it to readers: [`snapshot_writer`] applies the changes the
+//! sources send, [`snapshot`] is what readers get.
 //!
 //! Alongside the configuration, [`build`] says for every idplane object what
 //! became of it ([`ObjectState`]): that is what status conditions show.
@@ -162,8 +163,10 @@ pub struct OrgConfig {
 /// The whole runtime configuration: orgs by namespace.
 pub type RuntimeConfig = BTreeMap<String, OrgConfig>;
 
-pub mod writer;
-pub use writer::{Change, IndexWriter, ObjectView, ObjectViews, Referenced, Snapshot};
+pub mod snapshot;
+pub mod snapshot_writer;
+pub use snapshot::{Change, ObjectView, ObjectViews, Referenced, Snapshot};
+pub use snapshot_writer::IndexWriter;
 
 /// What became of one idplane object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -15,13 +15,13 @@ pub mod caller;
 pub mod code;
 pub mod contract;
 pub mod guard;
-pub mod instruments;
-pub mod ledger;
+pub mod hook_stats;
+pub mod metrics;
 pub mod phone;
 pub mod preview;
 mod routes;
 pub mod sender;
-pub mod tally;
+pub mod store_writer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,16 +33,16 @@ use tokio::sync::watch;
 
 use crate::api::SharedState;
 use crate::api::openapi::{Endpoint, Operation, e164, nullable, time};
-use crate::controller::extras::StatusExtras;
+use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::runtime::{ModuleContext, StartError};
 use crate::validate::ObjectKey;
 
 pub use caller::HookCaller;
 pub use guard::{AbuseGuard, Limit};
+pub use hook_stats::{HookTally, WINDOW_DAYS};
 pub use phone::{CountryAllowList, PhoneNumber};
 pub use sender::{OtpPolicy, OtpSender, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest};
-pub use tally::{HookTally, WINDOW_DAYS};
 
 fn duration(text: &str) -> Result<Duration, String> {
     crate::resources::parse_duration_millis(text)
@@ -187,7 +187,7 @@ pub async fn start(
     tokio::spawn(publish_metrics(
         ctx.snapshots.clone(),
         sender.tally.clone(),
-        ctx.extras.clone(),
+        ctx.module_fields.clone(),
         settings
             .telephony_status_interval
             .max(Duration::from_millis(100)),
@@ -233,13 +233,13 @@ pub async fn build(
         .date_naive()
         .checked_sub_days(Days::new(u64::from(WINDOW_DAYS)))
         .unwrap_or_default();
-    let stored = ledger::load_numbers(ctx.store.pool(), since)
+    let stored = store_writer::load_numbers(ctx.store.pool(), since)
         .await
         .map_err(|e| start_error(format!("cannot load hook metrics: {e}")))?;
-    let instruments = instruments::Instruments::register(&ctx.metrics);
+    let instruments = metrics::Instruments::register(&ctx.metrics);
     let on_error = {
         let instruments = instruments.clone();
-        move |_: &ledger::LedgerError| instruments.ledger_error()
+        move |_: &store_writer::LedgerError| instruments.ledger_error()
     };
     Ok(OtpSender {
         snapshots: ctx.snapshots.clone(),
@@ -261,10 +261,10 @@ pub async fn build(
             },
         ),
         countries: settings.otp_allowed_country_codes.clone(),
-        ledger: ledger::Ledger::start(ctx.store.pool().clone(), on_error),
+        ledger: store_writer::Ledger::start(ctx.store.pool().clone(), on_error),
         tally: Arc::new(HookTally::from_stored(stored)),
         instruments,
-        extras: ctx.extras.clone(),
+        module_fields: ctx.module_fields.clone(),
     })
 }
 
@@ -274,7 +274,7 @@ pub async fn build(
 async fn publish_metrics(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     tally: Arc<HookTally>,
-    extras: Arc<StatusExtras>,
+    module_fields: Arc<ModuleFields>,
     interval: Duration,
 ) {
     let mut ticker = tokio::time::interval(interval);
@@ -290,7 +290,7 @@ async fn publish_metrics(
                     namespace: org.clone(),
                     name: hook.clone(),
                 };
-                extras.set(&key, "metrics", json!(metrics));
+                module_fields.set(&key, "metrics", json!(metrics));
             }
         }
         tokio::select! {
@@ -301,7 +301,7 @@ async fn publish_metrics(
 }
 
 /// Forgets passcodes a day after they expire and buckets past the window.
-async fn purge(ledger: ledger::Ledger) {
+async fn purge(ledger: store_writer::Ledger) {
     let mut ticker = tokio::time::interval(Duration::from_secs(600));
     loop {
         ticker.tick().await;

@@ -20,12 +20,12 @@ use super::contract::{
     Verdict,
 };
 use super::guard::{AbuseGuard, Scope};
-use super::instruments::Instruments;
-use super::ledger::{IssuedOtp, Ledger, LogEntry};
+use super::hook_stats::{ExecutionRecord, HookTally};
+use super::metrics::Instruments;
 use super::phone::{CountryAllowList, PhoneNumber};
 use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
-use super::tally::{ExecutionRecord, HookTally};
-use crate::controller::extras::StatusExtras;
+use super::store_writer::{IssuedOtp, Ledger, LogEntry};
+use crate::controller::module_fields::ModuleFields;
 use crate::index::{HookConfig, Snapshot};
 use crate::validate::ObjectKey;
 
@@ -145,7 +145,7 @@ pub struct OtpSender {
     pub(super) ledger: Ledger,
     pub(super) tally: Arc<HookTally>,
     pub(super) instruments: Instruments,
-    pub(super) extras: Arc<StatusExtras>,
+    pub(super) module_fields: Arc<ModuleFields>,
 }
 
 /// What a send's executions share, for events and logs.
@@ -506,7 +506,7 @@ impl OtpSender {
         self.instruments.preview(org, name, success);
         let now = Utc::now();
         let summary = outcome.summary();
-        self.extras.set(
+        self.module_fields.set(
             &hook_key(org, name),
             "lastPreview",
             json!({"time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "result": summary}),

@@ -13,7 +13,7 @@ use crate::validate::ObjectKey;
 /// Extra status fields by object, with the set of objects changed since the
 /// writer last looked.
 #[derive(Default)]
-pub struct StatusExtras {
+pub struct ModuleFields {
     inner: Mutex<Inner>,
     pub changed: Notify,
 }
@@ -24,7 +24,7 @@ struct Inner {
     dirty: BTreeSet<ObjectKey>,
 }
 
-impl StatusExtras {
+impl ModuleFields {
     /// Sets one top-level status field of an object (`metrics`, `lastTest`...).
     /// Setting the same value again changes nothing.
     pub fn set(&self, key: &ObjectKey, field: &str, value: Value) {
@@ -45,7 +45,7 @@ impl StatusExtras {
         inner.fields.get(key).cloned()
     }
 
-    /// Objects whose extras changed since the last call.
+    /// Objects whose module_fields changed since the last call.
     pub fn take_dirty(&self) -> BTreeSet<ObjectKey> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut inner.dirty)

@@ -1,5 +1,5 @@
 //! Per-hook execution numbers: daily buckets (UTC days) held in memory and
-//! persisted through the [`super::ledger::Ledger`], and the rolling 30-day
+//! persisted through the [`super::store_writer::Ledger`], and the rolling 30-day
 //! window that becomes a hook's `status.metrics`. Pure apart from the lock.
 
 use std::collections::{BTreeMap, HashMap};

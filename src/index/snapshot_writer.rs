@@ -13,110 +13,10 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use super::snapshot::{Change, ObjectView, Referenced, Snapshot};
 use super::{ObjectState, OrgConfig, Secrets, build};
 use crate::resources::reason;
-use crate::validate::{
-    Checked, ObjectKey, Options, OwnFinding, SecretData, Typed, check_one, finish,
-};
-
-/// One change to the world the index describes.
-#[derive(Clone, Debug)]
-pub enum Change {
-    /// An idplane object was created or changed (the whole object as JSON).
-    Upsert(Value),
-    /// An idplane object was deleted.
-    Delete(ObjectKey),
-    /// A referenced Secret changed; `None` when it does not exist.
-    Secret {
-        namespace: String,
-        name: String,
-        data: Option<SecretData>,
-    },
-    /// The watches of idplane's kinds delivered their first full listing
-    /// (Secrets follow; see [`Referenced::complete`]).
-    Listed,
-    /// Every source, Secrets included, has delivered its first full listing.
-    Synced,
-    /// Replace everything with this set of objects (manifest reloads). Secrets
-    /// among them are taken as the only Secrets.
-    ReplaceAll(Vec<Value>),
-}
-
-/// What readers see of one object.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObjectView {
-    pub generation: Option<i64>,
-    pub uid: Option<String>,
-    pub state: ObjectState,
-    /// The status the object carried when last seen (cluster mode), used to
-    /// skip writes that would change nothing.
-    pub observed_status: Option<Arc<Value>>,
-    /// Whether a last valid version is in use while the current one is invalid.
-    pub serving_last_good: bool,
-}
-
-/// An immutable view of the whole index.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// Increases with every publication.
-    pub version: u64,
-    /// Whether the first full sync is done (readiness).
-    pub synced: bool,
-    /// Orgs by namespace.
-    pub orgs: BTreeMap<String, Arc<OrgConfig>>,
-    /// Every idplane object's view.
-    pub objects: ObjectViews,
-}
-
-/// Object views by org, shared between snapshots: publishing a snapshot
-/// copies pointers to unchanged orgs, not their objects.
-#[derive(Clone, Debug, Default)]
-pub struct ObjectViews(BTreeMap<String, Arc<BTreeMap<ObjectKey, ObjectView>>>);
-
-impl ObjectViews {
-    pub fn get(&self, key: &ObjectKey) -> Option<&ObjectView> {
-        self.0.get(&key.namespace)?.get(key)
-    }
-
-    pub fn contains_key(&self, key: &ObjectKey) -> bool {
-        self.get(key).is_some()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &ObjectView)> {
-        self.0.values().flat_map(|org| org.iter())
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &ObjectKey> {
-        self.iter().map(|(k, _)| k)
-    }
-
-    /// The views of one org.
-    pub fn org(&self, org: &str) -> impl Iterator<Item = (&ObjectKey, &ObjectView)> {
-        self.0.get(org).into_iter().flat_map(|o| o.iter())
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.values().map(|o| o.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl std::ops::Index<&ObjectKey> for ObjectViews {
-    type Output = ObjectView;
-
-    fn index(&self, key: &ObjectKey) -> &ObjectView {
-        self.get(key).expect("no such object in the snapshot")
-    }
-}
-
-impl Snapshot {
-    pub fn org(&self, org: &str) -> Option<&Arc<OrgConfig>> {
-        self.orgs.get(org)
-    }
-}
+use crate::validate::{Checked, ObjectKey, Options, OwnFinding, Typed, check_one, finish};
 
 /// What the writer keeps of an object: the validation result and a few
 /// fields, not the object itself (memory stays small with many objects).
@@ -156,16 +56,6 @@ pub struct IndexWriter {
     synced: bool,
     listed: bool,
     version: u64,
-}
-
-/// The Secrets the objects reference, for the Secret watches.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Referenced {
-    /// Whether the objects' first full listing is in: only then is the set
-    /// complete enough to declare the first sync done.
-    pub complete: bool,
-    /// (namespace, name) pairs.
-    pub secrets: BTreeSet<(String, String)>,
 }
 
 fn meta_i64(value: &Value, field: &str) -> Option<i64> {
@@ -353,7 +243,7 @@ impl IndexWriter {
         };
         for (ns, (config, views)) in &self.built {
             snapshot.orgs.insert(ns.clone(), config.clone());
-            snapshot.objects.0.insert(ns.clone(), views.clone());
+            snapshot.objects.insert_org(ns.clone(), views.clone());
         }
         snapshot
     }
@@ -495,6 +385,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::SecretData;
     use serde_json::json;
 
     fn hook(name: &str, generation: i64, url: &str, created: &str) -> Value {

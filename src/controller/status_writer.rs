@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
 
 use super::conditions::{desired_status, transition};
-use super::extras::StatusExtras;
+use super::module_fields::ModuleFields;
 use crate::index::{ObjectView, Snapshot};
 use crate::resources::API_VERSION;
 use crate::store::Store;
@@ -160,7 +160,7 @@ pub type WrittenStatuses = Arc<RwLock<HashMap<ObjectKey, Value>>>;
 /// Runs the writer until the snapshot channel closes.
 pub async fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    extras: Arc<StatusExtras>,
+    module_fields: Arc<ModuleFields>,
     mut leader: watch::Receiver<bool>,
     sink: StatusSink,
     settings: WriterSettings,
@@ -177,7 +177,7 @@ pub async fn run(
     loop {
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
-            _ = extras.changed.notified() => {},
+            _ = module_fields.changed.notified() => {},
             r = leader.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {},
         }
@@ -202,7 +202,7 @@ pub async fn run(
         if !snapshot.synced {
             continue;
         }
-        let dirty_extras = extras.take_dirty();
+        let dirty_extras = module_fields.take_dirty();
         for (key, view) in snapshot.objects.iter() {
             let before = last_views.get(key);
             if before == Some(view) && !dirty_extras.contains(key) {
@@ -235,7 +235,7 @@ pub async fn run(
             let desired = desired_status(
                 &key,
                 view,
-                extras.get(&key).as_ref(),
+                module_fields.get(&key).as_ref(),
                 previous.as_ref(),
                 &now,
             );
@@ -249,7 +249,7 @@ pub async fn run(
                 .get(&key)
                 .is_some_and(|v| v.observed_status.as_deref() == observed);
             let mine_agrees = mine.as_ref() == Some(&desired)
-                || mine_hash == Some(crate::index::writer::hash_of(Some(&desired)));
+                || mine_hash == Some(crate::index::snapshot_writer::hash_of(Some(&desired)));
             if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
                 metrics.status_write("unchanged");
                 last_views.insert(key.clone(), view.clone());
@@ -291,7 +291,10 @@ pub async fn run(
             match result {
                 Ok(()) => {
                     metrics.status_write("ok");
-                    written_hash.insert(key.clone(), crate::index::writer::hash_of(Some(&desired)));
+                    written_hash.insert(
+                        key.clone(),
+                        crate::index::snapshot_writer::hash_of(Some(&desired)),
+                    );
                     if matches!(sink, StatusSink::Store(_)) {
                         written.write().await.insert(key.clone(), desired);
                     }

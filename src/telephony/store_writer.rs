@@ -17,7 +17,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::code::{Decision, OtpState, StoredOtp, decide};
-use super::tally::{ExecutionRecord, HookId, HookNumbers};
+use super::hook_stats::{ExecutionRecord, HookId, HookNumbers};
 use crate::resources::FailureRecord;
 
 /// Most requests committed in one transaction. Large, so that a slow disk
@@ -484,7 +484,7 @@ pub async fn load_numbers(
         let count = |i: usize| u64::try_from(row.get::<i64, _>(i)).unwrap_or(0);
         n.days.insert(
             day,
-            super::tally::DayBucket {
+            super::hook_stats::DayBucket {
                 executions: count(3),
                 successes: count(4),
                 failures: count(5),
