@@ -19,7 +19,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 
-use super::error::ApiError;
+use crate::http::ApiError;
 
 /// The RBAC verb a Role must grant on `runtime` in the org's namespace.
 pub const RBAC_VERB: &str = "use";

@@ -4,7 +4,6 @@
 //! index's newest snapshot; none calls the apiserver for configuration.
 
 pub mod auth;
-pub mod error;
 pub mod openapi;
 pub mod server;
 
@@ -19,36 +18,26 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::controller::conditions::desired_status;
-use crate::controller::module_fields::ModuleFields;
-use crate::controller::status_writer::WrittenStatuses;
-use crate::index::Snapshot;
-use crate::store::Store;
-use crate::telemetry::{Metrics, RequestLabel, RouteLabel};
+use crate::http::{ApiError, MAX_BODY_BYTES, Routes};
+use crate::runtime::Context;
+use crate::telemetry::{RequestLabel, RouteLabel};
 pub use auth::Authenticator;
-pub use error::{ApiError, JsonBody};
 
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// What every handler can reach.
-pub struct AppState {
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+/// What the API's own handlers and layers reach: the process's context and
+/// how callers are authenticated.
+pub struct ApiState {
+    pub ctx: Context,
     pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    pub store: Store,
-    pub written: WrittenStatuses,
-    pub module_fields: Arc<ModuleFields>,
 }
 
-pub type SharedState = Arc<AppState>;
+type SharedState = Arc<ApiState>;
 
-impl AppState {
+impl ApiState {
     /// The newest snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshots.borrow().clone()
+    fn snapshot(&self) -> Arc<crate::index::Snapshot> {
+        self.ctx.snapshot()
     }
 
     /// Checks the caller for `org`.
@@ -60,18 +49,24 @@ impl AppState {
     }
 }
 
-/// The router with every route; later modules merge theirs in `app`.
-pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
-    // Every `/v1/orgs/{org}/…` route, `extra`'s included.
-    let orgs = Router::new()
+/// The router with every route: the API's own and the modules' `routes`,
+/// every `/v1/orgs/{org}/…` one behind readiness and authorization, and
+/// `/openapi.json` describing them all.
+pub fn router(state: ApiState, modules: Vec<Routes>) -> Router {
+    let state: SharedState = Arc::new(state);
+    let mut operations = openapi::operations();
+    // Every `/v1/orgs/{org}/…` route, the modules' included.
+    let mut orgs: Router = Router::new()
         .route("/v1/orgs/{org}/config", get(org_config))
         .route("/v1/orgs/{org}/status", get(org_status))
         .route("/v1/orgs/{org}/events", get(org_events))
-        .route(
-            "/v1/orgs/{org}/enrollment/evaluate",
-            axum::routing::post(evaluate_enrollment),
-        )
-        .merge(extra)
+        .with_state(state.clone());
+    for module in modules {
+        orgs = orgs.merge(module.router);
+        operations.extend(module.operations);
+    }
+    let document = Json(openapi::document(operations));
+    let orgs = orgs
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize_org,
@@ -86,7 +81,8 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/openapi.json", get(move || async move { document }))
+        .with_state(state.clone())
         .merge(orgs)
         .fallback(|| async {
             ApiError::not_found("not_found", "no such endpoint; see /openapi.json")
@@ -96,7 +92,6 @@ pub fn router(state: SharedState, extra: Router<SharedState>) -> Router {
             count_requests,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }
 
 /// Authorizes each `/v1/orgs/{org}/…` call for its org before the handler
@@ -160,11 +155,13 @@ async fn count_requests(
     let seconds = start.elapsed().as_secs_f64();
     let label = RouteLabel { method, route };
     state
+        .ctx
         .metrics
         .http_request_duration
         .get_or_create(&label)
         .observe(seconds);
     state
+        .ctx
         .metrics
         .http_requests
         .get_or_create(&RequestLabel {
@@ -190,7 +187,7 @@ async fn metrics(State(state): State<SharedState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        state.ctx.metrics.encode(),
     )
         .into_response()
 }
@@ -215,7 +212,7 @@ async fn org_status(
     Path(org): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let snapshot = state.snapshot();
-    let written = state.written.read().await;
+    let written = state.ctx.written.read().await;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let objects: Vec<Value> = snapshot
         .objects
@@ -225,7 +222,7 @@ async fn org_status(
                 desired_status(
                     k,
                     view,
-                    state.module_fields.get(k).as_ref(),
+                    state.ctx.module_fields.get(k).as_ref(),
                     view.observed_status.as_deref(),
                     &now,
                 )
@@ -288,6 +285,7 @@ async fn org_events(
         outcome: q.outcome.as_deref(),
     };
     let events = state
+        .ctx
         .store
         .events(&org, &filter, after, limit)
         .await
@@ -300,64 +298,16 @@ async fn org_events(
     Ok(Json(json!({"events": events, "nextCursor": next})))
 }
 
-/// Which authenticators a user must, may or may not enroll at this sign-in.
-/// The org is checked before the body is read, so that a typo in the org is
-/// reported as such whatever the body.
-async fn evaluate_enrollment(
-    State(state): State<SharedState>,
-    Path(org): Path<String>,
-    request: Request,
-) -> Result<Json<Value>, ApiError> {
-    use axum::extract::FromRequest;
-    let snapshot = state.snapshot();
-    let config = snapshot.org(&org).ok_or_else(|| org_not_found(&org))?;
-    let JsonBody(request) =
-        JsonBody::<crate::enrollment::EvaluationRequest>::from_request(request, &state).await?;
-    // An org known by its other objects but without a policy: every user is
-    // uncovered, which the engine refuses (no_default_policy).
-    let engine = match &config.enrollment {
-        Some(e) => e.clone(),
-        None => Arc::new(crate::enrollment::EnrollmentEngine::new(&[])),
-    };
-    let evaluation = engine
-        .evaluate(&request)
-        .map_err(|e| evaluate_error(&org, &e))?;
-    serde_json::to_value(&evaluation)
-        .map(Json)
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
-
-/// 404 for an org idplane knows no object of: a typo in the org, or an org
-/// whose objects have not arrived, must not get an answer as if it had no
-/// policy.
-fn org_not_found(org: &str) -> ApiError {
-    ApiError::not_found(
-        "org_not_found",
-        format!(
-            "org {org}: idplane knows no object in this org (namespace); check the org in the path"
-        ),
-    )
-}
-
-/// The API answer for an enrollment the engine refuses. The request is
-/// fine when no policy covers the user: 409, for the org's configuration
-/// (its state) is what is missing, not something in the request, and
-/// retrying does not help until a default policy is added.
-fn evaluate_error(org: &str, e: &crate::enrollment::EvaluateError) -> ApiError {
-    use crate::enrollment::EvaluateError;
-    match e {
-        EvaluateError::NoDefaultPolicy => ApiError::new(
-            StatusCode::CONFLICT,
-            "no_default_policy",
-            format!("org {org}: {e}"),
-        ),
-        _ => ApiError::bad_request("invalid_request", e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::module_fields::ModuleFields;
+    use crate::controller::status_writer::WrittenStatuses;
+    use crate::index::{Referenced, Snapshot};
+    use crate::runtime::Stop;
+    use crate::store::Store;
+    use crate::telemetry::Metrics;
+    use tokio::sync::watch;
     use tower::ServiceExt;
 
     /// A route put under the authorizing layer without an `{org}` is an
@@ -369,16 +319,25 @@ mod tests {
             ..Snapshot::default()
         };
         let (_keep, snapshots) = watch::channel(Arc::new(synced));
-        let state = Arc::new(AppState {
+        let ctx = Context {
+            changes: tokio::sync::mpsc::channel(1).0,
             snapshots,
-            auth: Authenticator::Tokens(auth::TokenFile { tokens: vec![] }),
-            metrics: Arc::new(Metrics::new()),
+            referenced: watch::channel(Referenced::default()).1,
             store: Store::memory().await.unwrap(),
-            written: WrittenStatuses::default(),
+            metrics: Arc::new(Metrics::new()),
             module_fields: Arc::new(ModuleFields::default()),
-        });
-        let extra = Router::new().route("/v1/orgless", get(|| async { "open" }));
-        let response = router(state, extra)
+            written: WrittenStatuses::default(),
+            stop: Stop::default(),
+        };
+        let state = ApiState {
+            ctx,
+            auth: Authenticator::Tokens(auth::TokenFile { tokens: vec![] }),
+        };
+        let orgless = Routes {
+            router: Router::new().route("/v1/orgless", get(|| async { "open" })),
+            operations: Vec::new(),
+        };
+        let response = router(state, vec![orgless])
             .oneshot(
                 axum::http::Request::get("/v1/orgless")
                     .body(axum::body::Body::empty())

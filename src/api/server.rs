@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::error::ApiError;
+use crate::http::ApiError;
 
 /// Limits and timeouts of the API's connections (`run` and `operator`).
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
@@ -320,13 +320,13 @@ async fn handle(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|n| n > super::MAX_BODY_BYTES as u64) {
+    if announced.is_some_and(|n| n > crate::http::MAX_BODY_BYTES as u64) {
         let mut response = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!(
                 "the request body is larger than {} bytes",
-                super::MAX_BODY_BYTES
+                crate::http::MAX_BODY_BYTES
             ),
         )
         .into_response();

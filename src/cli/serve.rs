@@ -8,39 +8,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::{AppState, Authenticator, SharedState};
+use crate::api::{ApiState, Authenticator};
 use crate::controller::lease::{self, LeaseSettings};
 use crate::controller::module_fields::ModuleFields;
 use crate::controller::status_writer::{self, StatusSink, WriterSettings, WrittenStatuses};
-use crate::index::{self, Change, IndexWriter, Referenced, Snapshot};
-use crate::runtime::Stop;
+use crate::http::Routes;
+use crate::index::{self, IndexWriter, Referenced, Snapshot};
+use crate::runtime::{Context, Stop};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::validate::Options;
 
 /// The parts both modes share.
-pub struct Core {
-    pub changes: mpsc::Sender<Change>,
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub referenced: watch::Receiver<Referenced>,
-    pub metrics: Arc<Metrics>,
-    pub module_fields: Arc<ModuleFields>,
-    pub written: WrittenStatuses,
-    pub store: Store,
-    pub stop: Stop,
-}
-
-/// Starts the index writer; `stop` is the process's (its signal handler
-/// already installed).
 pub async fn start_core(
     options: Options,
     database: &Path,
     max_size: Option<u64>,
     stop: Stop,
-) -> anyhow::Result<Core> {
+) -> anyhow::Result<Context> {
     let store = if database.as_os_str() == ":memory:" {
         Store::memory().await?
     } else {
@@ -57,7 +45,7 @@ pub async fn start_core(
         ref_tx,
         metrics.clone(),
     ));
-    Ok(Core {
+    Ok(Context {
         changes,
         snapshots,
         referenced,
@@ -207,49 +195,50 @@ async fn serve_until_stopped(
 }
 
 /// Starts the runtime modules; returns their routes.
+/// Starts the runtime modules; returns the routes each serves.
 pub async fn start_modules(
-    core: &Core,
+    ctx: &Context,
     settings: &ModuleSettings,
-) -> anyhow::Result<axum::Router<SharedState>> {
-    let ctx = crate::runtime::ModuleContext {
-        snapshots: core.snapshots.clone(),
-        store: core.store.clone(),
-        metrics: core.metrics.clone(),
-        module_fields: core.module_fields.clone(),
-        stop: core.stop.clone(),
-    };
+) -> anyhow::Result<Vec<Routes>> {
     // One rule and one resolver for every connection configuration aims.
     let egress =
         Arc::new(crate::egress::Egress::new(&settings.egress).context("--egress-nameserver")?);
+    let snapshots = ctx.snapshots.clone();
+    let enrollment = crate::enrollment::routes(Arc::new(move |org: &str| {
+        // An org known by its other objects but without a policy: every
+        // user is uncovered, which the engine refuses (no_default_policy).
+        let snapshot = snapshots.borrow().clone();
+        let config = snapshot.org(org)?;
+        Some(match &config.enrollment {
+            Some(engine) => engine.clone(),
+            None => Arc::new(crate::enrollment::EnrollmentEngine::new(&[])),
+        })
+    }));
     let telephony =
         crate::telephony::start(ctx.clone(), settings.telephony.clone(), egress.clone()).await?;
-    let email = crate::email::start(ctx, settings.email.clone(), egress).await?;
-    Ok(telephony.merge(email))
+    let email = crate::email::start(ctx.clone(), settings.email.clone(), egress).await?;
+    Ok(vec![enrollment, telephony, email])
 }
 
 /// Binds the API and serves it until a stop is requested.
 pub async fn serve_api(
-    core: &Core,
+    ctx: &Context,
     auth: Authenticator,
     listen: SocketAddr,
-    routes: axum::Router<SharedState>,
+    modules: Vec<Routes>,
     http: &crate::api::server::HttpSettings,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let state: SharedState = Arc::new(AppState {
-        snapshots: core.snapshots.clone(),
+    let state = ApiState {
+        ctx: ctx.clone(),
         auth,
-        metrics: core.metrics.clone(),
-        store: core.store.clone(),
-        written: core.written.clone(),
-        module_fields: core.module_fields.clone(),
-    });
-    let app = crate::api::router(state, routes);
+    };
+    let app = crate::api::router(state, modules);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     eprintln!("listening on {bound}");
-    let stopping = core.stop.requested.clone();
+    let stopping = ctx.stop.requested.clone();
     // On a stop: no new connections; requests under way are answered.
     Ok(tokio::spawn(crate::api::server::serve(
         listener,
@@ -279,7 +268,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
-    let core = start_core(
+    let ctx = start_core(
         Options::default(),
         &settings.database,
         settings.modules.database_max_size,
@@ -289,41 +278,41 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     crate::source::kube::watch_resources(
         client.clone(),
         &settings.namespaces,
-        core.changes.clone(),
-        core.metrics.clone(),
+        ctx.changes.clone(),
+        ctx.metrics.clone(),
     );
     tokio::spawn(crate::source::kube::watch_secrets(
         client.clone(),
-        core.referenced.clone(),
-        core.changes.clone(),
-        core.metrics.clone(),
+        ctx.referenced.clone(),
+        ctx.changes.clone(),
+        ctx.metrics.clone(),
     ));
     let (leader_tx, leader_rx) = watch::channel(false);
-    core.stop.tracker.spawn(lease::run(
+    ctx.stop.tracker.spawn(lease::run(
         client.clone(),
         settings.lease.clone(),
         leader_tx,
-        core.stop.requested.clone(),
+        ctx.stop.requested.clone(),
     ));
     tokio::spawn(status_writer::run(
-        core.snapshots.clone(),
-        core.module_fields.clone(),
+        ctx.snapshots.clone(),
+        ctx.module_fields.clone(),
         leader_rx,
         StatusSink::kube(client.clone(), &settings.lease.identity),
         settings.writer.clone(),
-        core.written.clone(),
-        core.metrics.clone(),
+        ctx.written.clone(),
+        ctx.metrics.clone(),
     ));
-    let routes = start_modules(&core, &settings.modules).await?;
+    let routes = start_modules(&ctx, &settings.modules).await?;
     let server = serve_api(
-        &core,
+        &ctx,
         Authenticator::kube(client),
         settings.listen,
         routes,
         &settings.modules.http,
     )
     .await?;
-    serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
+    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
 }
 
 /// Settings of `idplane run`.
@@ -387,35 +376,35 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let stop = Stop::default();
     stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
-    let core = start_core(
+    let ctx = start_core(
         settings.options.clone(),
         &settings.database,
         settings.modules.database_max_size,
         stop,
     )
     .await?;
-    status_writer::preload(&core.store, &core.written).await?;
+    status_writer::preload(&ctx.store, &ctx.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),
         settings.options.clone(),
-        core.changes.clone(),
+        ctx.changes.clone(),
         settings.poll,
     ));
     let (_leader_tx, leader_rx) = watch::channel(true);
     tokio::spawn(status_writer::run(
-        core.snapshots.clone(),
-        core.module_fields.clone(),
+        ctx.snapshots.clone(),
+        ctx.module_fields.clone(),
         leader_rx,
-        StatusSink::Store(core.store.clone()),
+        StatusSink::Store(ctx.store.clone()),
         WriterSettings::default(),
-        core.written.clone(),
-        core.metrics.clone(),
+        ctx.written.clone(),
+        ctx.metrics.clone(),
     ));
-    let routes = start_modules(&core, &settings.modules).await?;
-    let server = serve_api(&core, auth, settings.listen, routes, &settings.modules.http).await?;
+    let routes = start_modules(&ctx, &settings.modules).await?;
+    let server = serve_api(&ctx, auth, settings.listen, routes, &settings.modules.http).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = _leader_tx;
-    serve_until_stopped(&core.stop, server, settings.modules.shutdown_grace).await
+    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
 }
 
 #[cfg(test)]
@@ -437,5 +426,40 @@ mod tests {
             Err("\"1GB\" is not a size such as 900Mi, 4Gi or a number of bytes".into())
         );
         assert!(parse_size("99999999999Ti").is_err(), "overflow");
+    }
+
+    /// `/openapi.json` as `api::router` builds it from the modules' operations.
+    #[test]
+    fn every_operation_describes_its_answers() {
+        let mut operations = crate::api::openapi::operations();
+        operations.extend(crate::enrollment::operations());
+        operations.extend(crate::telephony::operations());
+        operations.extend(crate::email::operations());
+        let doc = crate::api::openapi::document(operations);
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap();
+                assert!(ids.insert(id.to_string()), "{id} twice");
+                let responses = op["responses"].as_object().unwrap();
+                let ok: Vec<&String> = responses.keys().filter(|s| s.starts_with('2')).collect();
+                assert_eq!(ok.len(), 1, "{method} {path}: {ok:?}");
+                let schema = &responses[ok[0].as_str()]["content"]["application/json"]["schema"];
+                assert_ne!(schema, &serde_json::json!({"type": "object"}), "{method} {path}");
+                for status in ["400", "401", "403", "404", "413", "500", "503"] {
+                    let codes = &responses[status]["content"]["application/json"]["schema"]["properties"]
+                        ["code"]["enum"];
+                    assert!(
+                        codes.as_array().is_some_and(|c| !c.is_empty()),
+                        "{method} {path} {status}"
+                    );
+                }
+                assert_eq!(
+                    op["requestBody"].is_object(),
+                    responses.contains_key("415"),
+                    "{method} {path}"
+                );
+            }
+        }
     }
 }

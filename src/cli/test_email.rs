@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::email::api::send_test;
+use crate::email::routes::send_test;
 use crate::email::smtp::{SmtpClient, SmtpOptions, Step, load_roots};
 use crate::email::worker::provider_route;
 use crate::email::{message, parse_duration};

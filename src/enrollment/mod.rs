@@ -6,8 +6,9 @@
 //! recovery, the first sign-in, the app's needs), the per-org index that
 //! makes an evaluation cheap ([`EnrollmentEngine`]), the detection of
 //! policies that can never apply ([`shadowed`]) and a plain-text rendering
-//! ([`explain_table`]). It is pure: no I/O, no clock. It does not validate
-//! policies (the validator does), serve HTTP or print anything; see
+//! ([`explain_table`]), and its route ([`routes`]). The engine is pure: no
+//! I/O, no clock. It does not validate policies (the validator does) or
+//! print anything; see
 //! `docs/enrollment.md` for the rules, examples and every decision taken
 //! where the rules were silent.
 
@@ -17,7 +18,9 @@ mod evaluation;
 mod explain;
 mod group_index;
 mod network;
+mod openapi;
 mod request;
+mod routes;
 mod shadowed;
 
 pub use authenticator::{Authenticator, Authenticators, AuthenticatorsIter, PhoneMethod};
@@ -25,10 +28,12 @@ pub use engine::EnrollmentEngine;
 pub use evaluation::{AppOutcome, Evaluation, Reason, RuleId};
 pub use explain::explain_table;
 pub use network::{Cidr, client_address};
+pub use openapi::operations;
 pub use request::{
     AppNeeds, ClientNetwork, EnrolledAuthenticator, EvaluationRequest, RecoveryAuthenticator,
     SignInUser,
 };
+pub use routes::{Engines, routes};
 pub use shadowed::{Shadowed, shadowed};
 
 /// A request the engine cannot evaluate. Each message names the field.

@@ -16,7 +16,7 @@ use super::network::client_address;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EvaluationRequest {
     /// Who signs in.
-    #[serde(deserialize_with = "crate::wire::object")]
+    #[serde(deserialize_with = "crate::http::wire::object")]
     pub user: SignInUser,
     /// The user's first sign-in: the enrollment policy's and the recovery's
     /// authenticators are enrolled together (rule 6).
@@ -27,21 +27,21 @@ pub struct EvaluationRequest {
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "crate::wire::objects"
+        deserialize_with = "crate::http::wire::objects"
     )]
     pub recovery: Vec<RecoveryAuthenticator>,
     /// What the app being signed in to asks for, if anything (rule 7).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::wire::optional_object"
+        deserialize_with = "crate::http::wire::optional_object"
     )]
     pub app: Option<AppNeeds>,
     /// Where the client connects from, for rules with a network zone.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "crate::wire::optional_object"
+        deserialize_with = "crate::http::wire::optional_object"
     )]
     pub network: Option<ClientNetwork>,
 }

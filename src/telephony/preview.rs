@@ -27,11 +27,11 @@ pub struct PreviewInput {
     pub channel: Channel,
     #[serde(default)]
     pub request_type: RequestType,
-    #[serde(default, deserialize_with = "crate::wire::object")]
+    #[serde(default, deserialize_with = "crate::http::wire::object")]
     pub user: UserInfo,
     #[serde(default)]
     pub locale: Option<String>,
-    #[serde(default, deserialize_with = "crate::wire::object")]
+    #[serde(default, deserialize_with = "crate::http::wire::object")]
     pub context: CallerContext,
 }
 

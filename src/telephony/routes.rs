@@ -14,10 +14,17 @@ use super::TelephonyError;
 use super::sender::{
     OtpSender, PreviewRequest, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest,
 };
-use crate::api::openapi::Endpoint;
-use crate::api::{ApiError, JsonBody, SharedState};
+use crate::http::{ApiError, Endpoint, JsonBody, Routes};
 
-pub(super) fn router(sender: Arc<OtpSender>) -> Router<SharedState> {
+/// The module's routes and their descriptions.
+pub(super) fn routes(sender: Arc<OtpSender>) -> Routes {
+    Routes {
+        router: router(sender),
+        operations: super::openapi::operations(),
+    }
+}
+
+fn router(sender: Arc<OtpSender>) -> Router {
     Router::new()
         .route("/v1/orgs/{org}/otp/send", post(send))
         .route("/v1/orgs/{org}/otp/verify", post(verify))

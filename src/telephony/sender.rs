@@ -45,11 +45,11 @@ pub struct SendRequest {
     pub phone_number: String,
     pub channel: Channel,
     pub request_type: RequestType,
-    #[serde(deserialize_with = "crate::wire::object")]
+    #[serde(deserialize_with = "crate::http::wire::object")]
     pub user: UserInfo,
     #[serde(default)]
     pub locale: Option<String>,
-    #[serde(default, deserialize_with = "crate::wire::object")]
+    #[serde(default, deserialize_with = "crate::http::wire::object")]
     pub context: CallerContext,
 }
 

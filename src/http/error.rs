@@ -81,8 +81,8 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::extract::rejection::JsonRejection;
-        match axum::Json::<crate::wire::Object<T>>::from_request(req, state).await {
-            Ok(axum::Json(crate::wire::Object(v))) => Ok(Self(v)),
+        match axum::Json::<super::wire::Object<T>>::from_request(req, state).await {
+            Ok(axum::Json(super::wire::Object(v))) => Ok(Self(v)),
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ApiError::bad_request("invalid_request", e.body_text()))
             }

@@ -26,7 +26,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
     }
 }
 
-/// `#[serde(deserialize_with = "crate::wire::object")]`: a struct
+/// `#[serde(deserialize_with = "crate::http::wire::object")]`: a struct
 /// field given as a JSON object only.
 pub fn object<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
     d: D,

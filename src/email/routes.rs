@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -18,12 +18,19 @@ use super::queue::{Inserted, LogEntry, NewMessage, QueueError};
 use super::smtp::StepError;
 use super::stats::Via;
 use super::worker::{self, Route, now_millis, rfc3339};
-use crate::api::openapi::Endpoint;
-use crate::api::{ApiError, JsonBody, SharedState};
+use crate::http::{ApiError, Endpoint, JsonBody, Routes};
 use crate::index::OrgConfig;
 use crate::validate::ObjectKey;
 
-pub fn routes(service: Arc<EmailService>) -> Router<SharedState> {
+/// The module's routes and their descriptions.
+pub fn routes(service: Arc<EmailService>) -> Routes {
+    Routes {
+        router: router(service),
+        operations: super::openapi::operations(),
+    }
+}
+
+fn router(service: Arc<EmailService>) -> Router {
     Router::new()
         .route("/v1/orgs/{org}/emails", post(accept))
         .route("/v1/orgs/{org}/emails/{id}", get(show))
@@ -98,13 +105,12 @@ pub fn message_id(now_millis: i64) -> String {
 }
 
 async fn accept(
-    State(state): State<SharedState>,
     Extension(service): Extension<Arc<EmailService>>,
     Path(org): Path<String>,
     JsonBody(request): JsonBody<SendRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let checked = message::check(request).map_err(|e| ApiError::bad_request(e.code, e.message))?;
-    let snapshot = state.snapshot();
+    let snapshot = service.snapshots.borrow().clone();
     let config = snapshot.org(&org).map(|c| c.as_ref());
     if worker::route(config, service.default.as_ref()).is_none() {
         return Err(no_provider(&org));
@@ -291,7 +297,6 @@ pub fn last_test_status(log: &LogEntry) -> Value {
 }
 
 async fn test_email(
-    State(state): State<SharedState>,
     Extension(service): Extension<Arc<EmailService>>,
     Path(org): Path<String>,
     JsonBody(request): JsonBody<TestRequest>,
@@ -300,7 +305,7 @@ async fn test_email(
         .map_err(|e| ApiError::bad_request("invalid_address", format!("from: {e}")))?;
     message::parse_mailbox(&request.to)
         .map_err(|e| ApiError::bad_request("invalid_address", format!("to: {e}")))?;
-    let snapshot = state.snapshot();
+    let snapshot = service.snapshots.borrow().clone();
     let config = snapshot.org(&org).map(|c| c.as_ref());
     let route = test_route(&service, config).ok_or_else(|| no_provider(&org))?;
     let result = send_test(&service.smtp, &route, &org, &request.from, &request.to).await;
