@@ -74,10 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let checked = report
                         .checked
                         .iter()
-                        .filter(|c| {
-                            c.typed.is_some()
-                                || idplane::resources::KINDS.contains(&c.key.kind.as_str())
-                        })
+                        .filter(|c| c.typed.is_some() || c.key.owned_kind().is_some())
                         .count();
                     let warnings = located
                         .iter()

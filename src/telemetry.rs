@@ -168,10 +168,12 @@ impl Metrics {
     pub fn observe_rebuild(&self, took: Duration, snapshot: &Snapshot) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
-        for kind in crate::resources::KINDS {
-            let n = snapshot.objects.keys().filter(|k| k.kind == kind).count();
+        for kind in crate::resources::Kind::ALL {
+            let n = snapshot.objects.keys().filter(|k| k.is(kind)).count();
             self.index_objects
-                .get_or_create(&KindLabel { kind: kind.into() })
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str().into(),
+                })
                 .set(n as i64);
         }
         self.index_orgs.set(snapshot.orgs.len() as i64);

@@ -56,7 +56,7 @@ fn status_operation() -> Operation {
         json!({"type": "object", "required": ["org", "objects"], "properties": {
             "org": {"type": "string"},
             "objects": {"type": "array", "items": {"type": "object", "required": ["kind", "name", "generation", "status"], "properties": {
-                "kind": {"type": "string", "enum": crate::resources::KINDS},
+                "kind": {"type": "string", "enum": crate::resources::Kind::ALL.map(crate::resources::Kind::as_str)},
                 "name": {"type": "string"},
                 "generation": nullable(json!({"type": "integer"})),
                 "status": {"type": "object", "required": ["conditions"], "properties": {

@@ -112,7 +112,7 @@ async fn objects_from_cluster(namespace: &str) -> anyhow::Result<Vec<Value>> {
         .map(|p| {
             let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
             v["apiVersion"] = json!(crate::resources::API_VERSION);
-            v["kind"] = json!("EnrollmentPolicy");
+            v["kind"] = json!(crate::resources::Kind::EnrollmentPolicy.as_str());
             v
         })
         .collect())

@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::index::HookConfig;
+use crate::resources::{Kind, ObjectKey};
 use crate::telephony::contract::{Channel, RequestType, UserInfo};
 use crate::telephony::preview::{self, PreviewInput};
 use crate::telephony::{HookCaller, PhoneNumber};
@@ -301,11 +302,7 @@ fn local_hook(dir: &Path, namespace: &str, name: &str) -> anyhow::Result<HookCon
     if let Some(hook) = config.get(namespace).and_then(|o| o.hooks.get(name)) {
         return Ok(hook.clone());
     }
-    let key = crate::validate::ObjectKey {
-        kind: "TelephonyHook".into(),
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-    };
+    let key = ObjectKey::new(Kind::TelephonyHook, namespace, name);
     match states.get(&key) {
         Some(state) => bail!(
             "TelephonyHook {namespace}/{name} cannot be used: {}",

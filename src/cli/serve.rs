@@ -64,7 +64,7 @@ pub struct ModuleSettings {
     /// requests, SMTP attempts) before exiting. Claimed mail not yet tried
     /// goes back to the queue at once. Keep it below the pod's
     /// terminationGracePeriodSeconds.
-    #[arg(long = "shutdown-grace", default_value = "20s", value_parser = crate::email::parse_duration)]
+    #[arg(long = "shutdown-grace", default_value = "20s", value_parser = crate::resources::parse_duration)]
     pub shutdown_grace: Duration,
     /// Cap on the SQLite file, e.g. `900Mi` or `4Gi` (Ki, Mi, Gi, Ti or
     /// bytes; at least 1Mi). None by default: the disk is the limit. New
@@ -445,7 +445,11 @@ mod tests {
                 let ok: Vec<&String> = responses.keys().filter(|s| s.starts_with('2')).collect();
                 assert_eq!(ok.len(), 1, "{method} {path}: {ok:?}");
                 let schema = &responses[ok[0].as_str()]["content"]["application/json"]["schema"];
-                assert_ne!(schema, &serde_json::json!({"type": "object"}), "{method} {path}");
+                assert_ne!(
+                    schema,
+                    &serde_json::json!({"type": "object"}),
+                    "{method} {path}"
+                );
                 for status in ["400", "401", "403", "404", "413", "500", "503"] {
                     let codes = &responses[status]["content"]["application/json"]["schema"]["properties"]
                         ["code"]["enum"];

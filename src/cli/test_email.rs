@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::email::message;
 use crate::email::routes::send_test;
 use crate::email::smtp::{SmtpClient, SmtpOptions, Step, load_roots};
 use crate::email::worker::provider_route;
-use crate::email::{message, parse_duration};
+use crate::resources::Kind;
+use crate::resources::parse_duration;
 use crate::validate::Options;
 
 /// Arguments of `idplane test-email`.
@@ -130,7 +132,7 @@ async fn from_manifests(args: &TestEmailArgs, dir: &std::path::Path) -> anyhow::
     else {
         let why = states
             .iter()
-            .find(|(k, _)| k.kind == "EmailProvider" && k.namespace == args.namespace)
+            .find(|(k, _)| k.is(Kind::EmailProvider) && k.namespace == args.namespace)
             .map(|(k, s)| format!(": {k}: {}", s.message))
             .unwrap_or_default();
         bail!(

@@ -5,8 +5,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::index::ObjectView;
+use crate::resources::{Kind, ObjectKey};
 use crate::resources::{condition_type as ct, reason, status as st};
-use crate::validate::ObjectKey;
 
 /// A condition before its transition time is settled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn desired_conditions(key: &ObjectKey, view: &ObjectView) -> Vec<Desired> {
         accepted_reason,
         accepted_message,
     ));
-    if key.kind == "TelephonyHook" {
+    if key.is(Kind::TelephonyHook) {
         let active = s.active.unwrap_or(false);
         let message = if view.serving_last_good {
             "the last valid version stays in service"
@@ -231,11 +231,7 @@ mod tests {
     }
 
     fn key() -> ObjectKey {
-        ObjectKey {
-            kind: "TelephonyHook".into(),
-            namespace: "n".into(),
-            name: "h".into(),
-        }
+        ObjectKey::new(Kind::TelephonyHook, "n", "h")
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::validate::ObjectKey;
+use crate::resources::ObjectKey;
 
 /// Extra status fields by object, with the set of objects changed since the
 /// writer last looked.

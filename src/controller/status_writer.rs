@@ -17,9 +17,9 @@ use super::conditions::{desired_status, transition};
 use super::module_fields::ModuleFields;
 use crate::index::{ObjectView, Snapshot};
 use crate::resources::API_VERSION;
+use crate::resources::ObjectKey;
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::validate::ObjectKey;
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "idplane";
@@ -31,6 +31,9 @@ pub enum WriteError {
     Kube(#[from] kube::Error),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// Only idplane's kinds have a status idplane writes.
+    #[error("{0}: not a kind idplane owns")]
+    NotOwned(ObjectKey),
 }
 
 /// Where statuses and transition events go.
@@ -60,7 +63,10 @@ impl StatusSink {
     async fn write(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), WriteError> {
         match self {
             Self::Kube { client, .. } => {
-                let ar = crate::resources::api_resource(&key.kind);
+                let kind = key
+                    .owned_kind()
+                    .ok_or_else(|| WriteError::NotOwned(key.clone()))?;
+                let ar = crate::resources::api_resource(kind);
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &key.namespace, &ar);
                 let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});

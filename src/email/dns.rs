@@ -22,7 +22,7 @@ use super::verify::verified_condition;
 use super::worker::{now_millis, rfc3339};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::{DomainConfig, OrgConfig, Snapshot};
-use crate::validate::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 
 pub const NOT_STARTED: &str = "NOT_STARTED";
 pub const POLLING: &str = "POLLING";
@@ -329,11 +329,7 @@ pub async fn lookup(resolver: &TokioResolver, row: &DomainRow) -> Lookup {
 }
 
 fn domain_key(org: &str, name: &str) -> ObjectKey {
-    ObjectKey {
-        kind: "EmailDomain".into(),
-        namespace: org.to_string(),
-        name: name.to_string(),
-    }
+    ObjectKey::new(Kind::EmailDomain, org, name)
 }
 
 fn publish(module_fields: &ModuleFields, row: &DomainRow) {

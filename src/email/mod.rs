@@ -32,9 +32,10 @@ use tokio::sync::Notify;
 
 use crate::http::Routes;
 use crate::resources::TlsMode;
+use crate::resources::{Kind, ObjectKey};
 use crate::runtime::{Context, StartError};
 
-pub use crate::resources::parse_duration;
+use crate::resources::parse_duration;
 
 /// A TLS mode flag: `starttls`, `implicit` or `none`.
 pub fn parse_tls(text: &str) -> Result<TlsMode, String> {
@@ -288,11 +289,7 @@ pub async fn start(
         .await
         .map_err(|e| start_error(e.to_string()))?;
     for (org, name, log) in tests {
-        let key = crate::validate::ObjectKey {
-            kind: "EmailProvider".into(),
-            namespace: org,
-            name,
-        };
+        let key = ObjectKey::new(Kind::EmailProvider, org, name);
         ctx.module_fields
             .set(&key, "lastTest", routes::last_test_status(&log));
     }

@@ -20,7 +20,7 @@ use super::stats::Via;
 use super::worker::{self, Route, now_millis, rfc3339};
 use crate::http::{ApiError, Endpoint, JsonBody, Routes};
 use crate::index::OrgConfig;
-use crate::validate::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 
 /// The module's routes and their descriptions.
 pub fn routes(service: Arc<EmailService>) -> Routes {
@@ -323,11 +323,7 @@ async fn test_email(
         detail: json!({"from": request.from, "to": request.to, "reply": text}),
     };
     if let Via::Custom(name) = &route.via {
-        let key = ObjectKey {
-            kind: "EmailProvider".into(),
-            namespace: org.clone(),
-            name: name.clone(),
-        };
+        let key = ObjectKey::new(Kind::EmailProvider, org.clone(), name.clone());
         service
             .module_fields
             .set(&key, "lastTest", last_test_status(&log));

@@ -15,7 +15,7 @@ use super::stats::DeliveryStats;
 use super::worker::{DefaultProvider, now_millis, provider_route, rfc3339};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
-use crate::validate::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 
 /// What a verification is about: the endpoint (credentials included), the
 /// Secret's version and the object's generation. Any change re-verifies.
@@ -58,11 +58,7 @@ pub async fn run(
             let Some(p) = &config.email_provider else {
                 continue;
             };
-            let key = ObjectKey {
-                kind: "EmailProvider".into(),
-                namespace: org.clone(),
-                name: p.name.clone(),
-            };
+            let key = ObjectKey::new(Kind::EmailProvider, org.clone(), p.name.clone());
             let route = provider_route(p);
             let subject = Subject {
                 endpoint: route.endpoint,

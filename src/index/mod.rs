@@ -389,7 +389,7 @@ pub fn build(
     for (input, checked) in report.checked.iter().enumerate() {
         let Some(typed) = &checked.typed else {
             if let Some(f) = report.errors_for(input).next() {
-                let is_ours = crate::resources::KINDS.contains(&checked.key.kind.as_str());
+                let is_ours = checked.key.owned_kind().is_some();
                 if is_ours {
                     states.insert(checked.key.clone(), invalid_state(report, input, f));
                 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ObjectState, OrgConfig};
-use crate::validate::{ObjectKey, SecretData};
+use crate::resources::ObjectKey;
+use crate::validate::SecretData;
 
 /// One change to the world the index describes.
 #[derive(Clone, Debug)]

@@ -167,7 +167,7 @@ impl IndexWriter {
 
     fn insert_entry(&mut self, value: Value, last_good: Option<Arc<Checked>>) {
         let (checked, own) = check_one(&value, &self.options);
-        if !crate::resources::KINDS.contains(&checked.key.kind.as_str()) {
+        if checked.key.owned_kind().is_none() {
             return;
         }
         let checked = Arc::new(checked);

@@ -4,26 +4,20 @@
 pub mod common;
 pub mod email_provider;
 pub mod enrollment_policy;
+pub mod kind;
 pub mod reference;
 pub mod telephony_hook;
 
 pub use common::*;
 pub use email_provider::*;
 pub use enrollment_policy::*;
+pub use kind::{Kind, ObjectKey};
 pub use telephony_hook::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// The kinds idplane owns, in a stable order.
-pub const KINDS: [&str; 4] = [
-    "TelephonyHook",
-    "EnrollmentPolicy",
-    "EmailProvider",
-    "EmailDomain",
-];
-
-/// Every CRD, in [`KINDS`] order.
+/// Every CRD, in [`Kind::ALL`] order.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![
         portable(TelephonyHook::crd()),
@@ -63,15 +57,14 @@ fn portable(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     serde_json::from_value(value).expect("a CRD deserializes")
 }
 
-/// The API resource of one of [`KINDS`], for dynamic clients (EmailDomain for
-/// anything else: callers pass only idplane kinds).
-pub fn api_resource(kind: &str) -> kube::core::ApiResource {
+/// The API resource of one of idplane's kinds, for dynamic clients.
+pub fn api_resource(kind: Kind) -> kube::core::ApiResource {
     use kube::core::ApiResource;
     match kind {
-        "TelephonyHook" => ApiResource::erase::<TelephonyHook>(&()),
-        "EnrollmentPolicy" => ApiResource::erase::<EnrollmentPolicy>(&()),
-        "EmailProvider" => ApiResource::erase::<EmailProvider>(&()),
-        _ => ApiResource::erase::<EmailDomain>(&()),
+        Kind::TelephonyHook => ApiResource::erase::<TelephonyHook>(&()),
+        Kind::EnrollmentPolicy => ApiResource::erase::<EnrollmentPolicy>(&()),
+        Kind::EmailProvider => ApiResource::erase::<EmailProvider>(&()),
+        Kind::EmailDomain => ApiResource::erase::<EmailDomain>(&()),
     }
 }
 

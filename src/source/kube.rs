@@ -18,17 +18,18 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::index::{Change, Referenced};
-use crate::resources::{API_VERSION, KINDS};
+use crate::resources::{API_VERSION, Kind, ObjectKey};
+
 use crate::telemetry::Metrics;
-use crate::validate::{ObjectKey, SecretData};
+use crate::validate::SecretData;
 
 /// An object as the index wants it: with apiVersion and kind (list items
 /// may lack them).
-fn to_value(kind: &str, obj: &DynamicObject) -> Value {
+fn to_value(kind: Kind, obj: &DynamicObject) -> Value {
     let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
     if let Some(map) = v.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(API_VERSION.into()));
-        map.insert("kind".into(), Value::String(kind.into()));
+        map.insert("kind".into(), Value::String(kind.as_str().into()));
     }
     // Bookkeeping the index never reads; dropping it keeps memory flat.
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -40,12 +41,12 @@ fn to_value(kind: &str, obj: &DynamicObject) -> Value {
     v
 }
 
-fn key_of(kind: &str, obj: &DynamicObject) -> ObjectKey {
-    ObjectKey {
-        kind: kind.to_string(),
-        namespace: obj.metadata.namespace.clone().unwrap_or_default(),
-        name: obj.metadata.name.clone().unwrap_or_default(),
-    }
+fn key_of(kind: Kind, obj: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        kind,
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 /// Starts the watches of idplane's kinds. Sends [`Change::Listed`] once all
@@ -61,10 +62,10 @@ pub fn watch_resources(
     } else {
         namespaces.iter().cloned().map(Some).collect()
     };
-    let remaining = Arc::new(AtomicUsize::new(scopes.len() * KINDS.len()));
+    let remaining = Arc::new(AtomicUsize::new(scopes.len() * Kind::ALL.len()));
     let mut handles = Vec::new();
     for scope in scopes {
-        for kind in KINDS {
+        for kind in Kind::ALL {
             let ar = crate::resources::api_resource(kind);
             let api: Api<DynamicObject> = match &scope {
                 Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -117,7 +118,7 @@ pub fn watch_resources(
                         }
                         Err(e) => {
                             metrics.error("watch");
-                            tracing::warn!(kind, error = %e, "watch error; retrying");
+                            tracing::warn!(kind = kind.as_str(), error = %e, "watch error; retrying");
                             Ok(())
                         }
                     };

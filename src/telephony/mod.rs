@@ -36,20 +36,14 @@ use tokio::sync::watch;
 use crate::controller::module_fields::ModuleFields;
 use crate::http::Routes;
 use crate::index::Snapshot;
+use crate::resources::{Kind, ObjectKey};
 use crate::runtime::{Context, StartError};
-use crate::validate::ObjectKey;
 
 pub use caller::HookCaller;
 pub use guard::{AbuseGuard, Limit};
 pub use hook_stats::{HookTally, WINDOW_DAYS};
 pub use phone::{CountryAllowList, PhoneNumber};
 pub use sender::{OtpPolicy, OtpSender, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest};
-
-fn duration(text: &str) -> Result<Duration, String> {
-    crate::resources::parse_duration_millis(text)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("\"{text}\" is not a duration (for example 500ms, 10m, 1h)"))
-}
 
 /// The HMAC key of stored codes; `Debug` never shows it.
 #[derive(Clone)]
@@ -77,7 +71,7 @@ pub struct TelephonySettings {
     #[arg(long = "otp-code-length", default_value_t = 6, value_parser = clap::value_parser!(u8).range(4..=10))]
     pub otp_code_length: u8,
     /// How long a passcode stays valid.
-    #[arg(long = "otp-lifetime", default_value = "5m", value_parser = duration)]
+    #[arg(long = "otp-lifetime", default_value = "5m", value_parser = crate::resources::parse_duration)]
     pub otp_lifetime: Duration,
     /// Wrong codes before a passcode is locked.
     #[arg(long = "otp-max-attempts", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -95,13 +89,13 @@ pub struct TelephonySettings {
     #[arg(long = "otp-phone-limit", default_value_t = 5)]
     pub otp_phone_limit: u32,
     /// The sliding window of --otp-phone-limit.
-    #[arg(long = "otp-phone-window", default_value = "10m", value_parser = duration)]
+    #[arg(long = "otp-phone-window", default_value = "10m", value_parser = crate::resources::parse_duration)]
     pub otp_phone_window: Duration,
     /// Sends per org per --otp-org-window; 0: no limit.
     #[arg(long = "otp-org-limit", default_value_t = 1000)]
     pub otp_org_limit: u32,
     /// The sliding window of --otp-org-limit.
-    #[arg(long = "otp-org-window", default_value = "1h", value_parser = duration)]
+    #[arg(long = "otp-org-window", default_value = "1h", value_parser = crate::resources::parse_duration)]
     pub otp_org_window: Duration,
     /// Country calling codes each org may send to, e.g.
     /// `acme=+1,+44;globex=+33;*=+1` (`*`: every org not listed). Orgs
@@ -113,7 +107,7 @@ pub struct TelephonySettings {
     )]
     pub otp_allowed_country_codes: CountryAllowList,
     /// How often hook metrics are published into status.
-    #[arg(long = "telephony-status-interval", default_value = "2s", value_parser = duration)]
+    #[arg(long = "telephony-status-interval", default_value = "2s", value_parser = crate::resources::parse_duration)]
     pub telephony_status_interval: Duration,
 }
 
@@ -286,11 +280,7 @@ async fn publish_metrics(
         for (org, config) in &snapshot.orgs {
             for hook in config.hooks.keys() {
                 let metrics = tally.metrics(org, hook, today);
-                let key = ObjectKey {
-                    kind: "TelephonyHook".into(),
-                    namespace: org.clone(),
-                    name: hook.clone(),
-                };
+                let key = ObjectKey::new(Kind::TelephonyHook, org.clone(), hook.clone());
                 module_fields.set(&key, "metrics", json!(metrics));
             }
         }

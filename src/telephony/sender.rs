@@ -27,7 +27,7 @@ use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
 use super::store_writer::{IssuedOtp, Ledger, LogEntry};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::{HookConfig, Snapshot};
-use crate::validate::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 
 /// How passcodes are made and checked.
 #[derive(Clone, Copy, Debug)]
@@ -168,11 +168,7 @@ fn scrub(text: &str, code: &str) -> String {
 }
 
 fn hook_key(org: &str, hook: &str) -> ObjectKey {
-    ObjectKey {
-        kind: "TelephonyHook".into(),
-        namespace: org.to_string(),
-        name: hook.to_string(),
-    }
+    ObjectKey::new(Kind::TelephonyHook, org, hook)
 }
 
 impl OtpSender {

@@ -18,7 +18,7 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::resources::{
-    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, KINDS, TelephonyHook,
+    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, Kind, TelephonyHook,
 };
 pub use schema::FieldError;
 
@@ -53,19 +53,7 @@ pub enum Rule {
     NoDefaultPolicy,
 }
 
-/// Identifies an object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct ObjectKey {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-    }
-}
+pub use crate::resources::ObjectKey;
 
 /// One problem, tied to the input object it was found in.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -245,14 +233,14 @@ fn crd_schema<K: CustomResourceExt>() -> Value {
 }
 
 /// The schemas, generated once.
-fn schemas() -> &'static BTreeMap<&'static str, Value> {
-    static SCHEMAS: std::sync::OnceLock<BTreeMap<&'static str, Value>> = std::sync::OnceLock::new();
+fn schemas() -> &'static BTreeMap<Kind, Value> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<Kind, Value>> = std::sync::OnceLock::new();
     SCHEMAS.get_or_init(|| {
         BTreeMap::from([
-            ("TelephonyHook", crd_schema::<TelephonyHook>()),
-            ("EnrollmentPolicy", crd_schema::<EnrollmentPolicy>()),
-            ("EmailProvider", crd_schema::<EmailProvider>()),
-            ("EmailDomain", crd_schema::<EmailDomain>()),
+            (Kind::TelephonyHook, crd_schema::<TelephonyHook>()),
+            (Kind::EnrollmentPolicy, crd_schema::<EnrollmentPolicy>()),
+            (Kind::EmailProvider, crd_schema::<EmailProvider>()),
+            (Kind::EmailDomain, crd_schema::<EmailDomain>()),
         ])
     })
 }
@@ -261,7 +249,7 @@ fn schemas() -> &'static BTreeMap<&'static str, Value> {
 /// defaults), CEL rules, typed decode. `value` must be of one of [`KINDS`].
 pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
     let kind = str_at(value, &["kind"]).unwrap_or_default();
-    let Some(schema) = schemas().get(kind) else {
+    let Some((kind, schema)) = Kind::parse(kind).and_then(|k| Some((k, schemas().get(&k)?))) else {
         return Err(vec![FieldError::new(
             "kind",
             format!("idplane does not serve kind {kind}"),
@@ -295,12 +283,14 @@ pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
     decode(kind, object).map_err(|e| vec![FieldError::new("spec", format!("cannot decode: {e}"))])
 }
 
-fn decode(kind: &str, object: Value) -> Result<Typed, serde_json::Error> {
+fn decode(kind: Kind, object: Value) -> Result<Typed, serde_json::Error> {
     Ok(match kind {
-        "TelephonyHook" => Typed::TelephonyHook(Box::new(serde_json::from_value(object)?)),
-        "EnrollmentPolicy" => Typed::EnrollmentPolicy(Box::new(serde_json::from_value(object)?)),
-        "EmailProvider" => Typed::EmailProvider(Box::new(serde_json::from_value(object)?)),
-        _ => Typed::EmailDomain(Box::new(serde_json::from_value(object)?)),
+        Kind::TelephonyHook => Typed::TelephonyHook(Box::new(serde_json::from_value(object)?)),
+        Kind::EnrollmentPolicy => {
+            Typed::EnrollmentPolicy(Box::new(serde_json::from_value(object)?))
+        }
+        Kind::EmailProvider => Typed::EmailProvider(Box::new(serde_json::from_value(object)?)),
+        Kind::EmailDomain => Typed::EmailDomain(Box::new(serde_json::from_value(object)?)),
     })
 }
 
@@ -371,7 +361,7 @@ pub fn check_one(value: &Value, options: &Options) -> (Checked, Vec<OwnFinding>)
             rule,
         });
     };
-    let ours = KINDS.contains(&key.kind.as_str());
+    let ours = key.owned_kind().is_some();
     let typed = if api_version == API_VERSION && ours {
         match check_object(value) {
             Ok(t) => Some(t),
@@ -392,7 +382,7 @@ pub fn check_one(value: &Value, options: &Options) -> (Checked, Vec<OwnFinding>)
             format!(
                 "idplane does not serve kind {} (it serves {})",
                 key.kind,
-                KINDS.join(", ")
+                Kind::ALL.map(Kind::as_str).join(", ")
             )
         };
         push(
