@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use idplane::cli::validate::{load, locate, tally};
-use idplane::cli::{Cli, Command, OutputFormat};
+use idplane::cli::{Cli, Command, LogFormat, OutputFormat};
 use idplane::validate::{Options, Severity};
 
 /// jemalloc returns memory to the system under the churn of many watch
@@ -14,18 +14,34 @@ use idplane::validate::{Options, Severity};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal, never in a pod's log or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr, filtered by RUST_LOG. JSON lines carry the current
+/// span and the spans around it, so that each line says which unit of work
+/// (an OTP send, an email attempt, an index batch...) it belongs to.
+fn init_logs(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        // Colour codes only on a terminal, never in a pod's log or a file.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

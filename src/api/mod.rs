@@ -151,7 +151,9 @@ async fn count_requests(
         .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
     let start = std::time::Instant::now();
-    let response = next.run(request).await;
+    // One span per request: what each line logged while serving it is for.
+    let span = tracing::info_span!("request", method = %method, route = %route);
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     let seconds = start.elapsed().as_secs_f64();
     let label = RouteLabel { method, route };
     state

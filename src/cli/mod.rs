@@ -15,8 +15,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "idplane", version, about)]
 pub struct Cli {
+    /// Log lines as text, or as JSON objects with the spans they ran in
+    /// (for a log collector). The level and targets come from RUST_LOG.
+    #[arg(long, global = true, value_enum, env = "IDPLANE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Output formats of `validate`.

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use tracing::Instrument;
+
 use super::TelephonyError;
 use super::caller::{Exchange, HookCaller};
 use super::code::{CodeHasher, OtpCode, VerifyResult, random_id, random_uuid};
@@ -198,6 +200,10 @@ impl OtpSender {
     }
 
     /// Sends a passcode through the org's active hook, then its fallback.
+    /// Its span names the org and, once drawn, the transaction id; each
+    /// hook call has a span of its own (hook, via). Never the phone or the
+    /// code.
+    #[tracing::instrument(name = "otp_send", skip_all, fields(org = org, transaction_id = tracing::field::Empty))]
     pub async fn send(&self, org: &str, req: SendRequest) -> Result<SendReceipt, TelephonyError> {
         let phone = match PhoneNumber::parse(&req.phone_number) {
             Ok(p) => p,
@@ -224,6 +230,7 @@ impl OtpSender {
 
         let code = OtpCode::generate(self.policy.code_length);
         let transaction_id = random_id();
+        tracing::Span::current().record("transaction_id", transaction_id.as_str());
         let now = Utc::now();
         let expires = now + chrono::Duration::from_std(self.policy.lifetime).unwrap_or_default();
         let expires_at = rfc3339_millis(expires);
@@ -264,8 +271,14 @@ impl OtpSender {
                 context: &req.context,
             })
             .to_bytes();
-            let exchange = self.caller.call(hook, body, false).await;
-            self.executed(&ctx, hook, via, &exchange).await;
+            let span = tracing::info_span!("hook_call", hook = %hook.name, via = via.as_str());
+            let exchange = async {
+                let exchange = self.caller.call(hook, body, false).await;
+                self.executed(&ctx, hook, via, &exchange).await;
+                exchange
+            }
+            .instrument(span)
+            .await;
             match exchange.verdict {
                 Verdict::Delivered(d) => {
                     let issued = IssuedOtp {
@@ -383,6 +396,7 @@ impl OtpSender {
     }
 
     /// Checks a code against a delivered passcode.
+    #[tracing::instrument(name = "otp_verify", skip_all, fields(org = org, transaction_id = tracing::field::Empty))]
     pub async fn verify(
         &self,
         org: &str,
@@ -398,6 +412,7 @@ impl OtpSender {
                 "code must be 1 to 32 characters".into(),
             ));
         }
+        tracing::Span::current().record("transaction_id", req.transaction_id.as_str());
         let hasher = self.hasher.clone();
         let id = req.transaction_id.clone();
         let code = req.code;
@@ -430,6 +445,7 @@ impl OtpSender {
     }
 
     /// Builds, shows and (unless `send: false`) sends a preview to `name`.
+    #[tracing::instrument(name = "otp_preview", skip_all, fields(org = org, hook = name))]
     pub async fn preview(
         &self,
         org: &str,
