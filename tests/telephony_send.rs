@@ -429,3 +429,47 @@ fn the_request_follows_oktas_contract() {
     assert_eq!(status, 401);
     assert!(hook.seen().len() == 2, "refused sends reach no hook");
 }
+
+/// With `--log-format json`, the line a send logs carries the spans it ran
+/// in: the request (route), the OTP send (org, the transaction id the
+/// caller got) and the hook call (hook, via). Neither the phone number nor
+/// the code is in any line.
+#[test]
+fn json_logs_carry_the_send_spans_and_no_phone_or_code() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = Workspace::new();
+    let hook = HookServer::start(&rt, successful("logs"));
+    ws.write_org("logs", &[HookSpec::active("primary", hook.url())]);
+    let mut run = ws.run("logs.log", &["--log-format", "json"]);
+    wait_configured(&run, "logs");
+    let phone = "+447700900124";
+    let (status, receipt) = send(&run, "logs", phone);
+    assert_eq!(status, 200, "{receipt}");
+    let code = hook.seen().pop().unwrap().code();
+    run.stop(Duration::from_secs(10));
+    let log = std::fs::read_to_string(ws.path().join("logs.log")).unwrap();
+    assert!(!log.contains(phone), "the phone number is logged:\n{log}");
+    assert!(!log.contains(&code), "the code is logged:\n{log}");
+    let delivered: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "OTP delivered")
+        .unwrap_or_else(|| panic!("no JSON line for the delivery:\n{log}"));
+    let spans = delivered["spans"].as_array().unwrap();
+    let span = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} span in {delivered}"))
+    };
+    assert_eq!(span("request")["route"], "/v1/orgs/{org}/otp/send");
+    assert_eq!(span("otp_send")["org"], "logs");
+    assert_eq!(
+        span("otp_send")["transaction_id"],
+        receipt["transactionId"],
+        "{delivered}"
+    );
+    assert_eq!(span("hook_call")["hook"], "primary");
+    assert_eq!(span("hook_call")["via"], "primary");
+    assert_eq!(delivered["span"]["name"], "hook_call");
+}
