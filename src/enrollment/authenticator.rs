@@ -9,31 +9,22 @@ use crate::resources::AuthenticatorKey;
 /// An authenticator as it appears in an evaluation: every
 /// [`AuthenticatorKey`] plus the password (`okta_password`), which policies
 /// cannot configure.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its name is the [`AuthenticatorKey`]'s (one list of names), the
+/// password's [`PASSWORD`]; the variants after the password are in
+/// [`AuthenticatorKey::ALL`]'s order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Authenticator {
-    #[serde(rename = "okta_password")]
     OktaPassword,
-    #[serde(rename = "okta_email")]
     OktaEmail,
-    #[serde(rename = "phone_number")]
     PhoneNumber,
-    #[serde(rename = "security_question")]
     SecurityQuestion,
-    #[serde(rename = "webauthn")]
     Webauthn,
-    #[serde(rename = "okta_verify")]
     OktaVerify,
-    #[serde(rename = "google_otp")]
     GoogleOtp,
-    #[serde(rename = "duo")]
     Duo,
-    #[serde(rename = "rsa_token")]
     RsaToken,
-    #[serde(rename = "symantec_vip")]
     SymantecVip,
-    #[serde(rename = "yubikey_token")]
     YubikeyToken,
-    #[serde(rename = "external_idp")]
     ExternalIdp,
 }
 
@@ -84,43 +75,19 @@ impl Authenticator {
     }
 
     /// The key as written in manifests and API calls.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OktaPassword => "okta_password",
-            Self::OktaEmail => "okta_email",
-            Self::PhoneNumber => "phone_number",
-            Self::SecurityQuestion => "security_question",
-            Self::Webauthn => "webauthn",
-            Self::OktaVerify => "okta_verify",
-            Self::GoogleOtp => "google_otp",
-            Self::Duo => "duo",
-            Self::RsaToken => "rsa_token",
-            Self::SymantecVip => "symantec_vip",
-            Self::YubikeyToken => "yubikey_token",
-            Self::ExternalIdp => "external_idp",
+    pub const fn as_str(self) -> &'static str {
+        match self.policy_key() {
+            Some(key) => key.as_str(),
+            None => PASSWORD,
         }
     }
 
     /// Parses a key as written in API calls; `None` for an unknown key.
-    /// Every request key goes through here, so it picks the one candidate
-    /// by length and first byte before comparing.
     pub fn parse(text: &str) -> Option<Self> {
-        // Each arm compares with a constant of known length: no call.
-        Some(match (text.len(), text.as_bytes().first()?) {
-            (13, b'o') if text == "okta_password" => Self::OktaPassword,
-            (10, b'o') if text == "okta_email" => Self::OktaEmail,
-            (12, b'p') if text == "phone_number" => Self::PhoneNumber,
-            (17, b's') if text == "security_question" => Self::SecurityQuestion,
-            (8, b'w') if text == "webauthn" => Self::Webauthn,
-            (11, b'o') if text == "okta_verify" => Self::OktaVerify,
-            (10, b'g') if text == "google_otp" => Self::GoogleOtp,
-            (3, b'd') if text == "duo" => Self::Duo,
-            (9, b'r') if text == "rsa_token" => Self::RsaToken,
-            (12, b's') if text == "symantec_vip" => Self::SymantecVip,
-            (13, b'y') if text == "yubikey_token" => Self::YubikeyToken,
-            (12, b'e') if text == "external_idp" => Self::ExternalIdp,
-            _ => return None,
-        })
+        if text == PASSWORD {
+            return Some(Self::OktaPassword);
+        }
+        AuthenticatorKey::parse(text).map(Self::from)
     }
 
     /// Whether an app asking for a possession factor accepts it.
@@ -129,19 +96,44 @@ impl Authenticator {
     }
 
     /// The policy key, or `None` for the password (not configurable).
-    pub fn policy_key(self) -> Option<AuthenticatorKey> {
-        AuthenticatorKey::parse(self.as_str())
+    pub const fn policy_key(self) -> Option<AuthenticatorKey> {
+        match self.index() {
+            0 => None,
+            i => Some(AuthenticatorKey::ALL[i - 1]),
+        }
     }
 }
 
 impl From<AuthenticatorKey> for Authenticator {
     fn from(key: AuthenticatorKey) -> Self {
-        // AuthenticatorKey::ALL is in the same order as ALL after the password.
-        let position = AuthenticatorKey::ALL
-            .iter()
-            .position(|k| *k == key)
-            .unwrap_or(0);
-        Self::ALL[position + 1]
+        Self::ALL[key.index() + 1]
+    }
+}
+
+/// The password's key: the one authenticator policies cannot configure.
+pub const PASSWORD: &str = "okta_password";
+
+/// Every key, in [`Authenticator::ALL`]'s order (for error messages).
+const NAMES: [&str; COUNT] = {
+    let mut names = [""; COUNT];
+    let mut i = 0;
+    while i < COUNT {
+        names[i] = Authenticator::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
+
+impl Serialize for Authenticator {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Authenticator {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, &NAMES))
     }
 }
 
@@ -332,11 +324,24 @@ mod tests {
                 serde_json::json!(a.as_str())
             );
         }
-        for key in AuthenticatorKey::ALL {
+        for (i, key) in AuthenticatorKey::ALL.into_iter().enumerate() {
+            // The names are the policy keys' serde names, in one order.
+            assert_eq!(key.index(), i);
+            assert_eq!(
+                serde_json::to_value(key).unwrap(),
+                serde_json::json!(key.as_str())
+            );
             let a = Authenticator::from(key);
             assert_eq!(a.as_str(), key.as_str());
             assert_eq!(a.policy_key(), Some(key));
+            assert_eq!(
+                serde_json::from_value::<Authenticator>(serde_json::json!(key.as_str())).unwrap(),
+                a
+            );
         }
+        let unknown =
+            serde_json::from_value::<Authenticator>(serde_json::json!("sms")).unwrap_err();
+        assert!(unknown.to_string().contains("okta_password"), "{unknown}");
         assert_eq!(Authenticator::OktaPassword.policy_key(), None);
         for unknown in ["foo", "", "okta_passwore", "Okta_email", "duo ", "d"] {
             assert_eq!(Authenticator::parse(unknown), None, "{unknown:?}");

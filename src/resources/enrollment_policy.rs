@@ -140,8 +140,13 @@ impl AuthenticatorKey {
         Self::ExternalIdp,
     ];
 
-    /// The key as written in manifests and API calls.
-    pub fn as_str(self) -> &'static str {
+    /// Position in [`AuthenticatorKey::ALL`] (the declaration order).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The key as written in manifests and API calls (the serde names).
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::OktaEmail => "okta_email",
             Self::PhoneNumber => "phone_number",
@@ -176,6 +181,7 @@ impl AuthenticatorKey {
 
     /// Parses a key as written in manifests.
     pub fn parse(text: &str) -> Option<Self> {
+        // `==` on text compares lengths first: cheap enough for each request key.
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
