@@ -3,13 +3,13 @@
 //!
 //! It owns the rules of the product document (policy and rule selection,
 //! the password, the email, the phone's SMS and voice, the password policy's
-//! recovery, the first sign-in, the app's needs), the per-org index that
-//! makes an evaluation cheap ([`EnrollmentEngine`]), the detection of
-//! policies that can never apply ([`shadowed`]) and a plain-text rendering
-//! ([`explain_table`]). It is pure: no I/O, no clock. It does not validate
-//! policies (the validator does), serve HTTP or print anything; see
-//! `docs/enrollment.md` for the rules, examples and every decision taken
-//! where the rules were silent.
+//! recovery, the first sign-in, the app's needs), the form of a policy it
+//! evaluates ([`PolicyConfig`]), the per-org index that makes an evaluation
+//! cheap ([`EnrollmentEngine`]), the detection of policies that can never
+//! apply ([`shadowed`]) and a plain-text rendering ([`explain_table`]). It is
+//! pure: no I/O, no clock. It does not validate policies (the validator
+//! does), serve HTTP or print anything; see `docs/enrollment.md` for the
+//! rules, examples and every decision taken where the rules were silent.
 
 mod authenticator;
 mod engine;
@@ -17,6 +17,7 @@ mod evaluation;
 mod explain;
 mod group_index;
 mod network;
+mod policy;
 mod request;
 mod shadowed;
 
@@ -25,6 +26,7 @@ pub use engine::EnrollmentEngine;
 pub use evaluation::{AppOutcome, Evaluation, Reason, RuleId};
 pub use explain::explain_table;
 pub use network::{Cidr, client_address};
+pub use policy::PolicyConfig;
 pub use request::{
     AppNeeds, ClientNetwork, EnrolledAuthenticator, EvaluationRequest, RecoveryAuthenticator,
     SignInUser,

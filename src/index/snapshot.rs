@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ObjectState, OrgConfig};
+use crate::resources::KINDS;
 use crate::validate::{ObjectKey, SecretData};
 
 /// One change to the world the index describes.
@@ -111,6 +112,20 @@ impl std::ops::Index<&ObjectKey> for ObjectViews {
 impl Snapshot {
     pub fn org(&self, org: &str) -> Option<&Arc<OrgConfig>> {
         self.orgs.get(org)
+    }
+
+    /// How many objects of each of idplane's kinds the snapshot holds, in
+    /// [`KINDS`] order, zeros included (for the metrics).
+    pub fn objects_by_kind(&self) -> Vec<(&'static str, usize)> {
+        KINDS
+            .iter()
+            .map(|kind| {
+                (
+                    *kind,
+                    self.objects.keys().filter(|k| k.kind == *kind).count(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod cross;
 pub mod egress;
+pub mod field_path;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::resources::{
-    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, KINDS, TelephonyHook,
+    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, KINDS, SecretReference,
+    TelephonyHook,
 };
 pub use schema::FieldError;
 
@@ -106,6 +108,18 @@ pub enum Typed {
     EmailProvider(Box<EmailProvider>),
     EmailDomain(Box<EmailDomain>),
     Secret(SecretData),
+}
+
+impl Typed {
+    /// The Secret keys the object references (see the resource types for
+    /// which fields do).
+    pub fn secret_references(&self) -> Vec<SecretReference<'_>> {
+        match self {
+            Self::TelephonyHook(h) => h.secret_references(),
+            Self::EmailProvider(p) => p.secret_references(),
+            Self::EnrollmentPolicy(_) | Self::EmailDomain(_) | Self::Secret(_) => Vec::new(),
+        }
+    }
 }
 
 /// What validation says about one input object.
