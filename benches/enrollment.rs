@@ -15,8 +15,8 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use idplane::enrollment::PolicyConfig;
 use idplane::enrollment::{EnrollmentEngine, EvaluationRequest};
-use idplane::index::PolicyConfig;
 use idplane::resources::{
     AuthenticatorKey, AuthenticatorSetting, Enrollment, EnrollmentPolicySpec, EnrollmentRule,
     NetworkCondition, NetworkConnection, PeopleCondition, PhoneMethods, RuleConditions, RuleEnroll,

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use idplane::cli::validate::{load, locate, tally};
+use idplane::cli::validate::load;
 use idplane::cli::{Cli, Command, LogFormat, OutputFormat};
+use idplane::source::located::{locate, tally};
 use idplane::validate::{Options, Severity};
 
 /// jemalloc returns memory to the system under the churn of many watch

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the process, with conventional names. One
 //! [`Metrics`] is shared by every part; `/metrics` encodes its registry.
+//! A leaf: callers report plain numbers, so it imports no other module.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,8 +11,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-use crate::index::Snapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -165,18 +164,19 @@ impl Metrics {
             .register(name, help, metric);
     }
 
-    pub fn observe_rebuild(&self, took: Duration, snapshot: &Snapshot) {
+    /// Records one index rebuild: how long it took, and what the published
+    /// snapshot holds (objects per kind, orgs).
+    pub fn observe_rebuild(&self, took: Duration, objects_by_kind: &[(&str, usize)], orgs: usize) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
-        for kind in crate::resources::Kind::ALL {
-            let n = snapshot.objects.keys().filter(|k| k.is(kind)).count();
+        for (kind, n) in objects_by_kind {
             self.index_objects
                 .get_or_create(&KindLabel {
-                    kind: kind.as_str().into(),
+                    kind: (*kind).into(),
                 })
-                .set(n as i64);
+                .set(*n as i64);
         }
-        self.index_orgs.set(snapshot.orgs.len() as i64);
+        self.index_orgs.set(orgs as i64);
     }
 
     pub fn error(&self, source: &str) {

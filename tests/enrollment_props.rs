@@ -1,11 +1,11 @@
 //! Properties of the enrollment engine over generated orgs and sign-ins:
 //! the invariants of docs/enrollment.md.
 
+use idplane::enrollment::PolicyConfig;
 use idplane::enrollment::{
     Authenticator, EnrolledAuthenticator, EnrollmentEngine, EvaluateError, Evaluation,
     EvaluationRequest,
 };
-use idplane::index::PolicyConfig;
 use idplane::resources::{
     AuthenticatorKey, AuthenticatorSetting, Enrollment, EnrollmentPolicySpec, EnrollmentRule,
     NetworkCondition, NetworkConnection, PeopleCondition, PhoneMethods, RuleConditions, RuleEnroll,

@@ -4,11 +4,11 @@
 //! have. Also: request errors, shadowed policies, the explain table, and
 //! the examples of docs/enrollment.md (which must be what the engine says).
 
+use idplane::enrollment::PolicyConfig;
 use idplane::enrollment::{
     Authenticator, EnrollmentEngine, EvaluateError, Evaluation, EvaluationRequest, explain_table,
     shadowed,
 };
-use idplane::index::PolicyConfig;
 use idplane::resources::EnrollmentPolicy;
 use serde::Deserialize;
 use serde_json::{Value, json};

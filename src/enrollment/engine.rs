@@ -12,8 +12,8 @@ use super::authenticator::{Authenticator, Authenticators, COUNT, PhoneMethod};
 use super::evaluation::{AppOutcome, Evaluation, Reason, RuleId};
 use super::group_index::GroupIndex;
 use super::network::Cidr;
+use super::policy::PolicyConfig;
 use super::request::{CheckedRequest, EvaluationRequest};
-use crate::index::PolicyConfig;
 use crate::resources::{
     AuthenticatorKey, AuthenticatorSetting, Enrollment, EnrollmentRule, NetworkConnection,
     RuleEnroll,

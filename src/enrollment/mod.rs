@@ -3,12 +3,12 @@
 //!
 //! It owns the rules of the product document (policy and rule selection,
 //! the password, the email, the phone's SMS and voice, the password policy's
-//! recovery, the first sign-in, the app's needs), the per-org index that
-//! makes an evaluation cheap ([`EnrollmentEngine`]), the detection of
-//! policies that can never apply ([`shadowed`]) and a plain-text rendering
-//! ([`explain_table`]), and its route ([`routes`]). The engine is pure: no
-//! I/O, no clock. It does not validate policies (the validator does) or
-//! print anything; see
+//! recovery, the first sign-in, the app's needs), the form of a policy it
+//! evaluates ([`PolicyConfig`]), the per-org index that makes an evaluation
+//! cheap ([`EnrollmentEngine`]), the detection of policies that can never
+//! apply ([`shadowed`]), a plain-text rendering ([`explain_table`]) and its
+//! route ([`routes`]). The engine is pure: no I/O, no clock. It does not
+//! validate policies (the validator does) or print anything; see
 //! `docs/enrollment.md` for the rules, examples and every decision taken
 //! where the rules were silent.
 
@@ -19,6 +19,7 @@ mod explain;
 mod group_index;
 mod network;
 mod openapi;
+mod policy;
 mod request;
 mod routes;
 mod shadowed;
@@ -29,6 +30,7 @@ pub use evaluation::{AppOutcome, Evaluation, Reason, RuleId};
 pub use explain::explain_table;
 pub use network::{Cidr, client_address};
 pub use openapi::operations;
+pub use policy::PolicyConfig;
 pub use request::{
     AppNeeds, ClientNetwork, EnrolledAuthenticator, EvaluationRequest, RecoveryAuthenticator,
     SignInUser,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::index::PolicyConfig;
+use super::policy::PolicyConfig;
 
 /// A policy that never applies, and the policies that apply first.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]

@@ -6,17 +6,35 @@
 //!
 //! Alongside the configuration, [`build`] says for every idplane object what
 //! became of it ([`ObjectState`]): that is what status conditions show.
+//!
+//! Each kind has its own module that turns one valid object into its
+//! runtime form and its state ([`telephony_hook`], [`enrollment_policy`],
+//! [`email_provider`], [`email_domain`]); [`build`] decides what spans
+//! objects: the active hook and its fallbacks, the order of the policies,
+//! the default policy and shadowed policies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::resources::{
-    DEFAULT_MESSAGE_TEMPLATE, EmailDomain, EmailProvider, EnrollmentPolicy, SecretKeyRef,
-    TelephonyHook, TlsMode, parse_duration_millis, reason,
-};
+use crate::enrollment::{EnrollmentEngine, PolicyConfig, shadowed};
+use crate::resources::{SecretReference, reason};
 use crate::validate::{Checked, Finding, ObjectKey, Report, Rule, SecretData, Typed};
+
+mod email_domain;
+mod email_provider;
+mod enrollment_policy;
+pub mod snapshot;
+pub mod snapshot_writer;
+mod telephony_hook;
+
+pub use email_domain::DomainConfig;
+pub use email_provider::ProviderConfig;
+pub use enrollment_policy::policy_summary;
+pub use snapshot::{Change, ObjectView, ObjectViews, Referenced, Snapshot};
+pub use snapshot_writer::IndexWriter;
+pub use telephony_hook::{HeaderConfig, HeaderValue, HookConfig};
 
 /// A secret value. Never printed, serialized or logged: only the version of
 /// the Secret it came from is shown.
@@ -42,105 +60,6 @@ impl SecretValue {
     }
 }
 
-/// A header sent to a hook.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HeaderConfig {
-    pub name: String,
-    /// Literal header values are shown; values from Secrets are redacted.
-    pub value: HeaderValue,
-}
-
-/// A header's value: literal, or from a Secret.
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub enum HeaderValue {
-    Literal(String),
-    Secret(SecretValue),
-}
-
-impl HeaderValue {
-    pub fn as_text(&self) -> String {
-        match self {
-            Self::Literal(s) => s.clone(),
-            Self::Secret(s) => s.as_text(),
-        }
-    }
-}
-
-/// A telephony hook ready to be called.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HookConfig {
-    pub name: String,
-    /// Shown with its userinfo (a credential) redacted.
-    #[serde(serialize_with = "crate::egress::serialize_redacted_url")]
-    pub url: String,
-    pub insecure_http: bool,
-    pub auth_header: String,
-    pub auth_secret: SecretValue,
-    pub headers: Vec<HeaderConfig>,
-    pub timeout_millis: u64,
-    pub message_template: String,
-    /// Name of the hook tried when this one fails.
-    pub fallback: Option<String>,
-}
-
-/// An enrollment policy, as evaluated.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyConfig {
-    pub name: String,
-    pub priority: i32,
-    pub is_default: bool,
-    pub groups: Vec<String>,
-    pub spec: crate::resources::EnrollmentPolicySpec,
-}
-
-/// The org's SMTP provider.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderConfig {
-    pub name: String,
-    pub enabled: bool,
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    /// The password, or why it cannot be read (the Secret or its key is
-    /// missing). Without it the provider still holds the org's mail while
-    /// enabled: the mail waits for the Secret, never going to the default
-    /// provider, and nothing connects.
-    #[serde(serialize_with = "password_state")]
-    pub password: Result<SecretValue, String>,
-    pub tls: TlsMode,
-    pub max_attempts: u32,
-    pub initial_delay_millis: u64,
-    pub multiplier: u32,
-    pub max_delay_millis: u64,
-}
-
-fn password_state<S: serde::Serializer>(
-    password: &Result<SecretValue, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match password {
-        Ok(v) => v.serialize(s),
-        Err(reason) => s.serialize_str(&format!("<unavailable: {reason}>")),
-    }
-}
-
-/// A brand's sender.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DomainConfig {
-    pub name: String,
-    pub brand: String,
-    pub domain: String,
-    pub user_name: String,
-    pub display_name: String,
-    pub validation_subdomain: String,
-}
-
 /// Everything the runtime needs for one org.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -157,16 +76,11 @@ pub struct OrgConfig {
     pub email_domains: BTreeMap<String, DomainConfig>,
     /// The enrollment engine over `policies`, built once per change.
     #[serde(skip)]
-    pub enrollment: Option<Arc<crate::enrollment::EnrollmentEngine>>,
+    pub enrollment: Option<Arc<EnrollmentEngine>>,
 }
 
 /// The whole runtime configuration: orgs by namespace.
 pub type RuntimeConfig = BTreeMap<String, OrgConfig>;
-
-pub mod snapshot;
-pub mod snapshot_writer;
-pub use snapshot::{Change, ObjectView, ObjectViews, Referenced, Snapshot};
-pub use snapshot_writer::IndexWriter;
 
 /// What became of one idplane object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -188,47 +102,23 @@ pub struct ObjectState {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The one-line summary of a policy, e.g. `required: email, phone; optional: webauthn`.
-/// It states the effect, so an optional email reads as required (the email
-/// authenticator is always enrolled automatically).
-pub fn policy_summary(spec: &crate::resources::EnrollmentPolicySpec) -> String {
-    use crate::resources::Enrollment;
-    let mut groups: [Vec<&str>; 3] = Default::default();
-    for a in &spec.authenticators {
-        let value = match (&a.enroll, &a.methods) {
-            (Some(e), _) => *e,
-            (None, Some(m)) => match (m.sms, m.voice) {
-                (Enrollment::Required, _) | (_, Enrollment::Required) => Enrollment::Required,
-                (Enrollment::Optional, _) | (_, Enrollment::Optional) => Enrollment::Optional,
-                _ => Enrollment::NotAllowed,
-            },
-            (None, None) => continue,
-        };
-        // Email set to optional is required in effect (enrolled automatically).
-        let value = if a.key == crate::resources::AuthenticatorKey::OktaEmail
-            && value == Enrollment::Optional
-        {
-            Enrollment::Required
-        } else {
-            value
-        };
-        let slot = match value {
-            Enrollment::Required => 0,
-            Enrollment::Optional => 1,
-            Enrollment::NotAllowed => 2,
-        };
-        groups[slot].push(a.key.short_name());
-    }
-    let parts: Vec<String> = ["required", "optional", "not allowed"]
-        .iter()
-        .zip(groups.iter())
-        .filter(|(_, names)| !names.is_empty())
-        .map(|(label, names)| format!("{label}: {}", names.join(", ")))
-        .collect();
-    if parts.is_empty() {
-        "no authenticators (password only)".into()
-    } else {
-        parts.join("; ")
+impl ObjectState {
+    /// A state without extra status fields.
+    pub fn new(
+        accepted: bool,
+        ready: bool,
+        active: Option<bool>,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            extra: serde_json::Map::new(),
+            accepted,
+            ready,
+            active,
+            reason: reason.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -248,12 +138,13 @@ pub fn secrets_from(checked: &[Checked]) -> Secrets {
         .collect()
 }
 
+/// The value a Secret reference names, or why it cannot be read.
 fn resolve(
     secrets: &Secrets,
     namespace: &str,
-    r: &SecretKeyRef,
-    field: &str,
+    reference: &SecretReference,
 ) -> Result<SecretValue, String> {
+    let SecretReference { field, secret: r } = reference;
     match secrets.get(&(namespace.to_string(), r.name.clone())) {
         None => Err(format!("{field}: Secret {namespace}/{} not found", r.name)),
         Some(s) => match s.keys.get(&r.key) {
@@ -266,112 +157,6 @@ fn resolve(
                 Arc::from(s.version.as_str()),
             )),
         },
-    }
-}
-
-fn hook_config(
-    h: &TelephonyHook,
-    namespace: &str,
-    secrets: &Secrets,
-) -> Result<HookConfig, String> {
-    let spec = &h.spec;
-    let auth_secret = resolve(
-        secrets,
-        namespace,
-        &spec.auth.secret_ref,
-        "spec.auth.secretRef",
-    )?;
-    let mut headers = Vec::new();
-    for (i, header) in spec.headers.iter().enumerate() {
-        let value = match (&header.value, &header.value_from) {
-            (Some(v), _) => HeaderValue::Literal(v.clone()),
-            (None, Some(from)) => HeaderValue::Secret(resolve(
-                secrets,
-                namespace,
-                &from.secret_key_ref,
-                &format!("spec.headers[{i}].valueFrom.secretKeyRef"),
-            )?),
-            (None, None) => HeaderValue::Literal(String::new()),
-        };
-        headers.push(HeaderConfig {
-            name: header.name.clone(),
-            value,
-        });
-    }
-    Ok(HookConfig {
-        name: h.metadata.name.clone().unwrap_or_default(),
-        url: spec.url.clone(),
-        insecure_http: spec.url.starts_with("http://"),
-        auth_header: spec.auth.header.clone(),
-        auth_secret,
-        headers,
-        timeout_millis: parse_duration_millis(&spec.timeout).unwrap_or(3_000),
-        message_template: spec
-            .message_template
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MESSAGE_TEMPLATE.to_string()),
-        fallback: spec.fallback.as_ref().map(|f| f.hook_ref.clone()),
-    })
-}
-
-fn provider_config(p: &EmailProvider, namespace: &str, secrets: &Secrets) -> ProviderConfig {
-    let spec = &p.spec;
-    let password = resolve(
-        secrets,
-        namespace,
-        &spec.password_secret_ref,
-        "spec.passwordSecretRef",
-    );
-    ProviderConfig {
-        name: p.metadata.name.clone().unwrap_or_default(),
-        enabled: spec.enabled,
-        host: spec.host.clone(),
-        port: u16::try_from(spec.port).unwrap_or(25),
-        username: spec.username.clone(),
-        password,
-        tls: spec.tls,
-        max_attempts: spec.retry.max_attempts,
-        initial_delay_millis: parse_duration_millis(&spec.retry.initial_delay).unwrap_or(60_000),
-        multiplier: spec.retry.multiplier,
-        max_delay_millis: parse_duration_millis(&spec.retry.max_delay).unwrap_or(3_600_000),
-    }
-}
-
-fn domain_config(d: &EmailDomain) -> DomainConfig {
-    DomainConfig {
-        name: d.metadata.name.clone().unwrap_or_default(),
-        brand: d.spec.brand.clone(),
-        domain: d.spec.domain.clone(),
-        user_name: d.spec.user_name.clone(),
-        display_name: d.spec.display_name.clone(),
-        validation_subdomain: d.spec.validation_subdomain.clone(),
-    }
-}
-
-fn policy_config(p: &EnrollmentPolicy) -> PolicyConfig {
-    PolicyConfig {
-        name: p.metadata.name.clone().unwrap_or_default(),
-        priority: p.spec.priority,
-        is_default: p.spec.is_default,
-        groups: p.spec.groups.clone(),
-        spec: p.spec.clone(),
-    }
-}
-
-fn state(
-    accepted: bool,
-    ready: bool,
-    active: Option<bool>,
-    reason: &str,
-    message: impl Into<String>,
-) -> ObjectState {
-    ObjectState {
-        extra: serde_json::Map::new(),
-        accepted,
-        ready,
-        active,
-        reason: reason.to_string(),
-        message: message.into(),
     }
 }
 
@@ -409,107 +194,35 @@ pub fn build(
         }
         let org = config.entry(ns.clone()).or_default();
         let st = match typed {
-            Typed::TelephonyHook(h) => match hook_config(h, ns, secrets) {
-                Err(msg) => state(true, false, Some(false), reason::SECRET_NOT_FOUND, msg),
-                Ok(hc) => {
-                    let insecure = hc.insecure_http;
-                    org.hooks.insert(name.clone(), hc);
+            Typed::TelephonyHook(h) => {
+                let (hook, st) = telephony_hook::from_resource(h, ns, secrets);
+                if let Some(hook) = hook {
+                    org.hooks.insert(name.clone(), hook);
                     if h.spec.active {
                         org.active_hook = Some(name.clone());
-                        let msg = if insecure {
-                            "in service for the org, over plain http:// (allowInsecureHttp)"
-                        } else {
-                            "in service for the org"
-                        };
-                        let r = if insecure {
-                            reason::INSECURE_HTTP
-                        } else {
-                            reason::ACTIVATED
-                        };
-                        state(true, true, Some(true), r, msg)
-                    } else {
-                        state(
-                            true,
-                            true,
-                            Some(false),
-                            reason::DEACTIVATED,
-                            "active: false; used only as a fallback or for previews",
-                        )
                     }
                 }
-            },
+                st
+            }
             Typed::EnrollmentPolicy(p) => {
                 roles.entry(ns.clone()).or_default().push((
                     name.clone(),
                     p.spec.is_default,
                     p.spec.active,
                 ));
-                let mut st = if p.spec.active {
-                    org.policies.push(policy_config(p));
-                    state(
-                        true,
-                        true,
-                        None,
-                        reason::READY,
-                        "evaluated for the org's users",
-                    )
-                } else {
-                    state(
-                        true,
-                        false,
-                        None,
-                        reason::DEACTIVATED,
-                        "active: false; not evaluated",
-                    )
-                };
-                st.extra.insert(
-                    "summary".into(),
-                    serde_json::Value::String(policy_summary(&p.spec)),
-                );
+                let (policy, st) = enrollment_policy::from_resource(p);
+                org.policies.extend(policy);
                 st
             }
             Typed::EmailProvider(p) => {
-                let pc = provider_config(p, ns, secrets);
-                let enabled = pc.enabled;
-                let missing = pc.password.as_ref().err().cloned();
-                org.email_provider = Some(pc);
-                match missing {
-                    Some(msg) if enabled => state(
-                        true,
-                        false,
-                        None,
-                        reason::SECRET_NOT_FOUND,
-                        format!(
-                            "{msg}; the org's mail waits for it (never the default provider while this one is enabled)"
-                        ),
-                    ),
-                    Some(msg) => state(true, false, None, reason::SECRET_NOT_FOUND, msg),
-                    None if enabled => state(
-                        true,
-                        true,
-                        None,
-                        reason::READY,
-                        "the org's mail goes through this provider",
-                    ),
-                    None => state(
-                        true,
-                        true,
-                        None,
-                        reason::DEACTIVATED,
-                        "enabled: false; the org's mail goes through the default provider",
-                    ),
-                }
+                let (provider, st) = email_provider::from_resource(p, ns, secrets);
+                org.email_provider = Some(provider);
+                st
             }
             Typed::EmailDomain(d) => {
-                org.email_domains
-                    .insert(d.spec.brand.clone(), domain_config(d));
-                state(
-                    true,
-                    true,
-                    None,
-                    reason::READY,
-                    "sender for its brand once the domain is verified",
-                )
+                let (domain, st) = email_domain::from_resource(d);
+                org.email_domains.insert(domain.brand.clone(), domain);
+                st
             }
             Typed::Secret(_) => continue,
         };
@@ -520,9 +233,7 @@ pub fn build(
         org.policies.sort_by(|a, b| {
             (a.is_default, a.priority, &a.name).cmp(&(b.is_default, b.priority, &b.name))
         });
-        org.enrollment = Some(Arc::new(crate::enrollment::EnrollmentEngine::new(
-            &org.policies,
-        )));
+        org.enrollment = Some(Arc::new(EnrollmentEngine::new(&org.policies)));
         mark_shadowed(ns, &org.policies, &mut states);
         if let Some(roles) = roles.get(ns) {
             mark_default_policy(ns, roles, &mut states);
@@ -607,7 +318,7 @@ fn mark_shadowed(
     policies: &[PolicyConfig],
     states: &mut BTreeMap<ObjectKey, ObjectState>,
 ) {
-    let hidden: BTreeMap<String, String> = crate::enrollment::shadowed(policies)
+    let hidden: BTreeMap<String, String> = shadowed(policies)
         .into_iter()
         .map(|s| (s.policy, s.message))
         .collect();
@@ -648,25 +359,5 @@ fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState 
         _ => (false, reason::INVALID),
     };
     let active = (first.object.kind == "TelephonyHook").then_some(false);
-    state(accepted, false, active, r, all.join("; "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::policy_summary;
-    use crate::resources::EnrollmentPolicySpec;
-
-    #[test]
-    fn summary_groups_authenticators_by_value() {
-        let spec: EnrollmentPolicySpec = serde_yaml::from_str(
-            "priority: 1\ngroups: [a]\nauthenticators:\n- {key: okta_email, enroll: REQUIRED}\n\
-             - {key: phone_number, methods: {sms: REQUIRED, voice: NOT_ALLOWED}}\n- {key: webauthn, enroll: OPTIONAL}\n\
-             - {key: duo, enroll: NOT_ALLOWED}\n",
-        )
-        .unwrap();
-        assert_eq!(
-            policy_summary(&spec),
-            "required: email, phone; optional: webauthn; not allowed: duo"
-        );
-    }
+    ObjectState::new(accepted, false, active, r, all.join("; "))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ObjectState, OrgConfig};
-use crate::resources::ObjectKey;
+use crate::resources::{Kind, ObjectKey};
 use crate::validate::SecretData;
 
 /// One change to the world the index describes.
@@ -112,6 +112,20 @@ impl std::ops::Index<&ObjectKey> for ObjectViews {
 impl Snapshot {
     pub fn org(&self, org: &str) -> Option<&Arc<OrgConfig>> {
         self.orgs.get(org)
+    }
+
+    /// How many objects of each of idplane's kinds the snapshot holds, in
+    /// [`Kind::ALL`] order, zeros included (for the metrics).
+    pub fn objects_by_kind(&self) -> Vec<(&'static str, usize)> {
+        Kind::ALL
+            .into_iter()
+            .map(|kind| {
+                (
+                    kind.as_str(),
+                    self.objects.keys().filter(|k| k.is(kind)).count(),
+                )
+            })
+            .collect()
     }
 }
 

@@ -203,8 +203,8 @@ impl IndexWriter {
                     .typed
                     .as_ref()
                     .or(entry.last_good.as_ref().and_then(|c| c.typed.as_ref()));
-                for name in secret_names(typed) {
-                    out.insert((ns.clone(), name));
+                for reference in typed.map(Typed::secret_references).unwrap_or_default() {
+                    out.insert((ns.clone(), reference.secret.name.clone()));
                 }
             }
         }
@@ -272,24 +272,6 @@ fn with_file_generation(mut value: Value, before: Option<(Option<i64>, u64)>) ->
     value
 }
 
-/// Names of the Secrets an object references.
-pub fn secret_names(typed: Option<&Typed>) -> Vec<String> {
-    match typed {
-        Some(Typed::TelephonyHook(h)) => {
-            let mut names = vec![h.spec.auth.secret_ref.name.clone()];
-            names.extend(
-                h.spec
-                    .headers
-                    .iter()
-                    .filter_map(|x| x.value_from.as_ref().map(|f| f.secret_key_ref.name.clone())),
-            );
-            names
-        }
-        Some(Typed::EmailProvider(p)) => vec![p.spec.password_secret_ref.name.clone()],
-        _ => Vec::new(),
-    }
-}
-
 fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> BuiltOrg {
     let mut checked = Vec::with_capacity(org.len());
     let mut own = Vec::with_capacity(org.len());
@@ -317,13 +299,8 @@ fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> B
     let org_config = config.remove(ns).unwrap_or_default();
     let mut views = BTreeMap::new();
     for (key, entry) in org {
-        let mut state = states.get(key).cloned().unwrap_or_else(|| ObjectState {
-            extra: serde_json::Map::new(),
-            accepted: false,
-            ready: false,
-            active: None,
-            reason: reason::INVALID.into(),
-            message: "not validated".into(),
+        let mut state = states.get(key).cloned().unwrap_or_else(|| {
+            ObjectState::new(false, false, None, reason::INVALID, "not validated")
         });
         let serving_last_good = substituted.contains_key(key);
         if let Some(problems) = substituted.get(key) {
@@ -365,7 +342,11 @@ pub async fn run(
             writer.apply(next);
         }
         let snapshot = writer.publish();
-        metrics.observe_rebuild(started.elapsed(), &snapshot);
+        metrics.observe_rebuild(
+            started.elapsed(),
+            &snapshot.objects_by_kind(),
+            snapshot.orgs.len(),
+        );
         referenced.send_if_modified(|current| {
             let now = Referenced {
                 complete: writer.listed,

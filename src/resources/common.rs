@@ -1,5 +1,6 @@
-//! Types shared by every idplane resource: secret references, conditions,
-//! and the condition vocabulary. Kubernetes-shaped, but free of client code.
+//! Types shared by every idplane resource: secret references (and the
+//! fields that hold them), conditions, and the condition vocabulary.
+//! Kubernetes-shaped, but free of client code.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,17 @@ pub struct SecretKeyRef {
     /// Key inside the Secret's `data` (or `stringData`) whose value is used.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
+}
+
+/// A field of an object that names a Secret key: one definition of which
+/// fields reference Secrets, read by the validator (keys that exist), the
+/// index (values resolved) and the Secret watches (which Secrets to watch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretReference<'a> {
+    /// Path of the field from the object's root, e.g. `spec.auth.secretRef`.
+    pub field: String,
+    /// The Secret and key it names, in the object's namespace.
+    pub secret: &'a SecretKeyRef,
 }
 
 /// One observation of the resource's state, in the shape Kubernetes uses

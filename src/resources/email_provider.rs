@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, SecretKeyRef};
+use super::common::{Condition, SecretKeyRef, SecretReference};
 use super::telephony_hook::FailureRecord;
 
 /// The org's custom SMTP server. While `enabled`, all of the org's mail goes
@@ -151,6 +151,21 @@ impl Default for RetryPolicy {
             multiplier: default_multiplier(),
             max_delay: default_max_delay(),
         }
+    }
+}
+
+impl EmailProvider {
+    /// The Secret key holding the SMTP password.
+    pub fn password_secret(&self) -> SecretReference<'_> {
+        SecretReference {
+            field: "spec.passwordSecretRef".into(),
+            secret: &self.spec.password_secret_ref,
+        }
+    }
+
+    /// Every Secret key the provider references.
+    pub fn secret_references(&self) -> Vec<SecretReference<'_>> {
+        vec![self.password_secret()]
     }
 }
 

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, SecretKeyRef};
+use super::common::{Condition, SecretKeyRef, SecretReference};
 
 fn default_true() -> bool {
     true
@@ -171,6 +171,32 @@ pub struct HookFallback {
     pub hook_ref: String,
 }
 
+impl TelephonyHook {
+    /// The Secret key holding the auth header's value.
+    pub fn auth_secret(&self) -> SecretReference<'_> {
+        SecretReference {
+            field: "spec.auth.secretRef".into(),
+            secret: &self.spec.auth.secret_ref,
+        }
+    }
+
+    /// The Secret key the header at `index` reads its value from, if any.
+    pub fn header_secret(&self, index: usize) -> Option<SecretReference<'_>> {
+        let from = self.spec.headers.get(index)?.value_from.as_ref()?;
+        Some(SecretReference {
+            field: format!("spec.headers[{index}].valueFrom.secretKeyRef"),
+            secret: &from.secret_key_ref,
+        })
+    }
+
+    /// Every Secret key the hook references: the auth secret, then the
+    /// headers' in order.
+    pub fn secret_references(&self) -> Vec<SecretReference<'_>> {
+        let headers = (0..self.spec.headers.len()).filter_map(|i| self.header_secret(i));
+        std::iter::once(self.auth_secret()).chain(headers).collect()
+    }
+}
+
 /// What idplane observed about the hook.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -229,4 +255,35 @@ pub struct HookPreviewResult {
     pub time: String,
     /// How idplane judged the hook's answer.
     pub result: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TelephonyHook;
+
+    #[test]
+    fn secret_references_name_their_fields_in_order() {
+        let hook: TelephonyHook = serde_yaml::from_str(
+            "apiVersion: idplane.dev/v1alpha1\nkind: TelephonyHook\nmetadata: {name: h}\n\
+             spec:\n  url: https://hook.example\n  auth: {header: X-Key, secretRef: {name: auth, key: k}}\n  \
+             headers:\n  - {name: X-Org, value: acme}\n  - {name: X-Tenant, valueFrom: {secretKeyRef: {name: tenant, key: t}}}\n",
+        )
+        .unwrap();
+        let refs: Vec<(String, &str)> = hook
+            .secret_references()
+            .into_iter()
+            .map(|r| (r.field, r.secret.name.as_str()))
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                ("spec.auth.secretRef".to_string(), "auth"),
+                (
+                    "spec.headers[1].valueFrom.secretKeyRef".to_string(),
+                    "tenant"
+                ),
+            ]
+        );
+        assert!(hook.header_secret(0).is_none());
+    }
 }

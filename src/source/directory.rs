@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::located::{locate, tally};
 use super::manifest::{is_manifest_file, read_paths};
 use crate::index::Change;
 use crate::validate::{Options, validate};
@@ -54,7 +55,7 @@ pub async fn load_once(root: &Path, options: &Options, changes: &mpsc::Sender<Ch
     };
     let values: Vec<serde_json::Value> = documents.iter().map(|d| d.value.clone()).collect();
     let report = validate(&values, options);
-    for located in crate::cli::validate::locate(&documents, &report) {
+    for located in locate(&documents, &report) {
         eprintln!("{located}");
     }
     let ours = report.checked.iter().filter(|c| c.typed.is_some()).count();
@@ -64,7 +65,7 @@ pub async fn load_once(root: &Path, options: &Options, changes: &mpsc::Sender<Ch
         documents.len(),
         root.display(),
         ours,
-        crate::cli::validate::tally(problems, warnings)
+        tally(problems, warnings)
     );
     changes.send(Change::ReplaceAll(values)).await.is_ok()
 }

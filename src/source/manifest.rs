@@ -9,6 +9,8 @@ use serde_json::{Map, Number, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+use crate::validate::field_path::{join_index, join_key, parent_path};
+
 /// Errors while reading manifests.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -62,29 +64,6 @@ impl Document {
             }
         }
     }
-}
-
-/// `a.b[2].c` -> `a.b[2]` -> `a.b` -> `a` -> `` -> None.
-fn parent_path(path: &str) -> Option<String> {
-    if path.is_empty() {
-        return None;
-    }
-    let cut = path.rfind(['.', '[']).unwrap_or(0);
-    Some(path[..cut].to_string())
-}
-
-/// Appends a map key to a path.
-pub fn join_key(base: &str, key: &str) -> String {
-    if base.is_empty() {
-        key.to_string()
-    } else {
-        format!("{base}.{key}")
-    }
-}
-
-/// Appends a list index to a path.
-pub fn join_index(base: &str, index: usize) -> String {
-    format!("{base}[{index}]")
 }
 
 /// Parses a YAML stream (or JSON text) into documents. Empty documents

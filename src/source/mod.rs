@@ -3,4 +3,5 @@
 
 pub mod directory;
 pub mod kube;
+pub mod located;
 pub mod manifest;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Checked, Finding, ObjectKey, Rule, SecretData, Severity, Typed};
-use crate::resources::SecretKeyRef;
+use crate::resources::SecretReference;
 
 /// A candidate for a "one per org" rule.
 #[derive(Clone, Copy, Debug)]
@@ -362,31 +362,25 @@ fn check_fallbacks(namespace: &str, org: &Org, findings: &mut Vec<Finding>) {
     }
 }
 
+/// A Secret key that a hook or provider names must exist when the Secret
+/// is at hand (a missing Secret is the index's `SecretNotFound`).
 fn check_secret_refs(org: &Org, checked: &[Checked], findings: &mut Vec<Finding>) {
-    let mut refs: Vec<(usize, String, &SecretKeyRef)> = Vec::new();
-    for (i, _, h) in &org.hooks {
-        refs.push((*i, "spec.auth.secretRef".into(), &h.spec.auth.secret_ref));
-        for (n, header) in h.spec.headers.iter().enumerate() {
-            if let Some(from) = &header.value_from {
-                refs.push((
-                    *i,
-                    format!("spec.headers[{n}].valueFrom.secretKeyRef"),
-                    &from.secret_key_ref,
-                ));
+    let hooks = org
+        .hooks
+        .iter()
+        .map(|(i, _, h)| (*i, h.secret_references()));
+    let providers = org
+        .providers
+        .iter()
+        .map(|(i, _, p)| (*i, p.secret_references()));
+    for (input, references) in hooks.chain(providers) {
+        for SecretReference { field, secret: r } in references {
+            let Some(secret) = org.secrets.get(r.name.as_str()) else {
+                continue;
+            };
+            if secret.keys.contains_key(&r.key) {
+                continue;
             }
-        }
-    }
-    for (i, _, p) in &org.providers {
-        refs.push((
-            *i,
-            "spec.passwordSecretRef".into(),
-            &p.spec.password_secret_ref,
-        ));
-    }
-    for (input, field, r) in refs {
-        if let Some(secret) = org.secrets.get(r.name.as_str())
-            && !secret.keys.contains_key(&r.key)
-        {
             let keys: Vec<&str> = secret.keys.keys().map(String::as_str).collect();
             findings.push(error(
                 input,

@@ -9,6 +9,7 @@
 
 pub mod cross;
 pub mod egress;
+pub mod field_path;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::resources::{
-    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, Kind, TelephonyHook,
+    API_VERSION, EmailDomain, EmailProvider, EnrollmentPolicy, GROUP, Kind, SecretReference,
+    TelephonyHook,
 };
 pub use schema::FieldError;
 
@@ -94,6 +96,18 @@ pub enum Typed {
     EmailProvider(Box<EmailProvider>),
     EmailDomain(Box<EmailDomain>),
     Secret(SecretData),
+}
+
+impl Typed {
+    /// The Secret keys the object references (see the resource types for
+    /// which fields do).
+    pub fn secret_references(&self) -> Vec<SecretReference<'_>> {
+        match self {
+            Self::TelephonyHook(h) => h.secret_references(),
+            Self::EmailProvider(p) => p.secret_references(),
+            Self::EnrollmentPolicy(_) | Self::EmailDomain(_) | Self::Secret(_) => Vec::new(),
+        }
+    }
 }
 
 /// What validation says about one input object.
@@ -246,7 +260,7 @@ fn schemas() -> &'static BTreeMap<Kind, Value> {
 }
 
 /// Checks one idplane object on its own: metadata, schema (filling in
-/// defaults), CEL rules, typed decode. `value` must be of one of [`KINDS`].
+/// defaults), CEL rules, typed decode. `value` must be of one of [`Kind::ALL`].
 pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
     let kind = str_at(value, &["kind"]).unwrap_or_default();
     let Some((kind, schema)) = Kind::parse(kind).and_then(|k| Some((k, schemas().get(&k)?))) else {

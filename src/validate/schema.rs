@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use regex::Regex;
 use serde_json::Value;
 
-use crate::source::manifest::{join_index, join_key};
+use super::field_path::{join_index, join_key};
 
 /// One problem at one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
