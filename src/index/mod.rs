@@ -19,8 +19,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::enrollment::{EnrollmentEngine, PolicyConfig, shadowed};
+use crate::resources::{Kind, ObjectKey};
 use crate::resources::{SecretReference, reason};
-use crate::validate::{Checked, Finding, ObjectKey, Report, Rule, SecretData, Typed};
+use crate::validate::{Checked, Finding, Report, Rule, SecretData, Typed};
 
 mod email_domain;
 mod email_provider;
@@ -300,11 +301,7 @@ fn mark_default_policy(
         }
     };
     for (name, _, _) in roles {
-        let key = ObjectKey {
-            kind: "EnrollmentPolicy".into(),
-            namespace: ns.to_string(),
-            name: name.clone(),
-        };
+        let key = ObjectKey::new(Kind::EnrollmentPolicy, ns.to_string(), name.clone());
         if let Some(st) = states.get_mut(&key) {
             push_condition(st, condition.clone());
         }
@@ -323,11 +320,7 @@ fn mark_shadowed(
         .map(|s| (s.policy, s.message))
         .collect();
     for p in policies {
-        let key = ObjectKey {
-            kind: "EnrollmentPolicy".into(),
-            namespace: ns.to_string(),
-            name: p.name.clone(),
-        };
+        let key = ObjectKey::new(Kind::EnrollmentPolicy, ns.to_string(), p.name.clone());
         let Some(st) = states.get_mut(&key) else {
             continue;
         };
@@ -358,6 +351,6 @@ fn invalid_state(report: &Report, input: usize, first: &Finding) -> ObjectState 
         Rule::Conflict { .. } => (true, reason::CONFLICT),
         _ => (false, reason::INVALID),
     };
-    let active = (first.object.kind == "TelephonyHook").then_some(false);
+    let active = (first.object.is(Kind::TelephonyHook)).then_some(false);
     ObjectState::new(accepted, false, active, r, all.join("; "))
 }

@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::snapshot::{Change, ObjectView, Referenced, Snapshot};
 use super::{ObjectState, OrgConfig, Secrets, build};
+use crate::resources::ObjectKey;
 use crate::resources::reason;
-use crate::validate::{Checked, ObjectKey, Options, OwnFinding, Typed, check_one, finish};
+use crate::validate::{Checked, Options, OwnFinding, Typed, check_one, finish};
 
 /// What the writer keeps of an object: the validation result and a few
 /// fields, not the object itself (memory stays small with many objects).
@@ -389,11 +390,7 @@ mod tests {
     }
 
     fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            kind: "TelephonyHook".into(),
-            namespace: "acme".into(),
-            name: name.into(),
-        }
+        ObjectKey::new(crate::resources::Kind::TelephonyHook, "acme", name)
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub fn check(checked: &[Checked]) -> Vec<Finding> {
     let mut seen: HashMap<&ObjectKey, usize> = HashMap::new();
     let mut orgs: BTreeMap<&str, Org> = BTreeMap::new();
     for (input, c) in checked.iter().enumerate() {
-        let is_hook = c.key.kind == "TelephonyHook";
+        let is_hook = c.key.is(crate::resources::Kind::TelephonyHook);
         if c.typed.is_none() && !is_hook {
             continue;
         }
