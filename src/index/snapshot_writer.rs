@@ -338,11 +338,25 @@ pub async fn run(
 ) {
     while let Some(first) = changes.recv().await {
         let started = Instant::now();
+        // One span per batch: the changes waiting are applied together.
+        let span = tracing::info_span!(
+            "index_batch",
+            changes = tracing::field::Empty,
+            orgs_changed = tracing::field::Empty,
+            version = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let mut applied = 1;
         writer.apply(first);
         while let Ok(next) = changes.try_recv() {
             writer.apply(next);
+            applied += 1;
         }
+        span.record("changes", applied);
+        span.record("orgs_changed", writer.dirty.len());
         let snapshot = writer.publish();
+        span.record("version", snapshot.version);
+        tracing::debug!(orgs = snapshot.orgs.len(), "snapshot published");
         metrics.observe_rebuild(
             started.elapsed(),
             &snapshot.objects_by_kind(),
