@@ -15,6 +15,7 @@ pub mod enrollment;
 pub mod index;
 pub mod resources;
 pub mod runtime;
+pub mod secret;
 pub mod source;
 pub mod store;
 pub mod telemetry;

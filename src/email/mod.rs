@@ -183,7 +183,7 @@ fn default_provider(s: &EmailSettings) -> Result<Option<worker::DefaultProvider>
         (None, Err(_)) => None,
     };
     let credentials = match (&s.smtp_username, password) {
-        (Some(user), Some(pw)) => Some((user.clone(), smtp::Secret::new(&pw))),
+        (Some(user), Some(pw)) => Some((user.clone(), crate::secret::Secret::new(&pw))),
         (Some(_), None) => {
             return Err(start_error(
                 "--smtp-username needs a password: --smtp-password-file or IDPLANE_SMTP_PASSWORD",

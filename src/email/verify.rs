@@ -68,7 +68,11 @@ pub async fn run(
                 endpoint: route.endpoint,
                 secret: match route.blocked {
                     Some(why) => Err(why),
-                    None => Ok(p.password.as_ref().map_or("", |v| &v.1).to_string()),
+                    None => Ok(p
+                        .password
+                        .as_ref()
+                        .map_or("", |v| v.version().unwrap_or_default())
+                        .to_string()),
                 },
                 generation: snapshot.objects.get(&key).and_then(|v| v.generation),
             };

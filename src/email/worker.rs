@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use super::message;
 use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue, QueueError};
 use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
-use super::smtp::{Endpoint, Secret, SmtpClient};
+use super::smtp::{Endpoint, SmtpClient};
 use super::stats::{DeliveryStats, Via};
 use crate::index::{OrgConfig, ProviderConfig, Snapshot};
 use crate::runtime::Stop;
@@ -49,7 +49,7 @@ fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
             .password
             .as_ref()
             .ok()
-            .map(|password| (p.username.clone(), Secret::from(password))),
+            .map(|password| (p.username.clone(), password.clone())),
         trusted: false,
     }
 }
@@ -583,7 +583,7 @@ fn stored_reply(reply: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::SecretValue;
+    use crate::secret::Secret;
 
     #[test]
     fn long_replies_are_cut_for_the_store() {
@@ -605,7 +605,7 @@ mod tests {
             host: "smtp.corp.example".into(),
             port: 587,
             username: "u".into(),
-            password: Ok(SecretValue(Arc::new(b"pw".to_vec()), Arc::from("1"))),
+            password: Ok(Secret::from_secret(b"pw", "1")),
             tls: TlsMode::Starttls,
             max_attempts: 3,
             initial_delay_millis: 200,

@@ -16,31 +16,8 @@ use crate::resources::{
     DEFAULT_MESSAGE_TEMPLATE, EmailDomain, EmailProvider, EnrollmentPolicy, SecretKeyRef,
     TelephonyHook, TlsMode, parse_duration_millis, reason,
 };
+use crate::secret::Secret;
 use crate::validate::{Checked, Finding, ObjectKey, Report, Rule, SecretData, Typed};
-
-/// A secret value. Never printed, serialized or logged: only the version of
-/// the Secret it came from is shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(pub Arc<Vec<u8>>, pub Arc<str>);
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for SecretValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("<redacted; Secret version {}>", self.1))
-    }
-}
-
-impl SecretValue {
-    /// The value as text (secrets used in headers and SMTP AUTH are text).
-    pub fn as_text(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
-    }
-}
 
 /// A header sent to a hook.
 #[derive(Clone, Debug, Serialize)]
@@ -56,7 +33,7 @@ pub struct HeaderConfig {
 #[serde(untagged)]
 pub enum HeaderValue {
     Literal(String),
-    Secret(SecretValue),
+    Secret(Secret),
 }
 
 impl HeaderValue {
@@ -78,7 +55,7 @@ pub struct HookConfig {
     pub url: String,
     pub insecure_http: bool,
     pub auth_header: String,
-    pub auth_secret: SecretValue,
+    pub auth_secret: Secret,
     pub headers: Vec<HeaderConfig>,
     pub timeout_millis: u64,
     pub message_template: String,
@@ -111,7 +88,7 @@ pub struct ProviderConfig {
     /// enabled: the mail waits for the Secret, never going to the default
     /// provider, and nothing connects.
     #[serde(serialize_with = "password_state")]
-    pub password: Result<SecretValue, String>,
+    pub password: Result<Secret, String>,
     pub tls: TlsMode,
     pub max_attempts: u32,
     pub initial_delay_millis: u64,
@@ -120,7 +97,7 @@ pub struct ProviderConfig {
 }
 
 fn password_state<S: serde::Serializer>(
-    password: &Result<SecretValue, String>,
+    password: &Result<Secret, String>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match password {
@@ -253,7 +230,7 @@ fn resolve(
     namespace: &str,
     r: &SecretKeyRef,
     field: &str,
-) -> Result<SecretValue, String> {
+) -> Result<Secret, String> {
     match secrets.get(&(namespace.to_string(), r.name.clone())) {
         None => Err(format!("{field}: Secret {namespace}/{} not found", r.name)),
         Some(s) => match s.keys.get(&r.key) {
@@ -261,10 +238,7 @@ fn resolve(
                 "{field}: Secret {namespace}/{} has no key \"{}\"",
                 r.name, r.key
             )),
-            Some(v) => Ok(SecretValue(
-                Arc::new(v.clone()),
-                Arc::from(s.version.as_str()),
-            )),
+            Some(v) => Ok(Secret::from_secret(v, &s.version)),
         },
     }
 }

@@ -36,6 +36,7 @@ use crate::api::openapi::{Endpoint, Operation, e164, nullable, time};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::runtime::{ModuleContext, StartError};
+use crate::secret::Secret;
 use crate::validate::ObjectKey;
 
 pub use caller::HookCaller;
@@ -48,24 +49,6 @@ fn duration(text: &str) -> Result<Duration, String> {
     crate::resources::parse_duration_millis(text)
         .map(Duration::from_millis)
         .ok_or_else(|| format!("\"{text}\" is not a duration (for example 500ms, 10m, 1h)"))
-}
-
-/// The HMAC key of stored codes; `Debug` never shows it.
-#[derive(Clone)]
-pub struct HashKey(pub String);
-
-impl std::fmt::Debug for HashKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for HashKey {
-    type Err = std::convert::Infallible;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(Self(text.to_string()))
-    }
 }
 
 /// Command-line settings of the telephony module (flattened into `run` and `operator`).
@@ -89,7 +72,7 @@ pub struct TelephonySettings {
         env = "IDPLANE_OTP_HASH_KEY",
         hide_env_values = true
     )]
-    pub otp_hash_key: Option<HashKey>,
+    pub otp_hash_key: Option<Secret>,
     /// Sends to one phone number (per org) per --otp-phone-window; 0: no limit.
     #[arg(long = "otp-phone-limit", default_value_t = 5)]
     pub otp_phone_limit: u32,
@@ -220,12 +203,12 @@ pub async fn build(
     egress: Arc<crate::egress::Egress>,
 ) -> Result<OtpSender, StartError> {
     let hasher = match &settings.otp_hash_key {
-        Some(HashKey(key)) if key.len() < 32 => {
+        Some(key) if key.len() < 32 => {
             return Err(start_error(
                 "--otp-hash-key (IDPLANE_OTP_HASH_KEY) must be at least 32 characters",
             ));
         }
-        Some(HashKey(key)) => code::CodeHasher::new(key.as_bytes()),
+        Some(key) => code::CodeHasher::new(key.as_bytes()),
         None => code::CodeHasher::random(),
     };
     let caller = HookCaller::new(egress).map_err(|e| start_error(e.to_string()))?;
