@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::queue::{LogEntry, Queue};
 use super::smtp::{Endpoint, SmtpClient, Step, StepError};
-use super::stats::DeliveryStats;
+use super::status_metrics::DeliveryStats;
 use super::worker::{DefaultProvider, now_millis, provider_route, rfc3339};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;

@@ -15,7 +15,7 @@ use super::message;
 use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue, QueueError};
 use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
 use super::smtp::{Endpoint, SmtpClient};
-use super::stats::{DeliveryStats, Via};
+use super::status_metrics::DeliveryStats;
 use crate::index::{OrgConfig, ProviderConfig, Snapshot};
 use crate::runtime::Stop;
 
@@ -36,6 +36,31 @@ pub struct Route {
     /// is missing): attempts fail transiently without connecting, so the
     /// mail waits for the Secret under the provider's retry rule.
     pub blocked: Option<String>,
+}
+
+/// Which provider an attempt used: the org's (by name) or the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    Custom(String),
+    Default,
+}
+
+impl Via {
+    /// As stored and shown: `EmailProvider/NAME` or `default`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Custom(n) => format!("EmailProvider/{n}"),
+            Self::Default => "default".into(),
+        }
+    }
+
+    /// The provider label of the Prometheus metrics: `custom` or `default`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Custom(_) => "custom",
+            Self::Default => "default",
+        }
+    }
 }
 
 /// The endpoint of an org's provider, credentials as the snapshot has them

@@ -1,49 +1,24 @@
-//! Delivery numbers: Prometheus counters, and each org provider's
-//! `status.metrics`, published at most once a second through the status
-//! module_fields. The numbers start from what the store holds, so a restart does
-//! not reset them.
+//! Each org provider's `status.metrics` (sent, retried, failed, queued,
+//! average delivery time, the last delivery and failure), published at
+//! most once a second through the status module fields. The numbers start
+//! from what the store holds, so a restart does not reset them.
+//! [`DeliveryStats`] is what the workers and the API report to: it keeps
+//! these numbers and feeds the Prometheus metrics (`metrics.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use super::metrics::DeliveryMetrics;
 use super::queue::ProviderTotals;
+use super::worker::Via;
 use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
 use crate::telemetry::Metrics;
 use crate::validate::ObjectKey;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// SUCCESS or FAILURE.
-    pub outcome: String,
-    /// `custom` (the org's EmailProvider) or `default`.
-    pub provider: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AttemptLabel {
-    /// sent, transient or permanent.
-    pub result: String,
-}
-
-/// The module's Prometheus metrics.
-#[derive(Clone)]
-struct Prometheus {
-    accepted: Counter,
-    events: Family<OutcomeLabel, Counter>,
-    attempts: Family<AttemptLabel, Counter>,
-    delivery_seconds: Histogram,
-    pending: Gauge,
-}
 
 #[derive(Clone, Debug, Default)]
 struct ProviderNumbers {
@@ -66,32 +41,8 @@ struct Inner {
 /// Counts deliveries; one per process.
 pub struct DeliveryStats {
     inner: Mutex<Inner>,
-    prom: Prometheus,
+    prom: DeliveryMetrics,
     changed: Notify,
-}
-
-/// Which provider an attempt used: the org's (by name) or the default.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Via {
-    Custom(String),
-    Default,
-}
-
-impl Via {
-    /// As stored and shown: `EmailProvider/NAME` or `default`.
-    pub fn label(&self) -> String {
-        match self {
-            Self::Custom(n) => format!("EmailProvider/{n}"),
-            Self::Default => "default".into(),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Custom(_) => "custom",
-            Self::Default => "default",
-        }
-    }
 }
 
 fn rfc3339(millis: i64) -> String {
@@ -107,52 +58,7 @@ impl DeliveryStats {
         pending: HashMap<String, u64>,
         totals: Vec<ProviderTotals>,
     ) -> Self {
-        let prom = Prometheus {
-            accepted: Counter::default(),
-            events: Family::default(),
-            attempts: Family::default(),
-            delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-            pending: Gauge::default(),
-        };
-        metrics.register(
-            "email_accepted",
-            "Emails accepted through the API (idempotent repeats not counted)",
-            prom.accepted.clone(),
-        );
-        metrics.register(
-            "email_delivery_events",
-            "Delivery events by outcome (SUCCESS, FAILURE) and provider (custom, default)",
-            prom.events.clone(),
-        );
-        metrics.register(
-            "email_attempts",
-            "SMTP delivery attempts by result (sent, transient, permanent)",
-            prom.attempts.clone(),
-        );
-        metrics.register(
-            "email_delivery_seconds",
-            "Time from accept to delivery of sent emails",
-            prom.delivery_seconds.clone(),
-        );
-        metrics.register(
-            "email_pending",
-            "Emails queued, sending or waiting for a retry",
-            prom.pending.clone(),
-        );
-        for outcome in ["SUCCESS", "FAILURE"] {
-            for provider in ["custom", "default"] {
-                let _ = prom.events.get_or_create(&OutcomeLabel {
-                    outcome: outcome.into(),
-                    provider: provider.into(),
-                });
-            }
-        }
-        for result in ["sent", "transient", "permanent"] {
-            let _ = prom.attempts.get_or_create(&AttemptLabel {
-                result: result.into(),
-            });
-        }
-        prom.pending.set(pending.values().sum::<u64>() as i64);
+        let prom = DeliveryMetrics::register(metrics, pending.values().sum::<u64>());
         let mut inner = Inner {
             pending,
             ..Default::default()
@@ -189,14 +95,13 @@ impl DeliveryStats {
     }
 
     pub fn accepted(&self, org: &str) {
-        self.prom.accepted.inc();
-        self.prom.pending.inc();
+        self.prom.accepted();
         self.update(org, |i| *i.pending.entry(org.to_string()).or_default() += 1);
     }
 
     /// A transient failure that will be retried.
     pub fn retried(&self, org: &str, via: &Via) {
-        self.attempt("transient");
+        self.prom.attempt("transient");
         if let Via::Custom(name) = via {
             self.update(org, |i| {
                 i.providers
@@ -207,24 +112,8 @@ impl DeliveryStats {
         }
     }
 
-    fn attempt(&self, result: &str) {
-        self.prom
-            .attempts
-            .get_or_create(&AttemptLabel {
-                result: result.into(),
-            })
-            .inc();
-    }
-
     fn finished(&self, org: &str, via: &Via, outcome: &str) {
-        self.prom.pending.dec();
-        self.prom
-            .events
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.into(),
-                provider: via.kind().into(),
-            })
-            .inc();
+        self.prom.finished(via.kind(), outcome);
         self.update(org, |i| {
             if let Some(n) = i.pending.get_mut(org) {
                 *n = n.saturating_sub(1);
@@ -233,9 +122,9 @@ impl DeliveryStats {
     }
 
     pub fn sent(&self, org: &str, via: &Via, accepted_at: i64, now: i64) {
-        self.attempt("sent");
+        self.prom.attempt("sent");
         let took = (now - accepted_at).max(0);
-        self.prom.delivery_seconds.observe(took as f64 / 1000.0);
+        self.prom.delivered_after(took as f64 / 1000.0);
         self.finished(org, via, "SUCCESS");
         if let Via::Custom(name) = via {
             self.update(org, |i| {
@@ -251,7 +140,8 @@ impl DeliveryStats {
     }
 
     pub fn failed(&self, org: &str, via: &Via, permanent: bool, now: i64, reason: &str) {
-        self.attempt(if permanent { "permanent" } else { "transient" });
+        self.prom
+            .attempt(if permanent { "permanent" } else { "transient" });
         self.finished(org, via, "FAILURE");
         if let Via::Custom(name) = via {
             self.update(org, |i| {
