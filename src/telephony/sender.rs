@@ -24,9 +24,10 @@ use super::hook_stats::{ExecutionRecord, HookTally};
 use super::metrics::Instruments;
 use super::phone::{CountryAllowList, PhoneNumber};
 use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
-use super::store_writer::{IssuedOtp, Ledger, LogEntry};
+use super::store_writer::{IssuedOtp, Ledger};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::{HookConfig, Snapshot};
+use crate::store::LogEntry;
 use crate::validate::ObjectKey;
 
 /// How passcodes are made and checked.
@@ -375,8 +376,8 @@ impl OtpSender {
         });
         let entry = LogEntry {
             org: ctx.org.to_string(),
-            type_: "telephony.send",
-            outcome: if success { "SUCCESS" } else { "FAILURE" },
+            type_: "telephony.send".into(),
+            outcome: if success { "SUCCESS" } else { "FAILURE" }.into(),
             time: rfc3339_millis(now),
             subject: format!("TelephonyHook/{}", hook.name),
             detail,
@@ -515,8 +516,8 @@ impl OtpSender {
             .ledger
             .log(LogEntry {
                 org: org.to_string(),
-                type_: "telephony.preview",
-                outcome: if success { "SUCCESS" } else { "FAILURE" },
+                type_: "telephony.preview".into(),
+                outcome: if success { "SUCCESS" } else { "FAILURE" }.into(),
                 time: rfc3339_millis(now),
                 subject: format!("TelephonyHook/{name}"),
                 detail: json!({
