@@ -2,6 +2,11 @@
 //! `synchronous=FULL`: a committed transaction survives a power cut), opened
 //! through sqlx with embedded migrations. The queries are plain SQL that a
 //! PostgreSQL backend can mirror; callers see only [`Store`]'s methods.
+//!
+//! Beside the file itself: `system_log.rs`, each org's system log (the one
+//! row type and the one INSERT every module writes it with), and
+//! `group_commit.rs`, the loop of the batched writers (the telephony store
+//! writer, the email queue's committer).
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,9 +1,10 @@
 //! The one writer of the telephony tables (and of its entries in the org's
 //! system log): issued passcodes, verification attempts, daily execution
 //! buckets. Requests queue on a channel; one task commits whatever has
-//! queued in a single transaction (group commit), so the synchronous disk
-//! flush of SQLite is paid once per batch, not once per send, and never on
-//! the send's own path. Because one task applies every change in order, a
+//! queued in a single transaction (group commit, on the store's loop in
+//! [`crate::store::group_commit`]), so the synchronous disk flush of SQLite
+//! is paid once per batch, not once per send, and never on the send's own
+//! path. Because one task applies every change in order, a
 //! verification always sees the passcode issued before it, and two
 //! verifications of the same code cannot both succeed.
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::committer::Prepared;
+use super::ops::Prepared;
 use super::{Inserted, QueueError};
 
 /// Bytes of room a message needs beyond its content and recipients, under

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::committer::Prepared;
+use super::ops::Prepared;
 
 /// Idempotency keys are honoured this long.
 pub const IDEMPOTENCY_WINDOW_MILLIS: i64 = 24 * 3600 * 1000;

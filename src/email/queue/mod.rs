@@ -6,7 +6,8 @@
 //!   straight to the store;
 //! - `committer.rs`: the one task that applies the writes in batches
 //!   (group commit), and writes a batch once more without its new mail when
-//!   the store is full;
+//!   the store is full; `ops.rs`: the operations it takes and what a batch
+//!   answers;
 //! - `admission.rs`: which new messages a batch may write under the store
 //!   cap (`--database-max-size`), and the room kept for unfinished mail;
 //! - `idempotency.rs`: the window of an idempotency key;
@@ -29,6 +30,7 @@
 mod admission;
 mod committer;
 mod idempotency;
+mod ops;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -41,7 +43,7 @@ use sqlx::sqlite::SqlitePool;
 
 use super::message::Content;
 use crate::store::group_commit::{self, Submitter};
-use committer::{Op, Prepared};
+use ops::{Op, Prepared};
 
 /// The system-log entry a write carries, written in the same transaction
 /// as the state change it reports.

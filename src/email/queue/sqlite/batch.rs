@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::{Either, Row, SqliteConnection};
 
-use crate::email::queue::committer::Prepared;
+use crate::email::queue::ops::Prepared;
 use crate::email::queue::{Claimed, Finished, LogEntry, Next, QueueError, read_content};
 
 /// A message row for the batch statement, its content already serialized

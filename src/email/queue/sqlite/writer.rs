@@ -18,8 +18,8 @@ use super::batch::{
 use super::rows_json;
 use crate::email::queue::QueueError;
 use crate::email::queue::admission::{Admit, admit_inserts};
-use crate::email::queue::committer::{Answers, Batch, Prepared};
 use crate::email::queue::idempotency::{self, HeldKeys};
+use crate::email::queue::ops::{Answers, Batch, Prepared};
 
 /// The connection the committer's batches run on.
 ///
