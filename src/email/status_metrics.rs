@@ -38,7 +38,7 @@ struct Inner {
     dirty: HashSet<String>,
 }
 
-/// Counts deliveries; one per process.
+/// The delivery numbers of every org provider; one per process.
 pub struct DeliveryStats {
     inner: Mutex<Inner>,
     prom: DeliveryMetrics,
@@ -94,6 +94,18 @@ impl DeliveryStats {
         self.changed.notify_one();
     }
 
+    /// Updates the numbers of the org's own provider, when `via` is it
+    /// (the default provider has no status of its own).
+    fn update_provider(&self, org: &str, via: &Via, f: impl FnOnce(&mut ProviderNumbers)) {
+        if let Via::Custom(name) = via {
+            self.update(org, |i| {
+                f(i.providers
+                    .entry((org.to_string(), name.clone()))
+                    .or_default())
+            });
+        }
+    }
+
     pub fn accepted(&self, org: &str) {
         self.prom.accepted();
         self.update(org, |i| *i.pending.entry(org.to_string()).or_default() += 1);
@@ -102,14 +114,7 @@ impl DeliveryStats {
     /// A transient failure that will be retried.
     pub fn retried(&self, org: &str, via: &Via) {
         self.prom.attempt("transient");
-        if let Via::Custom(name) = via {
-            self.update(org, |i| {
-                i.providers
-                    .entry((org.to_string(), name.clone()))
-                    .or_default()
-                    .retried += 1;
-            });
-        }
+        self.update_provider(org, via, |p| p.retried += 1);
     }
 
     fn finished(&self, org: &str, via: &Via, outcome: &str) {
@@ -126,33 +131,21 @@ impl DeliveryStats {
         let took = (now - accepted_at).max(0);
         self.prom.delivered_after(took as f64 / 1000.0);
         self.finished(org, via, "SUCCESS");
-        if let Via::Custom(name) = via {
-            self.update(org, |i| {
-                let p = i
-                    .providers
-                    .entry((org.to_string(), name.clone()))
-                    .or_default();
-                p.sent += 1;
-                p.delivery_millis += took as u64;
-                p.last_delivery = Some(now);
-            });
-        }
+        self.update_provider(org, via, |p| {
+            p.sent += 1;
+            p.delivery_millis += took as u64;
+            p.last_delivery = Some(now);
+        });
     }
 
     pub fn failed(&self, org: &str, via: &Via, permanent: bool, now: i64, reason: &str) {
         self.prom
             .attempt(if permanent { "permanent" } else { "transient" });
         self.finished(org, via, "FAILURE");
-        if let Via::Custom(name) = via {
-            self.update(org, |i| {
-                let p = i
-                    .providers
-                    .entry((org.to_string(), name.clone()))
-                    .or_default();
-                p.failed += 1;
-                p.last_failure = Some((now, reason.to_string()));
-            });
-        }
+        self.update_provider(org, via, |p| {
+            p.failed += 1;
+            p.last_failure = Some((now, reason.to_string()));
+        });
     }
 
     /// The `status.metrics` of an org's provider.

@@ -23,6 +23,18 @@
 //! a batch's `write`, the reads, the domain rows and the unbatched writes.
 //! The rules above stay as they are.
 //!
+//! What every backend keeps to, because it is decided inside the batch's
+//! statements (one round trip), not around them:
+//!
+//! - a claim leases a message to one attempt until `lease_until`; an
+//!   attempt whose lease ran out is closed as interrupted before the next
+//!   claim, and its message is taken again; interrupted attempts do not
+//!   count against `maxAttempts` ([`Claimed::counted`]);
+//! - a finish takes effect only while its attempt still holds the message,
+//!   and its delivery event is written only then ([`Applied`]);
+//! - a message keeps at most four attempt rows (the first three and the
+//!   latest), and loses its bodies once sent or failed.
+//!
 //! An attempt's row is written when it ends (or when its lease runs out);
 //! while a message is `sending`, the running attempt is read from the
 //! message row.
