@@ -16,6 +16,7 @@ pub mod http;
 pub mod index;
 pub mod resources;
 pub mod runtime;
+pub mod secret;
 pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use super::module_fields::ModuleFields;
 use crate::index::{ObjectView, Snapshot};
 use crate::resources::API_VERSION;
 use crate::resources::ObjectKey;
-use crate::store::Store;
+use crate::store::{LogEntry, Store};
 use crate::telemetry::Metrics;
 
 /// The field manager of every status write.
@@ -117,20 +117,15 @@ impl StatusSink {
                 }
             }
             Self::Store(store) => {
-                let detail = json!({"reason": reason, "message": message, "kind": key.kind, "name": key.name});
-                let outcome = if warning { "WARNING" } else { "INFO" };
-                let subject = format!("{}/{}", key.kind, key.name);
-                if let Err(e) = store
-                    .log_event(
-                        &key.namespace,
-                        "object.transition",
-                        outcome,
-                        now,
-                        &subject,
-                        &detail,
-                    )
-                    .await
-                {
+                let entry = LogEntry {
+                    org: key.namespace.clone(),
+                    type_: "object.transition".into(),
+                    outcome: if warning { "WARNING" } else { "INFO" }.into(),
+                    time: now.to_string(),
+                    subject: format!("{}/{}", key.kind, key.name),
+                    detail: json!({"reason": reason, "message": message, "kind": key.kind, "name": key.name}),
+                };
+                if let Err(e) = store.log(&entry).await {
                     tracing::warn!(object = %key, error = %e, "cannot log event");
                 }
             }

@@ -6,20 +6,22 @@
 //! validates brand sender domains in DNS.
 //!
 //! Submodules: `message` (request checks, MIME), `retry` (the retry rule),
-//! `queue` (all SQL), `worker` (dispatch and attempts), `smtp` (lettre),
-//! `verify` (the `Verified` condition), `dns` (brand domains), `stats`
-//! (metrics), `api` (routes). Not here: the index (configuration) and the
+//! `queue` (the durable queue; all SQL), `worker` (dispatch and attempts),
+//! `smtp` (lettre), `verify` (the `Verified` condition), `dns` (brand
+//! domains), `metrics` (Prometheus), `status_metrics` (each provider's
+//! `status.metrics`), `api` (routes). Not here: the index (configuration) and the
 //! status writer, which this module feeds through the status module_fields.
 
 pub mod dns;
 pub mod message;
+pub mod metrics;
 mod openapi;
 pub use openapi::operations;
 pub mod queue;
 pub mod retry;
 pub mod routes;
 pub mod smtp;
-pub mod stats;
+pub mod status_metrics;
 pub mod verify;
 pub mod worker;
 
@@ -184,7 +186,7 @@ fn default_provider(s: &EmailSettings) -> Result<Option<worker::DefaultProvider>
         (None, Err(_)) => None,
     };
     let credentials = match (&s.smtp_username, password) {
-        (Some(user), Some(pw)) => Some((user.clone(), smtp::Secret::new(&pw))),
+        (Some(user), Some(pw)) => Some((user.clone(), crate::secret::Secret::new(&pw))),
         (Some(_), None) => {
             return Err(start_error(
                 "--smtp-username needs a password: --smtp-password-file or IDPLANE_SMTP_PASSWORD",
@@ -224,7 +226,7 @@ pub struct EmailService {
     pub smtp: Arc<smtp::SmtpClient>,
     pub default: Option<worker::DefaultProvider>,
     pub default_sender: Option<String>,
-    pub stats: Arc<stats::DeliveryStats>,
+    pub stats: Arc<status_metrics::DeliveryStats>,
     pub domains: Arc<dns::DomainBook>,
     pub module_fields: Arc<crate::controller::module_fields::ModuleFields>,
     pub wake: Arc<Notify>,
@@ -282,7 +284,11 @@ pub async fn start(
         .provider_totals()
         .await
         .map_err(|e| start_error(e.to_string()))?;
-    let stats = Arc::new(stats::DeliveryStats::new(&ctx.metrics, pending, totals));
+    let stats = Arc::new(status_metrics::DeliveryStats::new(
+        &ctx.metrics,
+        pending,
+        totals,
+    ));
     // Each provider's last test email, as its status had it before.
     let tests = queue
         .last_tests()

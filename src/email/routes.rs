@@ -16,7 +16,7 @@ use super::dns::choose_sender;
 use super::message::{self, SendRequest};
 use super::queue::{Inserted, LogEntry, NewMessage, QueueError};
 use super::smtp::StepError;
-use super::stats::Via;
+use super::worker::Via;
 use super::worker::{self, Route, now_millis, rfc3339};
 use crate::http::{ApiError, Endpoint, JsonBody, Routes};
 use crate::index::OrgConfig;

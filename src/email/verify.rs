@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::queue::{LogEntry, Queue};
 use super::smtp::{Endpoint, SmtpClient, Step, StepError};
-use super::stats::DeliveryStats;
+use super::status_metrics::DeliveryStats;
 use super::worker::{DefaultProvider, now_millis, provider_route, rfc3339};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::Snapshot;
@@ -64,7 +64,11 @@ pub async fn run(
                 endpoint: route.endpoint,
                 secret: match route.blocked {
                     Some(why) => Err(why),
-                    None => Ok(p.password.as_ref().map_or("", |v| &v.1).to_string()),
+                    None => Ok(p
+                        .password
+                        .as_ref()
+                        .map_or("", |v| v.version().unwrap_or_default())
+                        .to_string()),
                 },
                 generation: snapshot.objects.get(&key).and_then(|v| v.generation),
             };

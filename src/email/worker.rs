@@ -14,8 +14,8 @@ use tokio::sync::{Mutex, Notify, mpsc, watch};
 use super::message;
 use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue, QueueError};
 use super::retry::{AttemptResult, Decision, RetryPolicy, decide};
-use super::smtp::{Endpoint, Secret, SmtpClient};
-use super::stats::{DeliveryStats, Via};
+use super::smtp::{Endpoint, SmtpClient};
+use super::status_metrics::DeliveryStats;
 use crate::index::{OrgConfig, ProviderConfig, Snapshot};
 use crate::runtime::Stop;
 
@@ -38,6 +38,31 @@ pub struct Route {
     pub blocked: Option<String>,
 }
 
+/// Which provider an attempt used: the org's (by name) or the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    Custom(String),
+    Default,
+}
+
+impl Via {
+    /// As stored and shown: `EmailProvider/NAME` or `default`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Custom(n) => format!("EmailProvider/{n}"),
+            Self::Default => "default".into(),
+        }
+    }
+
+    /// The provider label of the Prometheus metrics: `custom` or `default`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Custom(_) => "custom",
+            Self::Default => "default",
+        }
+    }
+}
+
 /// The endpoint of an org's provider, credentials as the snapshot has them
 /// (none while its password cannot be read: see [`Route::blocked`]).
 fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
@@ -49,7 +74,7 @@ fn provider_endpoint(p: &ProviderConfig) -> Endpoint {
             .password
             .as_ref()
             .ok()
-            .map(|password| (p.username.clone(), Secret::from(password))),
+            .map(|password| (p.username.clone(), password.clone())),
         trusted: false,
     }
 }
@@ -583,7 +608,7 @@ fn stored_reply(reply: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::SecretValue;
+    use crate::secret::Secret;
 
     #[test]
     fn long_replies_are_cut_for_the_store() {
@@ -605,7 +630,7 @@ mod tests {
             host: "smtp.corp.example".into(),
             port: 587,
             username: "u".into(),
-            password: Ok(SecretValue(Arc::new(b"pw".to_vec()), Arc::from("1"))),
+            password: Ok(Secret::from_secret(b"pw", "1")),
             tls: TlsMode::Starttls,
             max_attempts: 3,
             initial_delay_millis: 200,

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{ObjectState, SecretValue, Secrets, resolve};
+use super::{ObjectState, Secret, Secrets, resolve};
 use crate::resources::{EmailProvider, TlsMode, parse_duration_millis, reason};
 
 /// The org's SMTP provider.
@@ -21,7 +21,7 @@ pub struct ProviderConfig {
     /// enabled: the mail waits for the Secret, never going to the default
     /// provider, and nothing connects.
     #[serde(serialize_with = "password_state")]
-    pub password: Result<SecretValue, String>,
+    pub password: Result<Secret, String>,
     pub tls: TlsMode,
     pub max_attempts: u32,
     pub initial_delay_millis: u64,
@@ -30,7 +30,7 @@ pub struct ProviderConfig {
 }
 
 fn password_state<S: serde::Serializer>(
-    password: &Result<SecretValue, String>,
+    password: &Result<Secret, String>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match password {

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::enrollment::{EnrollmentEngine, PolicyConfig, shadowed};
 use crate::resources::{Kind, ObjectKey};
 use crate::resources::{SecretReference, reason};
+use crate::secret::Secret;
 use crate::validate::{Checked, Finding, Report, Rule, SecretData, Typed};
 
 mod email_domain;
@@ -36,30 +37,6 @@ pub use enrollment_policy::policy_summary;
 pub use snapshot::{Change, ObjectView, ObjectViews, Referenced, Snapshot};
 pub use snapshot_writer::IndexWriter;
 pub use telephony_hook::{HeaderConfig, HeaderValue, HookConfig};
-
-/// A secret value. Never printed, serialized or logged: only the version of
-/// the Secret it came from is shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(pub Arc<Vec<u8>>, pub Arc<str>);
-
-impl std::fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for SecretValue {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("<redacted; Secret version {}>", self.1))
-    }
-}
-
-impl SecretValue {
-    /// The value as text (secrets used in headers and SMTP AUTH are text).
-    pub fn as_text(&self) -> String {
-        String::from_utf8_lossy(&self.0).into_owned()
-    }
-}
 
 /// Everything the runtime needs for one org.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -144,7 +121,7 @@ fn resolve(
     secrets: &Secrets,
     namespace: &str,
     reference: &SecretReference,
-) -> Result<SecretValue, String> {
+) -> Result<Secret, String> {
     let SecretReference { field, secret: r } = reference;
     match secrets.get(&(namespace.to_string(), r.name.clone())) {
         None => Err(format!("{field}: Secret {namespace}/{} not found", r.name)),
@@ -153,10 +130,7 @@ fn resolve(
                 "{field}: Secret {namespace}/{} has no key \"{}\"",
                 r.name, r.key
             )),
-            Some(v) => Ok(SecretValue(
-                Arc::new(v.clone()),
-                Arc::from(s.version.as_str()),
-            )),
+            Some(v) => Ok(Secret::from_secret(v, &s.version)),
         },
     }
 }

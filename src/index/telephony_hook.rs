@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{ObjectState, SecretValue, Secrets, resolve};
+use super::{ObjectState, Secret, Secrets, resolve};
 use crate::resources::{DEFAULT_MESSAGE_TEMPLATE, TelephonyHook, parse_duration_millis, reason};
 
 /// A header sent to a hook.
@@ -22,7 +22,7 @@ pub struct HeaderConfig {
 #[serde(untagged)]
 pub enum HeaderValue {
     Literal(String),
-    Secret(SecretValue),
+    Secret(Secret),
 }
 
 impl HeaderValue {
@@ -44,7 +44,7 @@ pub struct HookConfig {
     pub url: String,
     pub insecure_http: bool,
     pub auth_header: String,
-    pub auth_secret: SecretValue,
+    pub auth_secret: Secret,
     pub headers: Vec<HeaderConfig>,
     pub timeout_millis: u64,
     pub message_template: String,

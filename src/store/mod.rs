@@ -2,18 +2,27 @@
 //! `synchronous=FULL`: a committed transaction survives a power cut), opened
 //! through sqlx with embedded migrations. The queries are plain SQL that a
 //! PostgreSQL backend can mirror; callers see only [`Store`]'s methods.
+//!
+//! Beside the file itself: `system_log.rs`, each org's system log (the one
+//! row type and the one INSERT every module writes it with), and
+//! `group_commit.rs`, the loop of the batched writers (the telephony store
+//! writer, the email queue's committer).
 
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::validate::ObjectKey;
+use crate::resources::ObjectKey;
+
+pub mod group_commit;
+mod system_log;
+
+pub use system_log::{EventFilter, LogEntry, LogEvent, append_log};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -30,27 +39,6 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("stored JSON is corrupt: {0}")]
     Json(#[from] serde_json::Error),
-}
-
-/// One entry of an org's system log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEvent {
-    pub id: i64,
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub outcome: String,
-    pub time: String,
-    /// What the event is about, e.g. `TelephonyHook/primary` or a message id.
-    pub subject: String,
-    pub detail: Value,
-}
-
-/// Which entries of the system log to read; `None` matches any.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EventFilter<'a> {
-    pub type_: Option<&'a str>,
-    pub outcome: Option<&'a str>,
 }
 
 /// The database.
@@ -234,68 +222,6 @@ impl Store {
             })
             .collect()
     }
-
-    /// Appends an event to an org's system log.
-    pub async fn log_event(
-        &self,
-        org: &str,
-        type_: &str,
-        outcome: &str,
-        time: &str,
-        subject: &str,
-        detail: &Value,
-    ) -> Result<i64, StoreError> {
-        let id = sqlx::query(
-            "INSERT INTO system_log (org, type, outcome, time, subject, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(org)
-        .bind(type_)
-        .bind(outcome)
-        .bind(time)
-        .bind(subject)
-        .bind(detail.to_string())
-        .execute(&self.pool)
-        .await?
-        .last_insert_rowid();
-        Ok(id)
-    }
-
-    /// Events of an org, oldest first, after the cursor `after` (an event
-    /// id), optionally of one type; at most `limit`.
-    pub async fn events(
-        &self,
-        org: &str,
-        filter: &EventFilter<'_>,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<LogEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, type, outcome, time, subject, detail FROM system_log
-             WHERE org = ?1 AND id > ?2 AND (?3 IS NULL OR type = ?3)
-               AND (?4 IS NULL OR outcome = ?4)
-             ORDER BY id LIMIT ?5",
-        )
-        .bind(org)
-        .bind(after)
-        .bind(filter.type_)
-        .bind(filter.outcome)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let detail: String = r.get(5);
-                Ok(LogEvent {
-                    id: r.get(0),
-                    type_: r.get(1),
-                    outcome: r.get(2),
-                    time: r.get(3),
-                    subject: r.get(4),
-                    detail: serde_json::from_str(&detail)?,
-                })
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -316,15 +242,22 @@ mod tests {
         assert_eq!(short_of_cap(MIB, 0, 0), Some(0));
     }
 
+    fn entry(org: &str, type_: &str, outcome: &str, detail: Value) -> LogEntry {
+        LogEntry {
+            org: org.into(),
+            type_: type_.into(),
+            outcome: outcome.into(),
+            time: "t".into(),
+            subject: "s".into(),
+            detail,
+        }
+    }
+
     #[tokio::test]
     async fn status_and_events_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db"), None).await.unwrap();
-        let key = ObjectKey {
-            kind: "TelephonyHook".into(),
-            namespace: "acme".into(),
-            name: "a".into(),
-        };
+        let key = ObjectKey::new(crate::resources::Kind::TelephonyHook, "acme", "a");
         store
             .save_status(&key, &serde_json::json!({"x": 1}), "t")
             .await
@@ -341,7 +274,7 @@ mod tests {
             let t = if i % 2 == 0 { "a.b" } else { "c.d" };
             let outcome = if i == 3 { "FAILURE" } else { "SUCCESS" };
             store
-                .log_event("acme", t, outcome, "t", "s", &serde_json::json!({"i": i}))
+                .log(&entry("acme", t, outcome, serde_json::json!({"i": i})))
                 .await
                 .unwrap();
         }
@@ -350,7 +283,7 @@ mod tests {
             outcome: None,
         };
         store
-            .log_event("other", "a.b", "SUCCESS", "t", "s", &serde_json::json!({}))
+            .log(&entry("other", "a.b", "SUCCESS", serde_json::json!({})))
             .await
             .unwrap();
         let page = store.events("acme", &by_type("a.b"), 0, 2).await.unwrap();

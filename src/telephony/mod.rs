@@ -38,30 +38,13 @@ use crate::http::Routes;
 use crate::index::Snapshot;
 use crate::resources::{Kind, ObjectKey};
 use crate::runtime::{Context, StartError};
+use crate::secret::Secret;
 
 pub use caller::HookCaller;
 pub use guard::{AbuseGuard, Limit};
 pub use hook_stats::{HookTally, WINDOW_DAYS};
 pub use phone::{CountryAllowList, PhoneNumber};
 pub use sender::{OtpPolicy, OtpSender, SendReceipt, SendRequest, VerifyAnswer, VerifyRequest};
-
-/// The HMAC key of stored codes; `Debug` never shows it.
-#[derive(Clone)]
-pub struct HashKey(pub String);
-
-impl std::fmt::Debug for HashKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl std::str::FromStr for HashKey {
-    type Err = std::convert::Infallible;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Ok(Self(text.to_string()))
-    }
-}
 
 /// Command-line settings of the telephony module (flattened into `run` and `operator`).
 #[derive(clap::Args, Clone, Debug)]
@@ -84,7 +67,7 @@ pub struct TelephonySettings {
         env = "IDPLANE_OTP_HASH_KEY",
         hide_env_values = true
     )]
-    pub otp_hash_key: Option<HashKey>,
+    pub otp_hash_key: Option<Secret>,
     /// Sends to one phone number (per org) per --otp-phone-window; 0: no limit.
     #[arg(long = "otp-phone-limit", default_value_t = 5)]
     pub otp_phone_limit: u32,
@@ -215,12 +198,12 @@ pub async fn build(
     egress: Arc<crate::egress::Egress>,
 ) -> Result<OtpSender, StartError> {
     let hasher = match &settings.otp_hash_key {
-        Some(HashKey(key)) if key.len() < 32 => {
+        Some(key) if key.len() < 32 => {
             return Err(start_error(
                 "--otp-hash-key (IDPLANE_OTP_HASH_KEY) must be at least 32 characters",
             ));
         }
-        Some(HashKey(key)) => code::CodeHasher::new(key.as_bytes()),
+        Some(key) => code::CodeHasher::new(key.as_bytes()),
         None => code::CodeHasher::random(),
     };
     let caller = HookCaller::new(egress).map_err(|e| start_error(e.to_string()))?;

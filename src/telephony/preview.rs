@@ -205,8 +205,8 @@ pub fn shown_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{HeaderConfig, SecretValue};
-    use std::sync::Arc;
+    use crate::index::HeaderConfig;
+    use crate::secret::Secret;
 
     pub(crate) fn hook() -> HookConfig {
         HookConfig {
@@ -214,7 +214,7 @@ mod tests {
             url: "http://127.0.0.1:1/telephony".into(),
             insecure_http: true,
             auth_header: "Authorization".into(),
-            auth_secret: SecretValue(Arc::new(b"s3cret".to_vec()), Arc::from("1")),
+            auth_secret: Secret::from_secret(b"s3cret", "1"),
             headers: vec![
                 HeaderConfig {
                     name: "X-Org".into(),
@@ -222,10 +222,7 @@ mod tests {
                 },
                 HeaderConfig {
                     name: "X-Tenant".into(),
-                    value: HeaderValue::Secret(SecretValue(
-                        Arc::new(b"tenant-secret".to_vec()),
-                        Arc::from("1"),
-                    )),
+                    value: HeaderValue::Secret(Secret::from_secret(b"tenant-secret", "1")),
                 },
             ],
             timeout_millis: 3000,

@@ -26,10 +26,11 @@ use super::hook_stats::{ExecutionRecord, HookTally};
 use super::metrics::Instruments;
 use super::phone::{CountryAllowList, PhoneNumber};
 use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
-use super::store_writer::{IssuedOtp, Ledger, LogEntry};
+use super::store_writer::{IssuedOtp, Ledger};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::{HookConfig, Snapshot};
 use crate::resources::{Kind, ObjectKey};
+use crate::store::LogEntry;
 
 /// How passcodes are made and checked.
 #[derive(Clone, Copy, Debug)]
@@ -384,8 +385,8 @@ impl OtpSender {
         });
         let entry = LogEntry {
             org: ctx.org.to_string(),
-            type_: "telephony.send",
-            outcome: if success { "SUCCESS" } else { "FAILURE" },
+            type_: "telephony.send".into(),
+            outcome: if success { "SUCCESS" } else { "FAILURE" }.into(),
             time: rfc3339_millis(now),
             subject: format!("TelephonyHook/{}", hook.name),
             detail,
@@ -527,8 +528,8 @@ impl OtpSender {
             .ledger
             .log(LogEntry {
                 org: org.to_string(),
-                type_: "telephony.preview",
-                outcome: if success { "SUCCESS" } else { "FAILURE" },
+                type_: "telephony.preview".into(),
+                outcome: if success { "SUCCESS" } else { "FAILURE" }.into(),
                 time: rfc3339_millis(now),
                 subject: format!("TelephonyHook/{name}"),
                 detail: json!({

@@ -1,9 +1,10 @@
 //! The one writer of the telephony tables (and of its entries in the org's
 //! system log): issued passcodes, verification attempts, daily execution
 //! buckets. Requests queue on a channel; one task commits whatever has
-//! queued in a single transaction (group commit), so the synchronous disk
-//! flush of SQLite is paid once per batch, not once per send, and never on
-//! the send's own path. Because one task applies every change in order, a
+//! queued in a single transaction (group commit, on the store's loop in
+//! [`crate::store::group_commit`]), so the synchronous disk flush of SQLite
+//! is paid once per batch, not once per send, and never on the send's own
+//! path. Because one task applies every change in order, a
 //! verification always sees the passcode issued before it, and two
 //! verifications of the same code cannot both succeed.
 
@@ -11,14 +12,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use serde_json::Value;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::code::{Decision, OtpState, StoredOtp, decide};
 use super::hook_stats::{ExecutionRecord, HookId, HookNumbers};
 use crate::resources::FailureRecord;
+use crate::store::group_commit::{self, BatchWriter, Submitter};
+use crate::store::{LogEntry, append_log};
 
 /// Most requests committed in one transaction. Large, so that a slow disk
 /// flush (tens of milliseconds when the disk is busy) still leaves room for
@@ -56,17 +58,6 @@ pub struct IssuedOtp {
     pub max_attempts: u32,
 }
 
-/// An entry of the org's system log.
-#[derive(Clone, Debug)]
-pub struct LogEntry {
-    pub org: String,
-    pub type_: &'static str,
-    pub outcome: &'static str,
-    pub time: String,
-    pub subject: String,
-    pub detail: Value,
-}
-
 /// The constant-time comparison of a candidate code with a stored hash.
 pub type Matcher = Box<dyn FnOnce(&[u8]) -> bool + Send>;
 
@@ -91,19 +82,19 @@ enum Op {
 /// The handle to the writer task.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<Op>,
+    ops: Submitter<Op>,
 }
 
 impl Ledger {
     /// Starts the writer on `pool`; `on_error` is called for each failed batch.
     pub fn start(pool: SqlitePool, on_error: impl Fn(&LedgerError) + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx, on_error));
-        Self { tx }
+        let (ops, pending) = group_commit::channel(QUEUE);
+        tokio::spawn(pending.run(MAX_BATCH, LedgerWriter { pool, on_error }));
+        Self { ops }
     }
 
     async fn push(&self, op: Op) -> Result<(), LedgerError> {
-        self.tx.send(op).await.map_err(|_| LedgerError::Closed)
+        self.ops.send(op).await.map_err(|_| LedgerError::Closed)
     }
 
     pub async fn issue(&self, otp: IssuedOtp) -> Result<(), LedgerError> {
@@ -127,16 +118,16 @@ impl Ledger {
         now_millis: i64,
         matcher: Matcher,
     ) -> Result<Option<Decision>, LedgerError> {
-        let (reply, answer) = oneshot::channel();
-        self.push(Op::Verify {
-            id: id.to_string(),
-            org: org.to_string(),
-            now_millis,
-            matcher,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| LedgerError::Closed)?
+        self.ops
+            .request(|reply| Op::Verify {
+                id: id.to_string(),
+                org: org.to_string(),
+                now_millis,
+                matcher,
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Closed)?
     }
 
     /// Deletes passcodes that expired before `otp_before_millis` and daily
@@ -155,10 +146,7 @@ impl Ledger {
 
     /// Waits until everything queued before has been committed (or failed).
     pub async fn barrier(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.push(Op::Barrier(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        let _ = self.ops.request(Op::Barrier).await;
     }
 }
 
@@ -167,16 +155,20 @@ type Reply = (
     Option<Decision>,
 );
 
-async fn run(
+/// The writer task's side: commits each batch, and on a failure answers
+/// every caller left with the error and calls `on_error`.
+struct LedgerWriter<F> {
     pool: SqlitePool,
-    mut rx: mpsc::Receiver<Op>,
-    on_error: impl Fn(&LedgerError) + Send + 'static,
-) {
-    let mut batch = Vec::with_capacity(1024);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    on_error: F,
+}
+
+impl<F: Fn(&LedgerError) + Send + 'static> BatchWriter for LedgerWriter<F> {
+    type Op = Op;
+
+    async fn write(&mut self, batch: &mut Vec<Op>) {
         let mut replies: Vec<Reply> = Vec::new();
         let mut barriers = Vec::new();
-        let result = commit(&pool, &mut batch, &mut replies, &mut barriers).await;
+        let result = commit(&self.pool, batch, &mut replies, &mut barriers).await;
         match result {
             Ok(()) => {
                 for (reply, decision) in replies {
@@ -185,7 +177,7 @@ async fn run(
             }
             Err(e) => {
                 tracing::error!(error = %e, "telephony ledger: a batch was not stored");
-                on_error(&e);
+                (self.on_error)(&e);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -204,7 +196,6 @@ async fn run(
         for b in barriers {
             let _ = b.send(());
         }
-        batch.clear();
     }
 }
 
@@ -270,7 +261,7 @@ async fn apply_all(
         }
     }
     insert_otps(tx, &mut issued).await?;
-    append_logs(tx, &mut logged).await?;
+    append_log(tx, &logged).await?;
     for (key, sum) in executions.0 {
         record_executions(tx, &key, &sum).await?;
     }
@@ -382,30 +373,6 @@ async fn record_executions(
     .bind(failure_reason)
     .execute(&mut **tx)
     .await?;
-    Ok(())
-}
-
-/// The same rows `Store::log_event` writes, inside the batch's transaction
-/// so that events cost no disk flush of their own.
-async fn append_logs(
-    tx: &mut Transaction<'_, Sqlite>,
-    pending: &mut Vec<LogEntry>,
-) -> Result<(), LedgerError> {
-    for chunk in pending.chunks(ROWS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
-            "INSERT INTO system_log (org, type, outcome, time, subject, detail) ",
-        );
-        insert.push_values(chunk, |mut row, entry| {
-            row.push_bind(&entry.org)
-                .push_bind(entry.type_)
-                .push_bind(entry.outcome)
-                .push_bind(&entry.time)
-                .push_bind(&entry.subject)
-                .push_bind(entry.detail.to_string());
-        });
-        insert.build().execute(&mut **tx).await?;
-    }
-    pending.clear();
     Ok(())
 }
 
@@ -550,8 +517,8 @@ mod tests {
         ledger
             .log(LogEntry {
                 org: "acme".into(),
-                type_: "telephony.send",
-                outcome: "SUCCESS",
+                type_: "telephony.send".into(),
+                outcome: "SUCCESS".into(),
                 time: "t".into(),
                 subject: "TelephonyHook/primary".into(),
                 detail: serde_json::json!({"hook": "primary"}),

@@ -55,7 +55,7 @@ pub enum Rule {
     NoDefaultPolicy,
 }
 
-pub use crate::resources::ObjectKey;
+use crate::resources::ObjectKey;
 
 /// One problem, tied to the input object it was found in.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,133 @@
+//! Each org's system log: the one row type written ([`LogEntry`]), the one
+//! INSERT that writes it ([`append_log`], inside whatever transaction the
+//! caller has open), and the reads behind `/v1/orgs/{org}/events`. The
+//! email queue's batch statements write the delivery events of a batch in
+//! the same round trip as the state changes they report, from the same
+//! [`LogEntry`] serialized into the batch.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{Store, StoreError};
+
+/// An entry to append to an org's system log.
+///
+/// Serializes as the row is stored (`type`; `detail` as JSON text): the
+/// email queue's batch statements read it in that form.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogEntry {
+    pub org: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// SUCCESS, FAILURE, WARNING or INFO.
+    pub outcome: String,
+    pub time: String,
+    /// What the event is about, e.g. `TelephonyHook/primary` or a message id.
+    pub subject: String,
+    #[serde(serialize_with = "json_text")]
+    pub detail: Value,
+}
+
+fn json_text<S: serde::Serializer>(detail: &Value, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&detail.to_string())
+}
+
+/// One entry of an org's system log, as read back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEvent {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub outcome: String,
+    pub time: String,
+    /// What the event is about, e.g. `TelephonyHook/primary` or a message id.
+    pub subject: String,
+    pub detail: Value,
+}
+
+/// Which entries of the system log to read; `None` matches any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventFilter<'a> {
+    pub type_: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+}
+
+/// Rows per multi-row INSERT (well under SQLite's bound on parameters).
+const ROWS_PER_INSERT: usize = 200;
+
+/// Appends `entries` to the system log on `conn`, inside the caller's
+/// transaction when one is open (so that an entry costs no disk flush of
+/// its own and goes with the change it reports). Returns the id of the
+/// last entry written (0 for none).
+pub async fn append_log(
+    conn: &mut SqliteConnection,
+    entries: &[LogEntry],
+) -> Result<i64, sqlx::Error> {
+    let mut last = 0;
+    for chunk in entries.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO system_log (org, type, outcome, time, subject, detail) ",
+        );
+        insert.push_values(chunk, |mut row, entry| {
+            row.push_bind(&entry.org)
+                .push_bind(&entry.type_)
+                .push_bind(&entry.outcome)
+                .push_bind(&entry.time)
+                .push_bind(&entry.subject)
+                .push_bind(entry.detail.to_string());
+        });
+        last = insert
+            .build()
+            .execute(&mut *conn)
+            .await?
+            .last_insert_rowid();
+    }
+    Ok(last)
+}
+
+impl Store {
+    /// Appends an entry to an org's system log; its id.
+    pub async fn log(&self, entry: &LogEntry) -> Result<i64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(append_log(&mut conn, std::slice::from_ref(entry)).await?)
+    }
+
+    /// Events of an org, oldest first, after the cursor `after` (an event
+    /// id), optionally of one type; at most `limit`.
+    pub async fn events(
+        &self,
+        org: &str,
+        filter: &EventFilter<'_>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, type, outcome, time, subject, detail FROM system_log
+             WHERE org = ?1 AND id > ?2 AND (?3 IS NULL OR type = ?3)
+               AND (?4 IS NULL OR outcome = ?4)
+             ORDER BY id LIMIT ?5",
+        )
+        .bind(org)
+        .bind(after)
+        .bind(filter.type_)
+        .bind(filter.outcome)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.get(5);
+                Ok(LogEvent {
+                    id: r.get(0),
+                    type_: r.get(1),
+                    outcome: r.get(2),
+                    time: r.get(3),
+                    subject: r.get(4),
+                    detail: serde_json::from_str(&detail)?,
+                })
+            })
+            .collect()
+    }
+}
