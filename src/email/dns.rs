@@ -16,6 +16,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use serde_json::json;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::queue::{DomainRow, LogEntry, Queue};
 use super::verify::verified_condition;
@@ -457,7 +458,9 @@ impl DomainWatch {
         let lookups = futures::future::join_all(due.iter().map(|k| {
             let row = rows[k].clone();
             let resolver = self.resolver.clone();
-            async move { (row.clone(), lookup(&resolver, &row).await) }
+            // One span per DNS check, named by its domain.
+            let span = tracing::info_span!("dns_check", org = %row.org, domain = %row.domain);
+            async move { (row.clone(), lookup(&resolver, &row).await) }.instrument(span)
         }))
         .await;
         let now = now_millis();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tracing::Instrument;
 
 use super::message;
 use super::queue::{Claimed, Finished, LogEntry, Next, Outcome, Queue, QueueError};
@@ -370,10 +371,18 @@ impl Deliverer {
             };
             let stopping = &self.stop.requested;
             let go_on = || !stopping.is_cancelled() && now_millis() < deadline - margin;
+            // One span per SMTP session: the messages chained on it.
+            let session = tracing::info_span!(
+                "smtp_session",
+                host = %endpoint.host,
+                port = endpoint.port,
+                messages = built.len(),
+            );
             let finished = tokio::time::timeout(
                 left,
                 self.smtp.deliver_all(&endpoint, &built, &go_on, &mut done),
             )
+            .instrument(session)
             .await
             .is_ok();
             // Outcomes come in order: the first message without one was
@@ -422,12 +431,23 @@ impl Deliverer {
     /// changed when it next has work.
     fn store(self: &Arc<Self>, done: AttemptDone) {
         let this = self.clone();
+        // One span per attempt: what storing its outcome logs is about it.
+        let span = tracing::info_span!(
+            "email_attempt",
+            org = %done.message.org,
+            message_id = %done.message.id,
+            attempt = done.message.attempt,
+        );
         // Tracked: a stop waits until the outcome is stored.
-        self.stop.tracker.spawn(async move {
-            if this.record(done).await {
-                this.wake.notify_one();
+        self.stop.tracker.spawn(
+            async move {
+                tracing::debug!(outcome = ?done.finished.outcome, "attempt made");
+                if this.record(done).await {
+                    this.wake.notify_one();
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     /// The outcome to store for one attempt: the retry rule's decision and
