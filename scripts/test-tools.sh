@@ -5,10 +5,12 @@
 #   - dnsmasq (Debian package dnsmasq-base: the binary, no system service),
 #   - openssl (test certificates),
 #   - a virtualenv at ${IDPLANE_VENV:-/tmp/idplane-venv} (never the system
-#     Python) with aiosmtpd (the SMTP test server), helm-python-sdk (Helm
-#     4's own Go SDK as a library: the chart tests render, lint, install,
-#     upgrade and uninstall the Helm chart with it) and schemathesis (fuzzes
-#     the runtime API against its OpenAPI document, tests/openapi.rs).
+#     Python) with aiosmtpd (the SMTP test server,
+#     tests/support/python/smtp_server.py), helm-python-sdk (Helm 4's own Go
+#     SDK as a library: the chart tests render, lint, install, upgrade and
+#     uninstall the Helm chart with it through tests/support/python/helm.py)
+#     and schemathesis (fuzzes the runtime API against its OpenAPI document,
+#     tests/openapi.rs).
 # Idempotent: a second run only checks and prints.
 set -euo pipefail
 

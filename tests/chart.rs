@@ -1,31 +1,26 @@
 //! The Helm chart (`charts/idplane`), with Helm 4 itself as the reference:
-//! its Go SDK (helm-python-sdk, driven by tests/support/helm.py in the
-//! virtualenv of scripts/test-tools.sh) lints the chart, renders it for the
+//! its Go SDK (helm-python-sdk, driven by tests/support/python/helm.py in
+//! the virtualenv of scripts/test-tools.sh) lints the chart, renders it for the
 //! object-by-object checks and for `kubectl apply --dry-run=server` against
 //! the real test apiserver (which validates every object against the
 //! cluster's own schemas), and installs, upgrades and uninstalls a release
 //! there.
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use support::*;
 
-/// The virtualenv's python, with helm-python-sdk: scripts/test-tools.sh
-/// installs it.
-fn python() -> PathBuf {
-    test_tool("IDPLANE_VENV").join("bin/python")
-}
-
-/// `tests/support/helm.py ARGS`.
+/// `tests/support/python/helm.py ARGS`, in the virtualenv with
+/// helm-python-sdk.
 fn helm(args: &[&str]) -> Output {
-    Command::new(python())
-        .arg(root().join("tests/support/helm.py"))
+    Command::new(&tools().python)
+        .arg(python_script("helm.py"))
         .args(args)
         .current_dir(root())
         .output()

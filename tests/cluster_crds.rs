@@ -5,9 +5,9 @@
 //! `kubectl get` shows the printer columns. scripts/test.sh runs this file
 //! against the newest and the oldest supported Kubernetes.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 #[test]
 fn crds_install_and_become_established() {
@@ -153,14 +153,7 @@ fn kubectl_explain_reads_the_descriptions() {
 fn kubectl_get_shows_the_printer_columns() {
     install_crds();
     let ns = temp_namespace("columns");
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "-n",
-        &ns,
-        "-f",
-        "examples/org/20-telephony-hooks.yaml",
-    ]);
+    apply_file(&ns, "examples/org/20-telephony-hooks.yaml");
     let out = kubectl_ok(&["get", "telephonyhooks", "-n", &ns]);
     let header = out.lines().next().unwrap();
     for col in [
@@ -179,14 +172,7 @@ fn kubectl_get_shows_the_printer_columns() {
             .any(|l| l.starts_with("primary") && l.contains("true")),
         "{out}"
     );
-    let out = kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "-n",
-        &ns,
-        "-f",
-        "examples/org/40-email.yaml",
-    ]);
+    let out = apply_file(&ns, "examples/org/40-email.yaml");
     assert!(out.contains("emailprovider"));
     let header = kubectl_ok(&["get", "emailproviders", "-n", &ns]);
     for col in [

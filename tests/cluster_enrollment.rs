@@ -2,46 +2,29 @@
 //! apiserver, evaluated over the authenticated runtime API; a policy hidden
 //! by a higher-priority one is marked Shadowed; the summary is in status.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 #[test]
 fn policies_applied_with_kubectl_are_evaluated_over_the_api() {
     install_crds();
     let ns = temp_namespace("enroll");
     let tmp = tempfile::tempdir().unwrap();
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "-n",
-        &ns,
-        "-f",
-        "examples/org/30-enrollment-policies.yaml",
-    ]);
+    apply_file(&ns, "examples/org/30-enrollment-policies.yaml");
     apply_yaml(
         &ns,
         "apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata:\n  name: hidden\nspec:\n  priority: 50\n  groups: [admins]\n  authenticators: [{key: duo, enroll: REQUIRED}]\n",
     );
-    let op = Idplane::start(
-        &[
-            "operator",
-            "--namespaces",
-            &ns,
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.path().join("db").to_str().unwrap(),
-            "--lease-namespace",
-            &ns,
-            "--lease-seconds",
-            "6",
-        ],
-        &[("KUBECONFIG", kubeconfig().to_str().unwrap())],
+    let op = Idplane::operator(
+        &ns,
+        &tmp.path().join("db"),
         &tmp.path().join("op.log"),
+        &["--lease-seconds", "6"],
+        &[],
     );
     // Status: summary and the Shadowed condition.
     let hidden = wait_for("hidden to be Shadowed", Duration::from_secs(60), || {

@@ -3,12 +3,12 @@
 //! rotation, no rewrite of unchanged status, the Lease hand-over between two
 //! processes, and 401/403 with real ServiceAccount tokens.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -22,25 +22,12 @@ fn start_operator_leasing(
     tmp: &std::path::Path,
     lease_seconds: &str,
 ) -> Idplane {
-    let kc = kubeconfig();
-    Idplane::start(
-        &[
-            "operator",
-            "--namespaces",
-            ns,
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.join(format!("{identity}.db")).to_str().unwrap(),
-            "--lease-namespace",
-            ns,
-            "--identity",
-            identity,
-            "--lease-seconds",
-            lease_seconds,
-        ],
-        &[("KUBECONFIG", kc.to_str().unwrap()), ("RUST_LOG", "info")],
+    Idplane::operator(
+        ns,
+        &tmp.join(format!("{identity}.db")),
         &tmp.join(format!("{identity}.log")),
+        &["--identity", identity, "--lease-seconds", lease_seconds],
+        &[("RUST_LOG", "info")],
     )
 }
 
@@ -259,10 +246,6 @@ fn status_conflicts_failover_and_secret_rotation() {
         !config.contains("rotated-token") && !config.contains("first-token"),
         "{config}"
     );
-}
-
-fn admin_token() -> String {
-    std::env::var("IDPLANE_TEST_ADMIN_TOKEN").unwrap_or_else(|_| "idplane-admin-token".into())
 }
 
 /// The Secret version the runtime uses for the active hook's auth secret.

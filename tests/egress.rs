@@ -8,21 +8,19 @@
 //! answer that is not JSON, and a URL's userinfo is shown nowhere.
 //! `idplane validate` warns about literal addresses the default refuses.
 
-mod common;
-mod email_support;
-mod telephony_support;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Killed, http_get, wait_for};
 use serde_json::{Value, json};
-use telephony_support::{API_TOKEN, HOOK_TOKEN, HookSpec, Workspace, post_json};
+use support::telephony::{API_TOKEN, HOOK_TOKEN, HookSpec, Workspace, post_json};
+use support::{Dns, DnsRecord, condition, email, free_port, http, http_get, telephony, wait_for};
 
 /// What a canary answers: a marker that must never appear in a refusal.
 const MARKER: &str = "canary-internal-page-4711";
@@ -123,45 +121,12 @@ fn answer(mut socket: std::net::TcpStream, reply: &str, http: bool) {
 }
 
 /// dnsmasq on loopback answering `loop.idplane.test` with 127.0.0.1.
-struct Dns {
-    _child: Killed,
-    port: u16,
-}
-
-impl Dns {
-    fn start() -> Dns {
-        let port = email_support::free_port();
-        let child = Killed(
-            Command::new(&email_support::tools().dnsmasq)
-                .args([
-                    "--no-daemon",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    "--user=root",
-                    "--listen-address=127.0.0.1",
-                    "--conf-file=/dev/null",
-                    "--local=/idplane.test/",
-                    "--address=/loop.idplane.test/127.0.0.1",
-                ])
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("dnsmasq starts"),
-        );
-        wait_for("dnsmasq listening", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Dns {
-            _child: child,
-            port,
-        }
-    }
-
-    fn flag(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
+fn dns() -> Dns {
+    Dns::start(
+        free_port(),
+        "idplane.test",
+        &[DnsRecord::Address("loop.idplane.test", "127.0.0.1")],
+    )
 }
 
 /// The org of the n-th target.
@@ -188,19 +153,19 @@ fn assert_refusal(text: &str, address: &str, rule: &str) {
 #[test]
 fn hook_sends_and_previews_to_refused_addresses_never_connect() {
     let canary = Canary::start("127.0.0.1", "hook", true);
-    let dns = Dns::start();
+    let dns = dns();
     let ws = Workspace::new();
     for (n, (host, _, _)) in TARGETS.iter().enumerate() {
         let url = format!("http://{host}:{}/telephony", canary.port);
         ws.write_org(&org(n), &[HookSpec::active("primary", url)]);
     }
     // No allowance: the default rule, names resolved by dnsmasq.
-    let run = ws.run_strict("strict.log", &["--egress-nameserver", &dns.flag()]);
+    let run = ws.run_strict("strict.log", &["--egress-nameserver", &dns.address()]);
     for n in 0..TARGETS.len() {
-        telephony_support::wait_configured(&run, &org(n));
+        telephony::wait_configured(&run, &org(n));
     }
     for (n, (host, address, rule)) in TARGETS.iter().enumerate() {
-        let (status, body) = telephony_support::send(&run, &org(n), "+14155550123");
+        let (status, body) = telephony::send(&run, &org(n), "+14155550123");
         assert_eq!(
             (status, body["code"].as_str()),
             (502, Some("delivery_failed")),
@@ -228,14 +193,14 @@ fn hook_sends_and_previews_to_refused_addresses_never_connect() {
     }
     // The status names them too: the 30-day numbers and the last preview.
     for (n, (_, address, rule)) in TARGETS.iter().enumerate() {
-        let metrics = telephony_support::wait_metrics(&run, &org(n), "primary", 1, 1);
+        let metrics = telephony::wait_metrics(&run, &org(n), "primary", 1, 1);
         assert_refusal(
             metrics["lastFailure"]["reason"].as_str().unwrap(),
             address,
             rule,
         );
         let last = wait_for("lastPreview", Duration::from_secs(10), || {
-            let s = telephony_support::hook_status(&run, &org(n), "primary")?;
+            let s = telephony::hook_status(&run, &org(n), "primary")?;
             s["lastPreview"]["result"].as_str().map(str::to_string)
         });
         assert_refusal(&last, address, rule);
@@ -248,7 +213,7 @@ fn allowed_loopback_is_reached_previews_summarise_and_userinfo_is_hidden() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let canary = Canary::start("127.0.0.1", "hook", true);
     let denied = Canary::start("127.0.0.2", "denied", true);
-    let json_hook = telephony_support::HookServer::start(&rt, telephony_support::successful("sms"));
+    let json_hook = telephony::HookServer::start(&rt, telephony::successful("sms"));
     let ws = Workspace::new();
     let page_url = format!(
         "http://preview-user:url-pass-9911@127.0.0.1:{}/telephony",
@@ -276,7 +241,7 @@ fn allowed_loopback_is_reached_previews_summarise_and_userinfo_is_hidden() {
             "127.0.0.2/32",
         ],
     );
-    telephony_support::wait_configured(&run, "acme");
+    telephony::wait_configured(&run, "acme");
     let preview = |hook: &str| {
         let path = format!("/v1/orgs/acme/telephony-hooks/{hook}/preview");
         post_json(&run, &path, &json!({"phoneNumber": "+14155550123"}))
@@ -383,7 +348,7 @@ fn preview_cli(manifests: &Path, hook: &str, flags: &[&str]) -> String {
         .args(flags)
         .output()
         .unwrap();
-    common::text(&out.stdout)
+    support::text(&out.stdout)
 }
 
 /// An org's EmailProvider at `host` (no TLS, one attempt) with its Secret.
@@ -391,7 +356,7 @@ fn provider_yaml(org: &str, host: &str, port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: smtp\n  namespace: {org}\nstringData:\n  password: pw-secret-123\n---\n\
          apiVersion: idplane.dev/v1alpha1\nkind: EmailProvider\nmetadata:\n  name: corp\n  namespace: {org}\nspec:\n  enabled: true\n  host: \"{host}\"\n  port: {port}\n  username: mailer\n  passwordSecretRef: {{name: smtp, key: password}}\n  tls: none\n  allowInsecure: true\n  retry: {}\n",
-        email_support::fast_retry(1)
+        email::fast_retry(1)
     )
 }
 
@@ -402,8 +367,8 @@ fn smtp_verification_delivery_and_test_email_to_refused_addresses_never_connect(
         "220 canary-internal-page-4711 ESMTP\r\n",
         false,
     );
-    let dns = Dns::start();
-    let (tmp, manifests) = email_support::workspace();
+    let dns = dns();
+    let (tmp, manifests) = email::workspace();
     for (n, (host, _, _)) in TARGETS.iter().enumerate() {
         // An SMTP host is a name or a bare address, never in brackets.
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -413,21 +378,26 @@ fn smtp_verification_delivery_and_test_email_to_refused_addresses_never_connect(
         )
         .unwrap();
     }
-    let run = email_support::start_idplane_strict(
+    let run = email::start_idplane_strict(
         tmp.path(),
         &manifests,
         "strict.log",
-        &["--egress-nameserver", &dns.flag(), "--smtp-timeout", "2s"],
+        &[
+            "--egress-nameserver",
+            &dns.address(),
+            "--smtp-timeout",
+            "2s",
+        ],
     );
     for (n, (host, address, rule)) in TARGETS.iter().enumerate() {
         // Verification at load: refused, nothing of a server in the status.
-        let verified = email_support::wait_verified(&run, &org(n), "corp", "False");
+        let verified = email::wait_verified(&run, &org(n), "corp", "False");
         assert_eq!(verified["reason"], "EgressRefused", "{host}: {verified}");
         assert_refusal(verified["message"].as_str().unwrap(), address, rule);
 
         // Delivery: the attempt is refused, with the rule in its reply.
-        let id = email_support::send_ok(&run, &org(n), "refused");
-        let failed = email_support::wait_final(&run, &org(n), &id, Duration::from_secs(30));
+        let id = email::send_ok(&run, &org(n), "refused");
+        let failed = email::wait_final(&run, &org(n), &id, Duration::from_secs(30));
         assert_eq!(failed["state"], "failed", "{host}: {failed}");
         assert_refusal(
             failed["attempts"][0]["reply"].as_str().unwrap(),
@@ -438,7 +408,7 @@ fn smtp_verification_delivery_and_test_email_to_refused_addresses_never_connect(
         // The test email: not sent, no server asked.
         let url = run.url(&format!("/v1/orgs/{}/email-provider/test", org(n)));
         let body = json!({"from": "admin@example.com", "to": "someone@example.com"});
-        let (code, text) = common::http("POST", &url, Some(email_support::TOKEN), Some(&body));
+        let (code, text) = http("POST", &url, Some(email::TOKEN), Some(&body));
         assert_eq!(code, 409, "{host}: {text}");
         let answer: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -451,7 +421,7 @@ fn smtp_verification_delivery_and_test_email_to_refused_addresses_never_connect(
     }
     for (n, (_, address, rule)) in TARGETS.iter().enumerate() {
         for type_ in ["email.verify", "email.delivery", "email.test"] {
-            let events = email_support::events(&run, &org(n), type_);
+            let events = email::events(&run, &org(n), type_);
             assert!(!events.is_empty(), "no {type_} event in {}", org(n));
             for event in events {
                 assert_eq!(event["outcome"], "FAILURE", "{event}");
@@ -470,7 +440,7 @@ fn smtp_verification_delivery_and_test_email_to_refused_addresses_never_connect(
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert_refusal(&common::text(&out.stderr), "127.0.0.1", "loopback");
+    assert_refusal(&support::text(&out.stderr), "127.0.0.1", "loopback");
     assert_eq!(canary.connections(), 0);
 }
 
@@ -493,8 +463,8 @@ fn the_system_resolver_is_checked_too() {
     )
     .unwrap();
     let run = ws.run_strict("system.log", &[]);
-    telephony_support::wait_configured(&run, "acme");
-    let (status, body) = telephony_support::send(&run, "acme", "+14155550123");
+    telephony::wait_configured(&run, "acme");
+    let (status, body) = telephony::send(&run, "acme", "+14155550123");
     assert_eq!(status, 502, "{body}");
     let reason = body["attempts"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("(from localhost) is loopback"), "{reason}");
@@ -506,7 +476,7 @@ fn the_system_resolver_is_checked_too() {
             .iter()
             .find(|o| o["kind"] == "EmailProvider")?
             .clone();
-        email_support::condition(&provider, "Verified").filter(|c| c["status"] == "False")
+        condition(&provider, "Verified").filter(|c| c["status"] == "False")
     });
     assert_eq!(verified["reason"], "EgressRefused", "{verified}");
     assert!(
@@ -553,12 +523,12 @@ fn validate_warns_about_literal_addresses_the_default_refuses() {
         .arg(&file)
         .output()
         .unwrap();
-    let stdout = common::text(&out.stdout);
+    let stdout = support::text(&out.stdout);
     assert_eq!(
         out.status.code(),
         Some(0),
         "warnings only:\n{stdout}{}",
-        common::text(&out.stderr)
+        support::text(&out.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
     let file_name = file.display().to_string();
@@ -621,7 +591,7 @@ fn flags_parse() {
         .args(["run", "--help"])
         .output()
         .unwrap();
-    let help = common::text(&out.stdout);
+    let help = support::text(&out.stdout);
     for flag in [
         "--egress-private",
         "--egress-allow",
@@ -636,8 +606,8 @@ fn flags_parse() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(
-        common::text(&bad.stderr).contains("the range is 10.0.0.0/8"),
+        support::text(&bad.stderr).contains("the range is 10.0.0.0/8"),
         "{}",
-        common::text(&bad.stderr)
+        support::text(&bad.stderr)
     );
 }

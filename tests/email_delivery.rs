@@ -4,14 +4,13 @@
 //! measured from the attempt times, permanent failures, an outage longer
 //! than the retries, idempotency, the default-provider rule and 400/503s.
 
-mod common;
-mod email_support;
+mod support;
 
 use std::time::Duration;
 
-use common::{Idplane, http_get};
-use email_support::*;
 use serde_json::{Value, json};
+use support::email::*;
+use support::{Idplane, condition, http_get};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -33,19 +32,12 @@ fn delivers_with_each_tls_mode_and_verifies() {
         .collect();
     for (tls, server) in &servers {
         let org = format!("org-{tls}");
-        std::fs::write(
-            manifests.join(format!("{org}.yaml")),
-            provider_yaml(
-                &org,
-                "corp",
-                server.port,
-                tls,
-                "mailer",
-                "s3cret-pass",
-                &fast_retry(3),
-            ),
-        )
-        .unwrap();
+        CorpProvider {
+            tls,
+            password: "s3cret-pass",
+            ..CorpProvider::new(&org, server.port)
+        }
+        .write(&manifests.join(format!("{org}.yaml")));
     }
     let run = start_idplane(
         tmp.path(),
@@ -129,19 +121,11 @@ fn wrong_password_then_fixed_secret_and_new_host() {
     );
     let file = manifests.join("provider.yaml");
     let write = |port: u16, password: &str| {
-        std::fs::write(
-            &file,
-            provider_yaml(
-                "acme",
-                "corp",
-                port,
-                "none",
-                "mailer",
-                password,
-                &fast_retry(3),
-            ),
-        )
-        .unwrap();
+        CorpProvider {
+            password,
+            ..CorpProvider::new("acme", port)
+        }
+        .write(&file);
     };
     write(first.port, "wrong-pass");
     let run = start_idplane(tmp.path(), &manifests, "run.log", &[]);
@@ -467,7 +451,7 @@ fn idempotency_validation_and_the_default_provider_rule() {
         "{maxAttempts: 10, initialDelay: 1s, multiplier: 1, maxDelay: 1s}",
     );
     wait("new retry policy in use", T, || {
-        let (_, body) = common::http_get(&run.url("/v1/orgs/acme/config"), Some(TOKEN));
+        let (_, body) = http_get(&run.url("/v1/orgs/acme/config"), Some(TOKEN));
         body.contains("\"maxAttempts\":10").then_some(())
     });
     let id = send_ok(&run, "acme", "moves to default");
@@ -829,15 +813,11 @@ fn a_missing_secret_holds_the_mail_and_never_falls_back_to_the_default() {
     let (tmp, manifests) = workspace();
     let custom = SmtpServer::start(tmp.path(), "custom", None, ServerOptions::corp());
     let default = SmtpServer::start(tmp.path(), "default", None, ServerOptions::default());
-    let both = provider_yaml(
-        "acme",
-        "corp",
-        custom.port,
-        "none",
-        "mailer",
-        "pw-123",
-        &fast_retry(50),
-    );
+    let both = CorpProvider {
+        retry: fast_retry(50),
+        ..CorpProvider::new("acme", custom.port)
+    }
+    .yaml();
     let (secret, provider) = both.split_once("---\n").unwrap();
     let secret_file = manifests.join("secret.yaml");
     std::fs::write(&secret_file, secret).unwrap();
@@ -861,7 +841,7 @@ fn a_missing_secret_holds_the_mail_and_never_falls_back_to_the_default() {
     assert_eq!(ready["reason"], "SecretNotFound", "{ready}");
 
     // The test email says so without asking any server.
-    let (code, text) = common::http(
+    let (code, text) = support::http(
         "POST",
         &run.url("/v1/orgs/acme/email-provider/test"),
         Some(TOKEN),

@@ -3,17 +3,17 @@
 //! VERIFIED once the record is there, and until then the brand's mail goes
 //! out from the default sender with a warning event.
 
-mod common;
-mod email_support;
+mod support;
 
 use std::time::Duration;
 
-use email_support::*;
 use serde_json::{Value, json};
+use support::email::*;
+use support::{Dns, DnsRecord, Idplane, free_port, status_condition};
 
 const T: Duration = Duration::from_secs(30);
 
-fn domain_status(run: &common::Idplane) -> Option<Value> {
+fn domain_status(run: &Idplane) -> Option<Value> {
     object(run, "acme", "EmailDomain", "acme").map(|o| o["status"].clone())
 }
 
@@ -56,13 +56,7 @@ fn brand_domain_polling_then_verified() {
     std::thread::sleep(Duration::from_millis(1000));
     let s = domain_status(&run).unwrap();
     assert_eq!(s["validationStatus"], "POLLING", "{s}");
-    let verified = s["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Verified")
-        .cloned()
-        .unwrap();
+    let verified = status_condition(&s, "Verified").unwrap();
     assert_eq!(verified["status"], "False");
 
     // Not verified: the brand's mail goes out from the default sender, with
@@ -97,19 +91,13 @@ fn brand_domain_polling_then_verified() {
     let _dns = Dns::start(
         dns_port,
         "example.com",
-        &[("_idplane.mail.acme.example.com", &value)],
+        &[DnsRecord::Txt("_idplane.mail.acme.example.com", &value)],
     );
     let status = wait("VERIFIED", T, || {
         let s = domain_status(&run)?;
         (s["validationStatus"] == "VERIFIED").then_some(s)
     });
-    let verified = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Verified")
-        .cloned()
-        .unwrap();
+    let verified = status_condition(&status, "Verified").unwrap();
     assert_eq!(verified["status"], "True", "{status}");
     let transitions = events(&run, "acme", "email.domain");
     assert_eq!(

@@ -6,25 +6,20 @@
 //! And a full store refuses new mail with a clear 503 while the mail it
 //! accepted is still tried, recorded and delivered.
 
-mod common;
-mod email_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use email_support::*;
 use serde_json::json;
+use support::email::*;
+use support::{Idplane, http_get, tools};
 
 /// Messages accepted but not yet delivered when a test stops idplane.
 const TOTAL: usize = 40;
 
 /// idplane with four delivery workers and `lease`.
-fn start(
-    tmp: &std::path::Path,
-    manifests: &std::path::Path,
-    log: &str,
-    lease: &str,
-) -> common::Idplane {
+fn start(tmp: &std::path::Path, manifests: &std::path::Path, log: &str, lease: &str) -> Idplane {
     let flags = ["--email-lease", lease, "--email-concurrency", "4"];
     start_idplane(tmp, manifests, log, &flags)
 }
@@ -36,7 +31,7 @@ fn delivering(
     tmp: &std::path::Path,
     manifests: &std::path::Path,
     lease: &str,
-) -> (SmtpServer, common::Idplane, Vec<String>) {
+) -> (SmtpServer, Idplane, Vec<String>) {
     let server = SmtpServer::start(
         tmp,
         "slow",
@@ -450,7 +445,7 @@ fn a_cap_larger_than_the_volume_is_reported_at_start() {
         let log = format!("{cap}.log");
         let run = start_idplane(tmp.path(), &manifests, &log, &["--database-max-size", cap]);
         wait("the runtime", Duration::from_secs(20), || {
-            common::http_get(&run.url("/healthz"), None)
+            http_get(&run.url("/healthz"), None)
                 .0
                 .eq(&200)
                 .then_some(())

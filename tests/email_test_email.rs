@@ -2,14 +2,13 @@
 //! and `idplane test-email`, through a real SMTP server; the outcome is
 //! reported and written to the provider's `status.lastTest`.
 
-mod common;
-mod email_support;
+mod support;
 
 use std::time::Duration;
 
-use email_support::*;
 use idplane::cli::test_email::{TestEmailArgs, run as test_email};
 use serde_json::json;
+use support::email::*;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -32,11 +31,7 @@ fn args(org: &str) -> TestEmailArgs {
 }
 
 fn exit(a: TestEmailArgs) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    match rt.block_on(test_email(a)) {
+    match support::block_on(test_email(a)) {
         Ok(code) => format!("{code:?}"),
         Err(e) => format!("error: {e:#}"),
     }
@@ -56,19 +51,11 @@ fn test_email_through_the_api_and_the_cli() {
         },
     );
     let file = manifests.join("provider.yaml");
-    std::fs::write(
-        &file,
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "starttls",
-            "mailer",
-            "pw-123",
-            &fast_retry(3),
-        ),
-    )
-    .unwrap();
+    let provider = CorpProvider {
+        tls: "starttls",
+        ..CorpProvider::new("acme", server.port)
+    };
+    provider.write(&file);
     let run = start_idplane(
         tmp.path(),
         &manifests,
@@ -79,7 +66,7 @@ fn test_email_through_the_api_and_the_cli() {
 
     let url = run.url("/v1/orgs/acme/email-provider/test");
     let body = json!({"from": "admin@example.com", "to": "someone@example.com"});
-    let (code, text) = common::http("POST", &url, Some(TOKEN), Some(&body));
+    let (code, text) = support::http("POST", &url, Some(TOKEN), Some(&body));
     assert_eq!(code, 200, "{text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["result"], "SUCCESS");
@@ -131,21 +118,13 @@ fn test_email_through_the_api_and_the_cli() {
 
     // A wrong password: 502 with the step and the server's reply; lastTest
     // says FAILURE; the CLI exits 1.
-    std::fs::write(
-        &file,
-        provider_yaml(
-            "acme",
-            "corp",
-            server.port,
-            "starttls",
-            "mailer",
-            "bad-pass",
-            &fast_retry(3),
-        ),
-    )
-    .unwrap();
+    CorpProvider {
+        password: "bad-pass",
+        ..provider
+    }
+    .write(&file);
     wait_verified(&run, "acme", "corp", "False");
-    let (code, text) = common::http("POST", &url, Some(TOKEN), Some(&body));
+    let (code, text) = support::http("POST", &url, Some(TOKEN), Some(&body));
     assert_eq!(code, 502, "{text}");
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(

@@ -3,13 +3,13 @@
 //! over the limits get a JSON 503, a body announced too large gets an early
 //! 413, and every refusal is JSON.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::*;
 
 const TOKEN: &str = "t-http-server-0123456789";
 

@@ -10,16 +10,16 @@
 //! mail is accepted (202) and its delivery retried in the background, and a
 //! test email is the documented 502.
 
-mod common;
+mod support;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// One token for every org: the fuzzer's orgs are mostly acme, and
 /// sometimes an org idplane knows nothing of.
@@ -76,9 +76,7 @@ async fn hook(body: axum::body::Bytes) -> axum::response::Response {
 /// are a closed port on loopback, so that failures come at once and the
 /// run needs no DNS.
 fn workspace() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let manifests = tmp.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
+    let (tmp, manifests) = workspace_with_token("fuzz", TOKEN);
     let closed = "http://127.0.0.1:1/telephony\n  allowInsecureHttp: true";
     let changes = [
         (
@@ -104,11 +102,6 @@ fn workspace() -> tempfile::TempDir {
         }
         std::fs::write(manifests.join(name), text).unwrap();
     }
-    std::fs::write(
-        tmp.path().join("tokens.yaml"),
-        format!("tokens:\n  - {{name: fuzz, token: {TOKEN}, orgs: ['*']}}\n"),
-    )
-    .unwrap();
     tmp
 }
 
@@ -144,19 +137,11 @@ fn start(tmp: &Path, extra: &[&str]) -> Idplane {
 }
 
 fn post(run: &Idplane, path: &str, body: &Value) -> (u16, Value) {
-    let (code, text) = http("POST", &run.url(path), Some(TOKEN), Some(body));
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    http_json("POST", &run.url(path), Some(TOKEN), Some(body))
 }
 
 fn get(run: &Idplane, path: &str) -> (u16, Value) {
-    let (code, text) = http_get(&run.url(path), Some(TOKEN));
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    http_json("GET", &run.url(path), Some(TOKEN), None)
 }
 
 /// A raw request: (status, content type, body).
@@ -167,11 +152,7 @@ fn raw(
     content_type: Option<&str>,
     body: &str,
 ) -> (u16, String, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut req = reqwest::Client::new()
             .request(method.parse().unwrap(), run.url(path))
             .bearer_auth(TOKEN)
@@ -567,11 +548,6 @@ fn bad_input_gets_the_documented_answers() {
     );
 }
 
-/// The virtualenv's schemathesis: scripts/test-tools.sh installs it.
-fn schemathesis() -> PathBuf {
-    test_tool("IDPLANE_VENV").join("bin/schemathesis")
-}
-
 /// What schemathesis may and may not do. Every check is on. Orgs and
 /// hook names are mostly the example's (else an org or hook idplane knows
 /// nothing of). A 5xx is a failure except the upstream answers the
@@ -601,7 +577,7 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503"
 /// examples and time; fails with its report when it finds anything.
 #[test]
 fn schemathesis_finds_nothing() {
-    let schemathesis = schemathesis();
+    let schemathesis = &tools().schemathesis;
     let tmp = workspace();
     // The abuse guard stays on: at most 300 passcodes in the run (then
     // org_rate_limited), 20 per number (the coverage phase repeats one
@@ -637,7 +613,7 @@ fn schemathesis_finds_nothing() {
     ];
     let started = Instant::now();
     let mut child = Killed(
-        Command::new(&schemathesis)
+        Command::new(schemathesis)
             .args(args)
             .env("IDPLANE_FUZZ_TOKEN", TOKEN)
             .current_dir(tmp.path())

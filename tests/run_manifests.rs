@@ -2,12 +2,12 @@
 //! cluster; reloads on file changes, keeps the last valid version of an
 //! object, persists status in SQLite, and checks tokens from a file.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 const ACME: &str = "acme-token-0123456789abcdef";
 const OTHER: &str = "other-token-0123456789abcdef";
@@ -66,27 +66,14 @@ fn org_routes(run: &Idplane, document: &Value) -> Vec<(String, String)> {
     routes
 }
 
+/// An object of org acme as its status endpoint shows it.
 fn object(run: &Idplane, kind: &str, name: &str) -> Option<Value> {
-    let (code, body) = http_get(&run.url("/v1/orgs/acme/status"), Some(ACME));
-    if code != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["objects"]
-        .as_array()?
-        .iter()
-        .find(|o| o["kind"] == kind && o["name"] == name)
-        .cloned()
+    status_object(run, ACME, "acme", kind, name)
 }
 
+/// A condition the object has.
 fn cond(obj: &Value, type_: &str) -> Value {
-    obj["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-        .unwrap()
+    condition(obj, type_).unwrap()
 }
 
 #[test]
@@ -305,9 +292,7 @@ spec:
 
 fn post(run: &Idplane, org: &str, token: &str, body: &Value) -> (u16, Value) {
     let url = run.url(&format!("/v1/orgs/{org}/enrollment/evaluate"));
-    let (code, text) = http("POST", &url, Some(token), Some(body));
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (code, body)
+    http_json("POST", &url, Some(token), Some(body))
 }
 
 /// Issue 15: enrollment fails closed. An org idplane knows nothing of is
@@ -412,25 +397,13 @@ fn every_org_route_is_not_ready_before_the_first_full_sync() {
     let (tmp, manifests) = setup();
     let broken = manifests.join("60-broken.yaml");
     std::fs::write(&broken, "kind: [unclosed\n").unwrap();
-    let run = Idplane::start(
-        &[
-            "run",
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.path().join("state/idplane.db").to_str().unwrap(),
-            "--tokens",
-            tmp.path().join("tokens.yaml").to_str().unwrap(),
-            "--poll-millis",
-            "100",
-            "-n",
-            "acme",
-        ],
-        &[],
-        &tmp.path().join("not-ready.log"),
+    let (database, tokens) = (
+        tmp.path().join("state/idplane.db"),
+        tmp.path().join("tokens.yaml"),
     );
+    let mut args = run_args(&manifests, &database, &tokens);
+    args.extend(["-n", "acme"]);
+    let run = Idplane::start(&args, &[], &tmp.path().join("not-ready.log"));
     // Give the (failed) first load time to happen: still not ready.
     wait_for("the load to fail", Duration::from_secs(20), || {
         let log = std::fs::read_to_string(tmp.path().join("not-ready.log")).unwrap();

@@ -4,15 +4,15 @@
 //! OTP through the API, see the bridge deliver it, verify it, and see the
 //! numbers in `kubectl get telephonyhooks`.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -71,18 +71,11 @@ impl Bridge {
 }
 
 fn start_operator(ns: &str, tmp: &std::path::Path) -> Idplane {
-    let kc = kubeconfig();
-    Idplane::start(
+    Idplane::operator(
+        ns,
+        &tmp.join("operator.db"),
+        &tmp.join("operator.log"),
         &[
-            "operator",
-            "--namespaces",
-            ns,
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.join("operator.db").to_str().unwrap(),
-            "--lease-namespace",
-            ns,
             "--identity",
             "telephony-e2e",
             "--lease-seconds",
@@ -93,13 +86,8 @@ fn start_operator(ns: &str, tmp: &std::path::Path) -> Idplane {
             ALLOW_LOOPBACK[0],
             ALLOW_LOOPBACK[1],
         ],
-        &[("KUBECONFIG", kc.to_str().unwrap()), ("RUST_LOG", "info")],
-        &tmp.join("operator.log"),
+        &[("RUST_LOG", "info")],
     )
-}
-
-fn admin_token() -> String {
-    std::env::var("IDPLANE_TEST_ADMIN_TOKEN").unwrap_or_else(|_| "idplane-admin-token".into())
 }
 
 #[test]

@@ -3,10 +3,9 @@
 //! codes refuses other numbers, refused sends reach no hook, and both are
 //! counted in metrics.
 
-mod common;
-mod telephony_support;
+mod support;
 
-use telephony_support::*;
+use support::telephony::*;
 
 #[test]
 fn limits_and_country_allow_list() {
@@ -97,15 +96,11 @@ fn limits_and_country_allow_list() {
 }
 
 fn send_with_retry_after(
-    run: &common::Idplane,
+    run: &support::Idplane,
     org: &str,
     phone: &str,
 ) -> (u16, serde_json::Value, Option<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    support::block_on(async {
         let r = reqwest::Client::new()
             .post(run.url(&format!("/v1/orgs/{org}/otp/send")))
             .bearer_auth(API_TOKEN)

@@ -4,15 +4,14 @@
 //! show the answer and its judgement, record `status.lastPreview`, and never
 //! leave a valid passcode behind.
 
-mod common;
-mod telephony_support;
+mod support;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use idplane::cli::preview::{PreviewArgs, run_to};
 use serde_json::{Value, json};
-use telephony_support::*;
+use support::telephony::*;
 
 #[derive(Parser)]
 struct PreviewCli {
@@ -24,14 +23,10 @@ struct PreviewCli {
 fn preview_cli(args: &[&str]) -> (ExitCode, String) {
     let line = std::iter::once("preview")
         .chain(args.iter().copied())
-        .chain(common::ALLOW_LOOPBACK);
+        .chain(support::ALLOW_LOOPBACK);
     let cli = PreviewCli::try_parse_from(line).unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let mut out = Vec::new();
-    let code = rt.block_on(run_to(cli.args, &mut out)).unwrap();
+    let code = support::block_on(run_to(cli.args, &mut out)).unwrap();
     (code, String::from_utf8(out).unwrap())
 }
 
@@ -168,8 +163,8 @@ fn preview_over_the_api() {
     wait_metrics(&run, "acme", "backup", 0, 0);
 }
 
-fn wait_for_last_preview(run: &common::Idplane, hook: &str, result: &str) -> Value {
-    common::wait_for(
+fn wait_for_last_preview(run: &support::Idplane, hook: &str, result: &str) -> Value {
+    support::wait_for(
         &format!("lastPreview of {hook}"),
         std::time::Duration::from_secs(10),
         || {
@@ -267,12 +262,7 @@ fn preview_from_the_command_line() {
         "+14155550123",
     ])
     .unwrap();
-    let rt1 = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let err = rt1
-        .block_on(run_to(cli.args, &mut Vec::new()))
+    let err = support::block_on(run_to(cli.args, &mut Vec::new()))
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope") && err.contains("backup"), "{err}");

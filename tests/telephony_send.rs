@@ -5,13 +5,12 @@
 //! status and in Prometheus; the code appears nowhere but in the hook's
 //! request.
 
-mod common;
-mod telephony_support;
+mod support;
 
 use std::time::Duration;
 
 use serde_json::Value;
-use telephony_support::*;
+use support::telephony::*;
 
 /// One way a primary hook behaves, and what idplane must make of it.
 struct Case {
@@ -420,7 +419,7 @@ fn the_request_follows_oktas_contract() {
     assert!(e["message"].as_str().unwrap().contains("channel"), "{e}");
     let (status, e) = send(&run, "nobody", "+447700900125");
     assert_eq!((status, e["code"].as_str()), (409, Some("no_active_hook")));
-    let (status, _) = common::http(
+    let (status, _) = support::http(
         "POST",
         &run.url("/v1/orgs/contract/otp/send"),
         None,

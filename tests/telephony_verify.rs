@@ -2,15 +2,14 @@
 //! locked codes; and the hook metrics surviving a restart (daily buckets in
 //! the store).
 
-mod common;
-mod telephony_support;
+mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use telephony_support::*;
+use support::telephony::*;
 
-fn sent(run: &common::Idplane, hook: &HookServer, org: &str, phone: &str) -> (String, String) {
+fn sent(run: &support::Idplane, hook: &HookServer, org: &str, phone: &str) -> (String, String) {
     let (status, receipt) = send(run, org, phone);
     assert_eq!(status, 200, "{receipt}");
     let code = hook.seen().last().unwrap().code();

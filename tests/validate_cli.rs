@@ -1,11 +1,11 @@
 //! `idplane validate` as a user runs it: the example org passes, every
 //! invalid fixture fails with its file, line, column, field and reason.
 
-mod common;
+mod support;
 
 use std::process::{Command, Output, Stdio};
 
-use common::{invalid_fixtures, root, text};
+use support::{invalid_fixtures, root, text};
 
 fn idplane() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idplane"))

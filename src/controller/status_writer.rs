@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Client;
@@ -12,6 +12,8 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
+// Tokio's clock, as the loop's timers use: tests can pause it.
+use tokio::time::Instant;
 
 use super::conditions::{desired_status, transition};
 use super::module_fields::ModuleFields;
@@ -46,6 +48,9 @@ pub enum StatusSink {
     },
     /// The SQLite store and the org's system log (`run --manifests`).
     Store(Store),
+    /// Tests: each write and event kept in memory.
+    #[cfg(test)]
+    Recording(tests::RecordingSink),
 }
 
 impl StatusSink {
@@ -57,6 +62,18 @@ impl StatusSink {
         Self::Kube {
             recorder: Box::new(Recorder::new(client.clone(), reporter)),
             client,
+        }
+    }
+
+    /// Whether the writer's own record is the only copy of what it wrote
+    /// (run mode: files carry no status). In a cluster the objects bring
+    /// their status back through the watch.
+    fn keeps_written(&self) -> bool {
+        match self {
+            Self::Kube { .. } => false,
+            Self::Store(_) => true,
+            #[cfg(test)]
+            Self::Recording(sink) => sink.keeps_written,
         }
     }
 
@@ -79,6 +96,8 @@ impl StatusSink {
                 Ok(())
             }
             Self::Store(store) => Ok(store.save_status(key, status, now).await?),
+            #[cfg(test)]
+            Self::Recording(sink) => sink.write(key, status),
         }
     }
 
@@ -129,6 +148,8 @@ impl StatusSink {
                     tracing::warn!(object = %key, error = %e, "cannot log event");
                 }
             }
+            #[cfg(test)]
+            Self::Recording(sink) => sink.event(key, reason),
         }
     }
 }
@@ -194,7 +215,7 @@ pub async fn run(
             // against what the cluster shows.
             last_views.clear();
             written_hash.clear();
-            if matches!(sink, StatusSink::Kube { .. }) {
+            if !sink.keeps_written() {
                 written.write().await.clear();
             }
             was_leader = true;
@@ -225,9 +246,10 @@ pub async fn run(
             let view = &snapshot.objects[&key];
             // In a cluster the object's own status is the record; only run
             // mode (no status on files) needs the full written status.
-            let mine = match &sink {
-                StatusSink::Store(_) => written.read().await.get(&key).cloned(),
-                StatusSink::Kube { .. } => None,
+            let mine = if sink.keeps_written() {
+                written.read().await.get(&key).cloned()
+            } else {
+                None
             };
             let mine_hash = written_hash.get(&key).copied();
             let previous = mine
@@ -296,7 +318,7 @@ pub async fn run(
                         key.clone(),
                         crate::index::snapshot_writer::hash_of(Some(&desired)),
                     );
-                    if matches!(sink, StatusSink::Store(_)) {
+                    if sink.keeps_written() {
                         written.write().await.insert(key.clone(), desired);
                     }
                     last_views.insert(key, view);
@@ -325,4 +347,394 @@ pub async fn preload(
     let loaded = store.load_statuses().await?;
     written.write().await.extend(loaded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop against a [`RecordingSink`] on tokio's paused clock: the
+    //! snapshots come from a real [`IndexWriter`], the Lease from a watch
+    //! channel the test holds.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::index::{Change, IndexWriter};
+
+    /// One status the sink took, and when (tokio's clock).
+    #[derive(Clone, Debug)]
+    struct Written {
+        key: ObjectKey,
+        status: Value,
+        at: Instant,
+    }
+
+    /// A sink that keeps each write and event in memory, in order; it can
+    /// refuse the next writes.
+    #[derive(Clone, Default)]
+    pub struct RecordingSink {
+        /// Behave as run mode's sink (the writer keeps what it wrote)
+        /// rather than a cluster's (the objects bring it back).
+        pub(super) keeps_written: bool,
+        writes: Arc<Mutex<Vec<Written>>>,
+        /// Each event: the object, its reason, and how many writes the
+        /// sink had taken when it came.
+        events: Arc<Mutex<Vec<(ObjectKey, String, usize)>>>,
+        refusals_left: Arc<AtomicUsize>,
+    }
+
+    impl RecordingSink {
+        pub(super) fn write(&self, key: &ObjectKey, status: &Value) -> Result<(), WriteError> {
+            let refuse = self
+                .refusals_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refuse {
+                return Err(WriteError::Store(crate::store::StoreError::Sql(
+                    sqlx::Error::PoolTimedOut,
+                )));
+            }
+            self.writes.lock().unwrap().push(Written {
+                key: key.clone(),
+                status: status.clone(),
+                at: Instant::now(),
+            });
+            Ok(())
+        }
+
+        pub(super) fn event(&self, key: &ObjectKey, reason: &str) {
+            let writes = self.writes.lock().unwrap().len();
+            let mut events = self.events.lock().unwrap();
+            events.push((key.clone(), reason.to_string(), writes));
+        }
+
+        /// The writes by time, those of one moment (one batch, written
+        /// concurrently) by object.
+        fn writes(&self) -> Vec<Written> {
+            let mut writes = self.writes.lock().unwrap().clone();
+            writes.sort_by(|a, b| (a.at, &a.key).cmp(&(b.at, &b.key)));
+            writes
+        }
+
+        fn names_written(&self) -> Vec<String> {
+            self.writes().into_iter().map(|w| w.key.name).collect()
+        }
+    }
+
+    /// The name of the n-th policy.
+    fn name(n: u32) -> String {
+        format!("p{n}")
+    }
+
+    fn key(n: u32) -> ObjectKey {
+        ObjectKey {
+            kind: "EnrollmentPolicy".into(),
+            namespace: "acme".into(),
+            name: name(n),
+        }
+    }
+
+    /// The n-th EnrollmentPolicy of org acme (priority n) at `generation`.
+    fn policy(n: u32, generation: i64) -> Value {
+        json!({
+            "apiVersion": API_VERSION, "kind": "EnrollmentPolicy",
+            "metadata": {"name": name(n), "namespace": "acme", "generation": generation, "uid": format!("uid-{n}")},
+            "spec": {"priority": n, "description": format!("generation {generation}"), "groups": [name(n)],
+                     "authenticators": [{"key": "okta_email", "enroll": "REQUIRED"}]}
+        })
+    }
+
+    /// The writer running against a recording sink, with the index, the
+    /// Lease and the runtime modules' fields in the test's hands.
+    struct Harness {
+        index: IndexWriter,
+        /// Each object as last given to the index, by name.
+        objects: BTreeMap<String, Value>,
+        snapshots: watch::Sender<Arc<Snapshot>>,
+        leader: watch::Sender<bool>,
+        module_fields: Arc<ModuleFields>,
+        sink: RecordingSink,
+        written: WrittenStatuses,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Harness {
+        /// The writer with an empty, synced index; the Lease held or not.
+        fn start(sink: RecordingSink, settings: WriterSettings, leading: bool) -> Harness {
+            Self::start_with(sink, settings, leading, WrittenStatuses::default())
+        }
+
+        /// [`Harness::start`] with statuses a previous run wrote.
+        fn start_with(
+            sink: RecordingSink,
+            settings: WriterSettings,
+            leading: bool,
+            written: WrittenStatuses,
+        ) -> Harness {
+            let mut index = IndexWriter::new(Default::default());
+            index.apply(Change::Synced);
+            let (snapshots, snapshots_rx) = watch::channel(Arc::new(index.publish()));
+            let (leader, leader_rx) = watch::channel(leading);
+            let module_fields = Arc::new(ModuleFields::default());
+            let metrics = Arc::new(Metrics::new());
+            tokio::spawn(run(
+                snapshots_rx,
+                module_fields.clone(),
+                leader_rx,
+                StatusSink::Recording(sink.clone()),
+                settings,
+                written.clone(),
+                metrics.clone(),
+            ));
+            Harness {
+                index,
+                objects: BTreeMap::new(),
+                snapshots,
+                leader,
+                module_fields,
+                sink,
+                written,
+                metrics,
+            }
+        }
+
+        /// Gives the index these objects (a `status` in one is what the
+        /// cluster shows of it) and publishes a snapshot.
+        fn upsert(&mut self, objects: impl IntoIterator<Item = Value>) {
+            for object in objects {
+                let name = object["metadata"]["name"].as_str().unwrap().to_string();
+                self.index.apply(Change::Upsert(object.clone()));
+                self.objects.insert(name, object);
+            }
+            self.snapshots.send(Arc::new(self.index.publish())).unwrap();
+        }
+
+        /// The watch's echo of the writes: each object written to shows the
+        /// status last written to it.
+        fn echo(&mut self) {
+            let mut last = BTreeMap::new();
+            for w in self.sink.writes() {
+                last.insert(w.key.name, w.status);
+            }
+            let echoed: Vec<Value> = last
+                .into_iter()
+                .map(|(name, status)| {
+                    let mut object = self.objects[&name].clone();
+                    object["status"] = status;
+                    object
+                })
+                .collect();
+            self.upsert(echoed);
+        }
+
+        fn lead(&self, leading: bool) {
+            self.leader.send(leading).unwrap();
+        }
+
+        /// The status the writer aims at for an object now, transition
+        /// times taken from `previous`.
+        fn desired(&self, key: &ObjectKey, previous: Option<&Value>, now: &str) -> Value {
+            let snapshot = self.snapshots.borrow().clone();
+            let extra = self.module_fields.get(key);
+            desired_status(key, &snapshot.objects[key], extra.as_ref(), previous, now)
+        }
+    }
+
+    /// Lets the writer work for `seconds` of tokio's (paused) clock.
+    async fn run_for(seconds: u64) {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_only_while_it_holds_the_lease() {
+        let mut h = Harness::start(RecordingSink::default(), WriterSettings::default(), false);
+        h.upsert([policy(1, 1), policy(2, 1)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), Vec::<String>::new());
+        assert_eq!(h.metrics.leader.get(), 0);
+
+        h.lead(true);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p1", "p2"]);
+        assert_eq!(h.metrics.leader.get(), 1);
+        h.echo();
+        run_for(3).await;
+        assert_eq!(
+            h.sink.names_written(),
+            ["p1", "p2"],
+            "the echo is no change"
+        );
+
+        // The Lease lost: a change waits for the next time this replica leads.
+        h.lead(false);
+        run_for(1).await;
+        h.upsert([policy(1, 2)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p1", "p2"]);
+        assert_eq!(h.metrics.leader.get(), 0);
+
+        // Leading again, it compares against what the objects show: only
+        // the changed one is written.
+        h.lead(true);
+        run_for(3).await;
+        let writes = h.sink.writes();
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p1"]);
+        assert_eq!(writes[2].status["observedGeneration"], 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_each_changed_objects_desired_status_once() {
+        let mut h = Harness::start(RecordingSink::default(), WriterSettings::default(), true);
+        h.upsert([policy(1, 1), policy(2, 1), policy(3, 1)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p3"]);
+        for w in h.sink.writes() {
+            assert_eq!(w.status["observedGeneration"], 1, "{}", w.status);
+            let desired = h.desired(&w.key, Some(&w.status), "never");
+            assert_eq!(w.status, desired, "{}", w.key);
+        }
+        h.echo();
+        run_for(3).await;
+        // A snapshot that changes none of them writes nothing.
+        h.upsert([]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p3"]);
+
+        // A new generation of one: that one, once, as it is now.
+        h.upsert([policy(2, 2)]);
+        run_for(3).await;
+        let writes = h.sink.writes();
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p3", "p2"]);
+        assert_eq!(writes[3].status["observedGeneration"], 2);
+        assert_eq!(
+            writes[3].status,
+            h.desired(&key(2), Some(&writes[3].status), "never")
+        );
+        h.echo();
+
+        // A runtime module's field of another: that one, once, with it.
+        h.module_fields
+            .set(&key(3), "summary", json!("three rules"));
+        run_for(3).await;
+        let writes = h.sink.writes();
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p3", "p2", "p3"]);
+        assert_eq!(writes[4].status["summary"], "three rules");
+        h.echo();
+        run_for(3).await;
+        assert_eq!(writes.len(), h.sink.writes().len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skips_writes_that_would_change_nothing() {
+        let mut h = Harness::start(RecordingSink::default(), WriterSettings::default(), true);
+        // The objects already show the status the writer would write (a
+        // replica before this one wrote it).
+        let mut index = IndexWriter::new(Default::default());
+        index.apply(Change::Upsert(policy(1, 1)));
+        index.apply(Change::Upsert(policy(2, 1)));
+        let before = index.publish();
+        let shown = |n: u32| {
+            let mut object = policy(n, 1);
+            object["status"] = desired_status(
+                &key(n),
+                &before.objects[&key(n)],
+                None,
+                None,
+                "2024-01-01T00:00:00Z",
+            );
+            object
+        };
+        h.upsert([shown(1), shown(2)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), Vec::<String>::new());
+
+        // Someone edits what p2 shows: the writer puts its status back.
+        let mut changed = shown(2);
+        changed["status"]["conditions"][0]["message"] = json!("edited by hand");
+        h.upsert([changed]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p2"]);
+        assert_eq!(h.sink.writes()[0].status, shown(2)["status"]);
+        // The echo of that write changes nothing.
+        h.echo();
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_run_mode_a_status_a_previous_run_wrote_is_not_written_again() {
+        let sink = RecordingSink {
+            keeps_written: true,
+            ..Default::default()
+        };
+        // What `preload` reads back from the store.
+        let mut index = IndexWriter::new(Default::default());
+        index.apply(Change::Upsert(policy(1, 1)));
+        let before = index.publish();
+        let stored = desired_status(
+            &key(1),
+            &before.objects[&key(1)],
+            None,
+            None,
+            "2024-01-01T00:00:00Z",
+        );
+        let written = WrittenStatuses::default();
+        written.write().await.insert(key(1), stored.clone());
+        let mut h = Harness::start_with(sink, WriterSettings::default(), true, written);
+        h.upsert([policy(1, 1)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), Vec::<String>::new());
+        assert_eq!(h.written.read().await.get(&key(1)), Some(&stored));
+
+        // A change is written, and the API's copy follows it.
+        h.upsert([policy(1, 2)]);
+        run_for(3).await;
+        assert_eq!(h.sink.names_written(), ["p1"]);
+        let status = h.sink.writes()[0].status.clone();
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(h.written.read().await.get(&key(1)), Some(&status));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_to_its_rate_and_writes_the_rest_later() {
+        let settings = WriterSettings {
+            writes_per_second: 2,
+            ..WriterSettings::default()
+        };
+        let mut h = Harness::start(RecordingSink::default(), settings, true);
+        let start = Instant::now();
+        h.upsert((1..=5).map(|n| policy(n, 1)));
+        run_for(10).await;
+        let writes = h.sink.writes();
+        let mut names = h.sink.names_written();
+        names.sort();
+        assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"], "each once");
+        // At most two in any second.
+        for three in writes.windows(3) {
+            let apart = three[2].at - three[0].at;
+            assert!(apart >= Duration::from_secs(1), "3 writes within {apart:?}");
+        }
+        // Not slower than the rate: three windows of a second.
+        let last = writes.last().unwrap().at - start;
+        assert!(
+            last < Duration::from_secs(3),
+            "the last write after {last:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_is_retried_and_its_event_follows_the_write() {
+        let sink = RecordingSink::default();
+        sink.refusals_left.store(1, Ordering::SeqCst);
+        let mut h = Harness::start(sink, WriterSettings::default(), true);
+        h.upsert([policy(1, 1)]);
+        run_for(3).await;
+        assert_eq!(h.sink.refusals_left.load(Ordering::SeqCst), 0);
+        assert_eq!(h.sink.names_written(), ["p1"]);
+        let events = h.sink.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (object, _reason, writes_before) = &events[0];
+        assert_eq!((object, *writes_before), (&key(1), 1));
+    }
 }

@@ -1,42 +1,25 @@
-//! Helpers of the email tests: the real servers they run (aiosmtpd from
-//! tests/support/smtp_server.py, Postfix's smtp-sink, dnsmasq), test
-//! certificates, manifests, and the email API. Tools come from
-//! `scripts/test-tools.sh`, run once per test process. Every wait is bounded.
-#![allow(dead_code)]
+//! What the email tests share: the real SMTP servers they run (aiosmtpd
+//! from `tests/support/python/smtp_server.py`, Postfix's smtp-sink), test
+//! certificates, provider manifests, `idplane run` for mail, and the email
+//! API. Every wait is bounded.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::common::{ALLOW_LOOPBACK, Idplane, Killed, http, http_get, root, test_tool, wait_every};
+use super::api::{condition, http_get, http_json, org_events, status_object};
+use super::process::{
+    ALLOW_LOOPBACK, Idplane, Killed, free_port, wait_every, workspace_with_token,
+};
+use super::tools::{python_script, tools};
 
 pub const TOKEN: &str = "email-test-token-0123456789abcdef";
 
-/// Paths of the test tools.
-pub struct Tools {
-    pub python: PathBuf,
-    pub smtp_sink: PathBuf,
-    pub dnsmasq: PathBuf,
-}
-
-/// Installs (first call) and locates the tools.
-pub fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let var = test_tool;
-        Tools {
-            python: var("IDPLANE_VENV").join("bin/python"),
-            smtp_sink: var("IDPLANE_SMTP_SINK"),
-            dnsmasq: var("IDPLANE_DNSMASQ"),
-        }
-    })
-}
-
-/// Polls until `check` gives Some, or panics after `timeout`.
+/// Polls every 50 ms until `check` gives Some, or panics after `timeout`:
+/// the email tests measure retry delays in tenths of a second.
 pub fn wait<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
     wait_every(what, timeout, Duration::from_millis(50), check)
 }
@@ -152,7 +135,8 @@ impl ServerOptions {
     }
 }
 
-/// A running aiosmtpd server (tests/support/smtp_server.py), killed on drop.
+/// A running aiosmtpd server (`tests/support/python/smtp_server.py`),
+/// killed on drop.
 pub struct SmtpServer {
     child: Killed,
     pub port: u16,
@@ -166,7 +150,7 @@ impl SmtpServer {
         let record = dir.join(format!("{name}.jsonl"));
         let control = dir.join(format!("{name}.control"));
         let mut cmd = Command::new(&tools().python);
-        cmd.arg(root().join("tests/support/smtp_server.py"))
+        cmd.arg(python_script("smtp_server.py"))
             .arg("--record")
             .arg(&record)
             .arg("--control")
@@ -257,14 +241,6 @@ pub struct SmtpSink {
     pub dump: PathBuf,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl SmtpSink {
     pub fn start(dir: &Path) -> SmtpSink {
         let sink_dir = dir.join("sink");
@@ -308,74 +284,67 @@ impl SmtpSink {
     }
 }
 
-/// dnsmasq on loopback answering the given TXT records and nothing else.
-pub struct Dns {
-    child: Killed,
+/// An org's EmailProvider `corp` (user `mailer`) for a server on
+/// 127.0.0.1, with its password in the Secret `corp-smtp`.
+#[derive(Clone)]
+pub struct CorpProvider<'a> {
+    pub org: &'a str,
     pub port: u16,
+    /// none (then with allowInsecure), starttls or implicit.
+    pub tls: &'a str,
+    pub password: &'a str,
+    /// Retry settings as YAML flow, e.g. [`fast_retry`].
+    pub retry: String,
 }
 
-impl Dns {
-    /// Answers for names under `local` domains itself (NXDOMAIN when unknown).
-    pub fn start(port: u16, local: &str, txt: &[(&str, &str)]) -> Dns {
-        let mut cmd = Command::new(&tools().dnsmasq);
-        cmd.args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg("--listen-address=127.0.0.1")
-        .arg(format!("--port={port}"))
-        .arg("--conf-file=/dev/null")
-        .arg(format!("--local=/{local}/"));
-        for (name, value) in txt {
-            cmd.arg(format!("--txt-record={name},{value}"));
+impl<'a> CorpProvider<'a> {
+    /// Without TLS, password `pw-123` (as [`ServerOptions::corp`]), three
+    /// attempts with [`fast_retry`].
+    pub fn new(org: &'a str, port: u16) -> Self {
+        Self {
+            org,
+            port,
+            tls: "none",
+            password: "pw-123",
+            retry: fast_retry(3),
         }
-        let child = Killed(
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("dnsmasq starts"),
-        );
-        wait("dnsmasq listening", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        Dns { child, port }
+    }
+
+    /// The Secret and the EmailProvider, as YAML.
+    pub fn yaml(&self) -> String {
+        let Self {
+            org,
+            port,
+            tls,
+            password,
+            retry,
+        } = self;
+        let insecure = if *tls == "none" {
+            "\n  allowInsecure: true"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: corp-smtp\n  namespace: {org}\nstringData:\n  password: {password}\n---\n\
+             apiVersion: idplane.dev/v1alpha1\nkind: EmailProvider\nmetadata:\n  name: corp\n  namespace: {org}\nspec:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n  username: mailer\n  passwordSecretRef: {{name: corp-smtp, key: password}}\n  tls: {tls}{insecure}\n  retry: {retry}\n"
+        )
+    }
+
+    /// Writes [`Self::yaml`] to `file`.
+    pub fn write(&self, file: &Path) {
+        std::fs::write(file, self.yaml()).unwrap();
     }
 }
 
-/// A Secret and an EmailProvider for an org.
-pub fn provider_yaml(
-    org: &str,
-    name: &str,
-    port: u16,
-    tls: &str,
-    user: &str,
-    password: &str,
-    retry: &str,
-) -> String {
-    let insecure = if tls == "none" {
-        "\n  allowInsecure: true"
-    } else {
-        ""
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-smtp\n  namespace: {org}\nstringData:\n  password: {password}\n---\n\
-         apiVersion: idplane.dev/v1alpha1\nkind: EmailProvider\nmetadata:\n  name: {name}\n  namespace: {org}\nspec:\n  enabled: true\n  host: 127.0.0.1\n  port: {port}\n  username: {user}\n  passwordSecretRef: {{name: {name}-smtp, key: password}}\n  tls: {tls}{insecure}\n  retry: {retry}\n"
-    )
-}
-
-/// Org `acme`'s EmailProvider `corp` for a server on loopback without TLS
-/// (user `mailer`, password `pw-123`), written to `provider.yaml`; the
-/// file's path.
+/// Org `acme`'s [`CorpProvider`] without TLS, written to `provider.yaml`;
+/// the file's path.
 pub fn write_corp_provider(manifests: &Path, port: u16, retry: &str) -> PathBuf {
     let file = manifests.join("provider.yaml");
-    std::fs::write(
-        &file,
-        provider_yaml("acme", "corp", port, "none", "mailer", "pw-123", retry),
-    )
-    .unwrap();
+    CorpProvider {
+        retry: retry.to_string(),
+        ..CorpProvider::new("acme", port)
+    }
+    .write(&file);
     file
 }
 
@@ -386,15 +355,7 @@ pub fn fast_retry(max_attempts: u32) -> String {
 
 /// A temp dir with `manifests/`, a token file for orgs `*`.
 pub fn workspace() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let manifests = tmp.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    std::fs::write(
-        tmp.path().join("tokens.yaml"),
-        format!("tokens:\n  - {{name: email-tests, token: {TOKEN}, orgs: ['*']}}\n"),
-    )
-    .unwrap();
-    (tmp, manifests)
+    workspace_with_token("email-tests", TOKEN)
 }
 
 /// The flags of an installation default provider on loopback without TLS
@@ -444,15 +405,11 @@ pub fn start_idplane_strict(tmp: &Path, manifests: &Path, log: &str, extra: &[&s
 
 /// `POST /v1/orgs/{org}/emails`; (status, body).
 pub fn send(run: &Idplane, org: &str, body: Value) -> (u16, Value) {
-    let (code, text) = http(
+    http_json(
         "POST",
         &run.url(&format!("/v1/orgs/{org}/emails")),
         Some(TOKEN),
         Some(&body),
-    );
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
 
@@ -496,24 +453,7 @@ pub fn wait_final(run: &Idplane, org: &str, id: &str, timeout: Duration) -> Valu
 
 /// An object of the org as `/v1/orgs/{org}/status` shows it.
 pub fn object(run: &Idplane, org: &str, kind: &str, name: &str) -> Option<Value> {
-    let (code, body) = http_get(&run.url(&format!("/v1/orgs/{org}/status")), Some(TOKEN));
-    if code != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["objects"]
-        .as_array()?
-        .iter()
-        .find(|o| o["kind"] == kind && o["name"] == name)
-        .cloned()
-}
-
-pub fn condition(obj: &Value, type_: &str) -> Option<Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+    status_object(run, TOKEN, org, kind, name)
 }
 
 /// Waits for the provider's Verified condition to have `status`.
@@ -531,13 +471,7 @@ pub fn wait_verified(run: &Idplane, org: &str, name: &str, status: &str) -> Valu
 
 /// The org's events of a type.
 pub fn events(run: &Idplane, org: &str, type_: &str) -> Vec<Value> {
-    let (code, body) = http_get(
-        &run.url(&format!("/v1/orgs/{org}/events?type={type_}&limit=1000")),
-        Some(TOKEN),
-    );
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
+    org_events(run, TOKEN, org, type_)
 }
 
 /// Milliseconds of an RFC 3339 time.

@@ -1,8 +1,7 @@
-//! Shared parts of the telephony tests: real hook servers on loopback (each
+//! What the telephony tests share: real hook servers on loopback (each
 //! answering one way: success, PENDING, FAILED, an error object, malformed
 //! JSON, 500, a redirect, slow, a huge body), org manifests pointing at
-//! them, `idplane run` with a token file, and small API helpers.
-#![allow(dead_code)]
+//! them, `idplane run` with a token file, and the telephony API.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::common::{ALLOW_LOOPBACK, Idplane, http, http_get, wait_for};
+use super::api::{http_get, http_json, org_events, status_object};
+use super::process::{
+    ALLOW_LOOPBACK, Idplane, block_on, free_port, wait_for, workspace_with_token,
+};
 
 /// The secret every test hook expects in `Authorization`.
 pub const HOOK_TOKEN: &str = "hook-token-0123";
@@ -161,10 +163,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 
 /// A closed port on loopback: connecting is refused.
 pub fn refused_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    format!("http://127.0.0.1:{port}/telephony")
+    format!("http://127.0.0.1:{}/telephony", free_port())
 }
 
 /// One hook of an org's manifests.
@@ -222,13 +221,7 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("manifests")).unwrap();
-        std::fs::write(
-            dir.path().join("tokens.yaml"),
-            format!("tokens:\n  - {{name: tests, token: {API_TOKEN}, orgs: ['*']}}\n"),
-        )
-        .unwrap();
+        let (dir, _manifests) = workspace_with_token("tests", API_TOKEN);
         Self { dir }
     }
 
@@ -274,12 +267,8 @@ impl Workspace {
 
     /// Passcodes stored as delivered and not yet used or locked.
     pub fn valid_passcodes(&self) -> i64 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let url = format!("sqlite://{}?mode=ro", self.database().display());
-        rt.block_on(async {
+        block_on(async {
             use sqlx::Connection;
             let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
             let now = chrono::Utc::now().timestamp_millis();
@@ -309,11 +298,7 @@ pub fn send_body(phone: &str) -> Value {
 
 /// POST a JSON body with the test token; (status, JSON answer).
 pub fn post_json(run: &Idplane, path: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = http("POST", &run.url(path), Some(API_TOKEN), Some(body));
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    http_json("POST", &run.url(path), Some(API_TOKEN), Some(body))
 }
 
 pub fn send(run: &Idplane, org: &str, phone: &str) -> (u16, Value) {
@@ -328,15 +313,9 @@ pub fn verify(run: &Idplane, org: &str, transaction: &str, code: &str) -> (u16, 
     )
 }
 
-/// The org's `telephony.send` events.
+/// The org's events of a type.
 pub fn events(run: &Idplane, org: &str, type_: &str) -> Vec<Value> {
-    let (code, body) = http_get(
-        &run.url(&format!("/v1/orgs/{org}/events?type={type_}")),
-        Some(API_TOKEN),
-    );
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
+    org_events(run, API_TOKEN, org, type_)
 }
 
 /// Waits until the org has `n` events of `type_` (the ledger commits them
@@ -354,16 +333,7 @@ pub fn wait_events(run: &Idplane, org: &str, type_: &str, n: usize) -> Vec<Value
 
 /// A hook's status as `GET /v1/orgs/{org}/status` shows it.
 pub fn hook_status(run: &Idplane, org: &str, hook: &str) -> Option<Value> {
-    let (code, body) = http_get(&run.url(&format!("/v1/orgs/{org}/status")), Some(API_TOKEN));
-    if code != 200 {
-        return None;
-    }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["objects"]
-        .as_array()?
-        .iter()
-        .find(|o| o["kind"] == "TelephonyHook" && o["name"] == hook)
-        .map(|o| o["status"].clone())
+    status_object(run, API_TOKEN, org, "TelephonyHook", hook).map(|o| o["status"].clone())
 }
 
 /// Waits until the hook's status.metrics shows `executions` and `failures`.

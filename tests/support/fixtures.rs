@@ -1,0 +1,28 @@
+//! The invalid manifests under `tests/fixtures/invalid/GROUP/`, each with
+//! the field and message a refusal must name (its header lines).
+
+use std::path::PathBuf;
+
+use super::process::root;
+
+/// The fixtures of `tests/fixtures/invalid/GROUP/`, sorted: each file with
+/// its `# expect-field:` and `# expect-message:` header lines.
+pub fn invalid_fixtures(group: &str) -> Vec<(PathBuf, String, String)> {
+    let dir = root().join("tests/fixtures/invalid").join(group);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let body = std::fs::read_to_string(&path).unwrap();
+        let header = |key: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("# {key}: ")))
+                .unwrap_or_else(|| panic!("{} lacks # {key}", path.display()))
+                .to_string()
+        };
+        let (field, message) = (header("expect-field"), header("expect-message"));
+        out.push((path, field, message));
+    }
+    out.sort();
+    assert!(!out.is_empty(), "no fixtures in {}", dir.display());
+    out
+}

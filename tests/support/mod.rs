@@ -1,0 +1,33 @@
+//! What the integration tests share, each helper defined once. A test file
+//! takes it with `mod support;` and uses what it needs:
+//!
+//! - [`process`]: the idplane binary as a child process, waits (each
+//!   bounded), a free port, a blocking runtime.
+//! - [`api`]: calls to a running idplane: HTTP, the status of an org's
+//!   objects and their conditions, the org's events.
+//! - [`cluster`]: the test apiserver: kubectl, CRDs, temporary namespaces,
+//!   `idplane operator`.
+//! - [`tools`]: the tools `scripts/test-tools.sh` installs, dnsmasq, and
+//!   the Python scripts in `tests/support/python/` (the Helm driver and the
+//!   SMTP test server).
+//! - [`fixtures`]: the invalid manifests under `tests/fixtures/invalid`.
+//! - [`email`] and [`telephony`]: the servers, manifests and API calls of
+//!   the email and telephony tests.
+//!
+//! The general helpers are re-exported here (`use support::*`); the email
+//! and telephony ones are used by their module path, as their names
+//! (`send`, `events`, …) mean something different in each.
+
+// Each test file uses part of the tree: the rest is unused there.
+#![allow(dead_code)]
+
+pub mod api;
+pub mod cluster;
+pub mod email;
+pub mod fixtures;
+pub mod process;
+pub mod telephony;
+pub mod tools;
+
+#[allow(unused_imports)]
+pub use {api::*, cluster::*, fixtures::*, process::*, tools::*};
