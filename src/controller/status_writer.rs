@@ -12,6 +12,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
+use tracing::Instrument;
 // Tokio's clock, as the loop's timers use: tests can pause it.
 use tokio::time::Instant;
 
@@ -296,6 +297,8 @@ pub async fn run(
             .map(|(key, view, desired, event)| {
                 let sink = sink.clone();
                 let now = now.clone();
+                // One span per write (and its Event): the object's key.
+                let span = tracing::info_span!("status_write", object = %key);
                 async move {
                     let result = sink.write(&key, &desired, &now).await;
                     if result.is_ok()
@@ -306,6 +309,7 @@ pub async fn run(
                     }
                     (key, view, desired, result)
                 }
+                .instrument(span)
             })
             .buffer_unordered(settings.concurrency.max(1))
             .collect()
