@@ -26,15 +26,13 @@ use serde_json::json;
 
 use idplane::resources::{EmailDomain, EmailProvider, EnrollmentPolicy, TelephonyHook};
 
+mod support;
+use support::{Killed, kubeconfig, kubectl_ok};
+
 const NAMESPACES: usize = 20;
 
-fn kubeconfig_path() -> String {
-    std::env::var("IDPLANE_TEST_KUBECONFIG")
-        .expect("IDPLANE_TEST_KUBECONFIG: run `eval \"$(scripts/test-cluster.sh up)\"` first")
-}
-
 async fn client() -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig_path()).expect("kubeconfig");
+    let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .unwrap();
@@ -147,30 +145,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills the operator however the benchmark ends, so no process outlives it.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubectl(args: &[&str]) {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let out = Command::new(kubectl)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig_path())
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -178,13 +152,13 @@ async fn main() {
     }
     let root = env!("CARGO_MANIFEST_DIR");
     std::env::set_current_dir(root).unwrap();
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
     let client = client().await;
     let run = format!("bench{:x}", std::process::id());
     let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("{run}-{n}")).collect();
     for ns in &namespaces {
-        kubectl(&["create", "namespace", ns]);
-        kubectl(&[
+        kubectl_ok(&["create", "namespace", ns]);
+        kubectl_ok(&[
             "create",
             "secret",
             "generic",
@@ -193,7 +167,7 @@ async fn main() {
             ns,
             "--from-literal=token=t",
         ]);
-        kubectl(&[
+        kubectl_ok(&[
             "create",
             "secret",
             "generic",
@@ -218,13 +192,13 @@ async fn main() {
             "--lease-seconds",
             "6",
         ])
-        .env("KUBECONFIG", kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("operator");
     let stderr = operator.stderr.take().unwrap();
-    let operator = KillOnDrop(operator);
+    let operator = Killed(operator);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -274,7 +248,7 @@ async fn main() {
     drop(operator);
     // Leave the cluster as we found it (namespaces stay: no namespace controller).
     for ns in &namespaces {
-        kubectl(&[
+        kubectl_ok(&[
             "delete",
             "telephonyhooks,enrollmentpolicies,emailproviders,emaildomains",
             "--all",

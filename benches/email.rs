@@ -15,7 +15,7 @@
 //! A control run sends the highest steady load's schedule to `GET /healthz`
 //! (no store, no queue): what the load generator itself adds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,38 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const POOL: u32 = 4;
 const PACED: usize = 200;
 mod support;
-use support::{Killed, run_idplane};
+use support::{Killed, free_port, root, run_idplane, test_tool};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn smtp_sink_path() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/test-tools.sh"))
-        .output()
-        .expect("scripts/test-tools.sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("export IDPLANE_SMTP_SINK="))
-        .map(PathBuf::from)
-        .expect("test-tools.sh names smtp-sink")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_sink(sink: &Path) -> (Killed, u16) {
     let port = free_port();
@@ -589,7 +560,7 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let sink = smtp_sink_path();
+    let sink = test_tool("IDPLANE_SMTP_SINK");
     let (_sink, smtp_port) = start_sink(&sink);
     let dir = tempfile::tempdir().unwrap();
     let (idplane, base) = start_idplane(dir.path(), smtp_port);

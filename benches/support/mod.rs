@@ -1,20 +1,22 @@
-//! What the HTTP benchmarks share: the release binary run as
-//! `idplane run --manifests DIR` with a token file, killed when dropped.
+//! What the benchmarks share: the tests' helpers (processes killed on
+//! drop, free ports, the test tools, the test cluster) and the release
+//! binary run as `idplane run --manifests DIR` with a token file.
+
+// Each benchmark uses part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A child process, killed (and waited for) on drop.
-pub struct Killed(pub Child);
+// The tests' helpers, defined once for tests and benchmarks alike; each
+// benchmark uses part of them.
+#[path = "../../tests/support/mod.rs"]
+mod tests_support;
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[allow(unused_imports)]
+pub use tests_support::{Killed, free_port, kubeconfig, kubectl_ok, root, test_tool};
 
 /// Writes `tokens.yaml` in `dir` granting `token` every org, starts
 /// `idplane run --manifests MANIFESTS --listen 127.0.0.1:0 --tokens …
