@@ -474,7 +474,7 @@ fn bad_input_gets_the_documented_answers() {
         let answer = get(&run, &format!("/v1/orgs/acme/events?{query}"));
         assert_documented(&doc, "get", &format!("{org}/events"), answer, code);
     }
-    // The ledger commits events a moment after the answer.
+    // The store writer commits events a moment after the answer.
     let page = wait_for("two telephony.send events", Duration::from_secs(10), || {
         let (code, page) = get(
             &run,

@@ -193,7 +193,7 @@ fn a_graceful_stop_keeps_every_passcode_sent_before_it() {
     let sent: Vec<(String, String)> = (0..20)
         .map(|i| sent(&run, &hook, "acme", &format!("+141555502{i:02}")))
         .collect();
-    // Stopped at once: the ledger commits after each send has answered.
+    // Stopped at once: the store writer commits after each send has answered.
     let status = run.stop(Duration::from_secs(30));
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
     let log = std::fs::read_to_string(&run.log).unwrap();

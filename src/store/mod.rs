@@ -180,7 +180,7 @@ impl Store {
 
     /// The bytes that the email queue's data (with the room it keeps for
     /// unsent mail) may use: 9/10 of the cap, so that status, the system
-    /// log and the telephony ledger still have room when new mail has not.
+    /// log and the telephony store writer still have room when new mail has not.
     pub fn accept_limit(&self) -> Option<i64> {
         self.max_size
             .map(|b| i64::try_from(b / 10 * 9).unwrap_or(i64::MAX))

@@ -1,5 +1,5 @@
 //! Per-hook execution numbers: daily buckets (UTC days) held in memory and
-//! persisted through the [`super::store_writer::Ledger`], and the rolling 30-day
+//! persisted through the [`super::store_writer::StoreWriter`], and the rolling 30-day
 //! window that becomes a hook's `status.metrics`. Pure apart from the lock.
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,12 +104,12 @@ pub type HookId = (String, String);
 
 /// The numbers of every hook that has run.
 #[derive(Default)]
-pub struct HookTally {
+pub struct HookStats {
     hooks: Mutex<HashMap<HookId, HookNumbers>>,
 }
 
-impl HookTally {
-    /// A tally starting from stored numbers.
+impl HookStats {
+    /// A hook_stats starting from stored numbers.
     pub fn from_stored(stored: HashMap<HookId, HookNumbers>) -> Self {
         Self {
             hooks: Mutex::new(stored),
@@ -160,11 +160,11 @@ mod tests {
 
     #[test]
     fn window_sums_thirty_days_and_averages_successes() {
-        let tally = HookTally::default();
-        tally.record(&exec("2026-01-01", true, 100));
-        tally.record(&exec("2026-01-15", true, 201));
-        tally.record(&exec("2026-01-30", false, 3000));
-        let m = tally.metrics("acme", "primary", day("2026-01-30"));
+        let hook_stats = HookStats::default();
+        hook_stats.record(&exec("2026-01-01", true, 100));
+        hook_stats.record(&exec("2026-01-15", true, 201));
+        hook_stats.record(&exec("2026-01-30", false, 3000));
+        let m = hook_stats.metrics("acme", "primary", day("2026-01-30"));
         assert_eq!(
             (
                 m.window_days,
@@ -181,21 +181,21 @@ mod tests {
         );
         assert_eq!(m.last_failure.unwrap().reason, "timeout: slow");
         // A day later the first day has left the window.
-        let m = tally.metrics("acme", "primary", day("2026-01-31"));
+        let m = hook_stats.metrics("acme", "primary", day("2026-01-31"));
         assert_eq!(
             (m.executions, m.successes, m.average_success_millis),
             (2, 1, 201)
         );
         // Far later: zeros, but the last times stay.
-        let m = tally.metrics("acme", "primary", day("2026-06-01"));
+        let m = hook_stats.metrics("acme", "primary", day("2026-06-01"));
         assert_eq!(m.executions, 0);
         assert!(m.last_execution_time.is_some());
     }
 
     #[test]
     fn unknown_hooks_have_zeros_and_old_days_are_dropped() {
-        let tally = HookTally::default();
-        let m = tally.metrics("acme", "none", day("2026-01-01"));
+        let hook_stats = HookStats::default();
+        let m = hook_stats.metrics("acme", "none", day("2026-01-01"));
         assert_eq!(
             m,
             HookMetrics {

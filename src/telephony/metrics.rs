@@ -1,6 +1,6 @@
 //! The module's Prometheus metrics: hook executions and their duration by
 //! org, hook and outcome; sends, refusals of the abuse guard,
-//! verifications and previews; failed ledger batches.
+//! verifications and previews; failed batches of the store writer.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,17 +30,17 @@ fn duration_histogram() -> Histogram {
 
 /// Handles to the registered metrics.
 #[derive(Clone)]
-pub struct Instruments {
+pub struct TelephonyMetrics {
     executions: Family<HookLabels, Counter>,
     duration: Family<HookLabels, Histogram, fn() -> Histogram>,
     sends: Family<OrgResult, Counter>,
     refusals: Family<OrgResult, Counter>,
     verifications: Family<OrgResult, Counter>,
     previews: Family<HookLabels, Counter>,
-    ledger_errors: Counter,
+    store_writer_errors: Counter,
 }
 
-impl Instruments {
+impl TelephonyMetrics {
     /// Creates the metrics and registers them.
     pub fn register(metrics: &Metrics) -> Self {
         let this = Self {
@@ -50,7 +50,7 @@ impl Instruments {
             refusals: Family::default(),
             verifications: Family::default(),
             previews: Family::default(),
-            ledger_errors: Counter::default(),
+            store_writer_errors: Counter::default(),
         };
         metrics.register(
             "telephony_hook_executions",
@@ -82,10 +82,11 @@ impl Instruments {
             "Preview requests sent to telephony hooks by org, hook and outcome",
             this.previews.clone(),
         );
+        // Published under its first name, which dashboards may use.
         metrics.register(
             "telephony_ledger_errors",
             "Batches of telephony records the store failed to commit",
-            this.ledger_errors.clone(),
+            this.store_writer_errors.clone(),
         );
         this
     }
@@ -132,7 +133,7 @@ impl Instruments {
         Self::count(&self.verifications, org, result);
     }
 
-    pub fn ledger_error(&self) {
-        self.ledger_errors.inc();
+    pub fn store_writer_error(&self) {
+        self.store_writer_errors.inc();
     }
 }

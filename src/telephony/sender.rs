@@ -22,11 +22,11 @@ use super::contract::{
     Verdict,
 };
 use super::guard::{AbuseGuard, Scope};
-use super::hook_stats::{ExecutionRecord, HookTally};
-use super::metrics::Instruments;
+use super::hook_stats::{ExecutionRecord, HookStats};
+use super::metrics::TelephonyMetrics;
 use super::phone::{CountryAllowList, PhoneNumber};
 use super::preview::{self, DEFAULT_LOCALE, PreviewInput, rfc3339_millis};
-use super::store_writer::{IssuedOtp, Ledger};
+use super::store_writer::{IssuedOtp, StoreWriter};
 use crate::controller::module_fields::ModuleFields;
 use crate::index::{HookConfig, Snapshot};
 use crate::resources::{Kind, ObjectKey};
@@ -145,9 +145,9 @@ pub struct OtpSender {
     pub(super) policy: OtpPolicy,
     pub(super) guard: AbuseGuard,
     pub(super) countries: CountryAllowList,
-    pub(super) ledger: Ledger,
-    pub(super) tally: Arc<HookTally>,
-    pub(super) instruments: Instruments,
+    pub(super) store_writer: StoreWriter,
+    pub(super) hook_stats: Arc<HookStats>,
+    pub(super) metrics: TelephonyMetrics,
     pub(super) module_fields: Arc<ModuleFields>,
 }
 
@@ -182,7 +182,7 @@ impl OtpSender {
     /// Refuses numbers outside the org's allow-list and sends over a limit.
     fn admit(&self, org: &str, phone: &PhoneNumber) -> Result<(), TelephonyError> {
         if !self.countries.allows(org, phone) {
-            self.instruments.refusal(org, "country_not_allowed");
+            self.metrics.refusal(org, "country_not_allowed");
             return Err(TelephonyError::CountryNotAllowed {
                 org: org.to_string(),
                 allowed: self.countries.codes(org).unwrap_or_default().to_vec(),
@@ -195,7 +195,7 @@ impl OtpSender {
                     Scope::Phone => "phone_rate_limit",
                     Scope::Org => "org_rate_limit",
                 };
-                self.instruments.refusal(org, reason);
+                self.metrics.refusal(org, reason);
                 TelephonyError::RateLimited(refusal)
             })
     }
@@ -209,12 +209,12 @@ impl OtpSender {
         let phone = match PhoneNumber::parse(&req.phone_number) {
             Ok(p) => p,
             Err(e) => {
-                self.instruments.send(org, "invalid");
+                self.metrics.send(org, "invalid");
                 return Err(TelephonyError::InvalidPhone(e));
             }
         };
         if req.user.id.is_empty() || req.user.login.is_empty() {
-            self.instruments.send(org, "invalid");
+            self.metrics.send(org, "invalid");
             return Err(TelephonyError::InvalidRequest(
                 "user.id and user.login must not be empty".into(),
             ));
@@ -224,7 +224,7 @@ impl OtpSender {
             let name = c.active_hook.as_ref()?;
             Some((c, c.hooks.get(name)?))
         }) else {
-            self.instruments.send(org, "no_active_hook");
+            self.metrics.send(org, "no_active_hook");
             return Err(TelephonyError::NoActiveHook(org.to_string()));
         };
         self.admit(org, &phone)?;
@@ -291,11 +291,11 @@ impl OtpSender {
                         expires_at_millis: expires.timestamp_millis(),
                         max_attempts: self.policy.max_attempts,
                     };
-                    self.ledger
+                    self.store_writer
                         .issue(issued)
                         .await
                         .map_err(|e| TelephonyError::Store(e.to_string()))?;
-                    self.instruments.send(org, "delivered");
+                    self.metrics.send(org, "delivered");
                     return Ok(SendReceipt {
                         transaction_id,
                         status: d.status,
@@ -317,7 +317,7 @@ impl OtpSender {
             }
         }
         // Nothing was stored: the code that went out is valid nowhere.
-        self.instruments.send(org, "failed");
+        self.metrics.send(org, "failed");
         Err(TelephonyError::DeliveryFailed {
             transaction_id,
             attempts: failures,
@@ -356,8 +356,8 @@ impl OtpSender {
             millis,
             failure_reason: reason.clone(),
         };
-        self.tally.record(&record);
-        self.instruments
+        self.hook_stats.record(&record);
+        self.metrics
             .execution(ctx.org, &hook.name, success, ex.took.as_secs_f64());
         let masked = ctx.phone.masked();
         if success {
@@ -391,9 +391,9 @@ impl OtpSender {
             subject: format!("TelephonyHook/{}", hook.name),
             detail,
         };
-        // The ledger only fails when shut down; numbers are in memory anyway.
-        let _ = self.ledger.execution(record).await;
-        let _ = self.ledger.log(entry).await;
+        // The store writer only fails when shut down; numbers are in memory anyway.
+        let _ = self.store_writer.execution(record).await;
+        let _ = self.store_writer.log(entry).await;
     }
 
     /// Checks a code against a delivered passcode.
@@ -419,7 +419,7 @@ impl OtpSender {
         let code = req.code;
         let matcher = Box::new(move |stored: &[u8]| hasher.matches(&id, &code, stored));
         let decision = self
-            .ledger
+            .store_writer
             .verify(
                 &req.transaction_id,
                 org,
@@ -429,14 +429,14 @@ impl OtpSender {
             .await
             .map_err(|e| TelephonyError::Store(e.to_string()))?;
         let Some(d) = decision else {
-            self.instruments.verification(org, "unknown");
+            self.metrics.verification(org, "unknown");
             return Err(TelephonyError::UnknownTransaction);
         };
         let result = serde_json::to_value(d.result)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        self.instruments.verification(org, &result);
+        self.metrics.verification(org, &result);
         Ok(VerifyAnswer {
             transaction_id: req.transaction_id,
             result: d.result,
@@ -516,7 +516,7 @@ impl OtpSender {
         self.admit(org, &phone)?;
         let outcome = preview::send(&self.caller, hook, &request).await;
         let success = matches!(outcome.exchange.verdict, Verdict::Delivered(_));
-        self.instruments.preview(org, name, success);
+        self.metrics.preview(org, name, success);
         let now = Utc::now();
         let summary = outcome.summary();
         self.module_fields.set(
@@ -525,7 +525,7 @@ impl OtpSender {
             json!({"time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "result": summary}),
         );
         let _ = self
-            .ledger
+            .store_writer
             .log(LogEntry {
                 org: org.to_string(),
                 type_: "telephony.preview".into(),

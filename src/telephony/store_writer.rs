@@ -31,16 +31,16 @@ const MAX_BATCH: usize = 8192;
 /// cannot keep up slows sends down rather than growing memory).
 const QUEUE: usize = 64 * 1024;
 
-/// Errors of the ledger.
+/// Errors of the store writer.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum LedgerError {
+pub enum StoreWriterError {
     #[error("the telephony store failed: {0}")]
     Sql(String),
     #[error("the telephony store is shut down")]
     Closed,
 }
 
-impl From<sqlx::Error> for LedgerError {
+impl From<sqlx::Error> for StoreWriterError {
     fn from(e: sqlx::Error) -> Self {
         Self::Sql(e.to_string())
     }
@@ -70,7 +70,7 @@ enum Op {
         org: String,
         now_millis: i64,
         matcher: Matcher,
-        reply: oneshot::Sender<Result<Option<Decision>, LedgerError>>,
+        reply: oneshot::Sender<Result<Option<Decision>, StoreWriterError>>,
     },
     Purge {
         otp_before_millis: i64,
@@ -81,31 +81,34 @@ enum Op {
 
 /// The handle to the writer task.
 #[derive(Clone)]
-pub struct Ledger {
+pub struct StoreWriter {
     ops: Submitter<Op>,
 }
 
-impl Ledger {
+impl StoreWriter {
     /// Starts the writer on `pool`; `on_error` is called for each failed batch.
-    pub fn start(pool: SqlitePool, on_error: impl Fn(&LedgerError) + Send + 'static) -> Self {
+    pub fn start(pool: SqlitePool, on_error: impl Fn(&StoreWriterError) + Send + 'static) -> Self {
         let (ops, pending) = group_commit::channel(QUEUE);
         tokio::spawn(pending.run(MAX_BATCH, LedgerWriter { pool, on_error }));
         Self { ops }
     }
 
-    async fn push(&self, op: Op) -> Result<(), LedgerError> {
-        self.ops.send(op).await.map_err(|_| LedgerError::Closed)
+    async fn push(&self, op: Op) -> Result<(), StoreWriterError> {
+        self.ops
+            .send(op)
+            .await
+            .map_err(|_| StoreWriterError::Closed)
     }
 
-    pub async fn issue(&self, otp: IssuedOtp) -> Result<(), LedgerError> {
+    pub async fn issue(&self, otp: IssuedOtp) -> Result<(), StoreWriterError> {
         self.push(Op::Issue(otp)).await
     }
 
-    pub async fn execution(&self, record: ExecutionRecord) -> Result<(), LedgerError> {
+    pub async fn execution(&self, record: ExecutionRecord) -> Result<(), StoreWriterError> {
         self.push(Op::Execution(record)).await
     }
 
-    pub async fn log(&self, entry: LogEntry) -> Result<(), LedgerError> {
+    pub async fn log(&self, entry: LogEntry) -> Result<(), StoreWriterError> {
         self.push(Op::Log(entry)).await
     }
 
@@ -117,7 +120,7 @@ impl Ledger {
         org: &str,
         now_millis: i64,
         matcher: Matcher,
-    ) -> Result<Option<Decision>, LedgerError> {
+    ) -> Result<Option<Decision>, StoreWriterError> {
         self.ops
             .request(|reply| Op::Verify {
                 id: id.to_string(),
@@ -127,7 +130,7 @@ impl Ledger {
                 reply,
             })
             .await
-            .map_err(|_| LedgerError::Closed)?
+            .map_err(|_| StoreWriterError::Closed)?
     }
 
     /// Deletes passcodes that expired before `otp_before_millis` and daily
@@ -136,7 +139,7 @@ impl Ledger {
         &self,
         otp_before_millis: i64,
         days_before: NaiveDate,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), StoreWriterError> {
         self.push(Op::Purge {
             otp_before_millis,
             days_before,
@@ -151,7 +154,7 @@ impl Ledger {
 }
 
 type Reply = (
-    oneshot::Sender<Result<Option<Decision>, LedgerError>>,
+    oneshot::Sender<Result<Option<Decision>, StoreWriterError>>,
     Option<Decision>,
 );
 
@@ -162,7 +165,7 @@ struct LedgerWriter<F> {
     on_error: F,
 }
 
-impl<F: Fn(&LedgerError) + Send + 'static> BatchWriter for LedgerWriter<F> {
+impl<F: Fn(&StoreWriterError) + Send + 'static> BatchWriter for LedgerWriter<F> {
     type Op = Op;
 
     async fn write(&mut self, batch: &mut Vec<Op>) {
@@ -176,7 +179,7 @@ impl<F: Fn(&LedgerError) + Send + 'static> BatchWriter for LedgerWriter<F> {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "telephony ledger: a batch was not stored");
+                tracing::error!(error = %e, "telephony store_writer: a batch was not stored");
                 (self.on_error)(&e);
                 for (reply, _) in replies {
                     let _ = reply.send(Err(e.clone()));
@@ -204,7 +207,7 @@ async fn commit(
     batch: &mut Vec<Op>,
     replies: &mut Vec<Reply>,
     barriers: &mut Vec<oneshot::Sender<()>>,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreWriterError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut ops = std::mem::take(batch).into_iter();
     let applied = apply_all(&mut tx, &mut ops, replies, barriers).await;
@@ -220,7 +223,7 @@ async fn apply_all(
     ops: &mut impl Iterator<Item = Op>,
     replies: &mut Vec<Reply>,
     barriers: &mut Vec<oneshot::Sender<()>>,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreWriterError> {
     let mut executions = ExecutionSums::default();
     // Rows are inserted many per statement; pending ones are written before
     // anything that reads them (a verification, a purge).
@@ -309,7 +312,7 @@ impl ExecutionSums {
 async fn insert_otps(
     tx: &mut Transaction<'_, Sqlite>,
     pending: &mut Vec<IssuedOtp>,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreWriterError> {
     for chunk in pending.chunks(ROWS_PER_INSERT) {
         let mut insert = sqlx::QueryBuilder::<Sqlite>::new(
             "INSERT INTO otp_transactions (id, org, hook, code_hash, created_at, expires_at, attempts, max_attempts, state) ",
@@ -335,7 +338,7 @@ async fn record_executions(
     tx: &mut Transaction<'_, Sqlite>,
     (org, hook, day): &(String, String, NaiveDate),
     sum: &ExecutionSum,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreWriterError> {
     sqlx::query(
         "INSERT INTO telephony_hook_days (org, hook, day, executions, successes, failures, success_millis)
          VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -382,7 +385,7 @@ async fn verify(
     org: &str,
     now_millis: i64,
     matcher: Matcher,
-) -> Result<Option<Decision>, LedgerError> {
+) -> Result<Option<Decision>, StoreWriterError> {
     let row = sqlx::query(
         "SELECT code_hash, state, expires_at, attempts, max_attempts FROM otp_transactions WHERE id = ? AND org = ?",
     )
@@ -417,7 +420,7 @@ async fn purge(
     tx: &mut Transaction<'_, Sqlite>,
     otp_before_millis: i64,
     days_before: NaiveDate,
-) -> Result<(), LedgerError> {
+) -> Result<(), StoreWriterError> {
     sqlx::query("DELETE FROM otp_transactions WHERE expires_at < ?")
         .bind(otp_before_millis)
         .execute(&mut **tx)
@@ -433,7 +436,7 @@ async fn purge(
 pub async fn load_numbers(
     pool: &SqlitePool,
     since: NaiveDate,
-) -> Result<HashMap<HookId, HookNumbers>, LedgerError> {
+) -> Result<HashMap<HookId, HookNumbers>, StoreWriterError> {
     let mut numbers: HashMap<HookId, HookNumbers> = HashMap::new();
     let rows = sqlx::query(
         "SELECT org, hook, day, executions, successes, failures, success_millis
@@ -497,12 +500,21 @@ mod tests {
     #[tokio::test]
     async fn executions_round_trip_and_verifications_are_ordered() {
         let store = Store::memory().await.unwrap();
-        let ledger = Ledger::start(store.pool().clone(), |_| {});
-        ledger.execution(record("2026-01-01", true)).await.unwrap();
-        ledger.execution(record("2026-01-01", false)).await.unwrap();
-        ledger.execution(record("2026-01-02", true)).await.unwrap();
+        let store_writer = StoreWriter::start(store.pool().clone(), |_| {});
+        store_writer
+            .execution(record("2026-01-01", true))
+            .await
+            .unwrap();
+        store_writer
+            .execution(record("2026-01-01", false))
+            .await
+            .unwrap();
+        store_writer
+            .execution(record("2026-01-02", true))
+            .await
+            .unwrap();
         let hasher = crate::telephony::code::CodeHasher::new(b"k");
-        ledger
+        store_writer
             .issue(IssuedOtp {
                 id: "tx1".into(),
                 org: "acme".into(),
@@ -514,7 +526,7 @@ mod tests {
             })
             .await
             .unwrap();
-        ledger
+        store_writer
             .log(LogEntry {
                 org: "acme".into(),
                 type_: "telephony.send".into(),
@@ -530,26 +542,26 @@ mod tests {
             Box::new(move |stored| h.matches("tx1", code, stored))
         };
         // Issued just before: seen.
-        let d = ledger
+        let d = store_writer
             .verify("tx1", "acme", 10, check("000000"))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(d.result, crate::telephony::code::VerifyResult::Invalid);
         assert!(
-            ledger
+            store_writer
                 .verify("tx1", "other", 10, check("123456"))
                 .await
                 .unwrap()
                 .is_none()
         );
-        let d = ledger
+        let d = store_writer
             .verify("tx1", "acme", 10, check("123456"))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(d.result, crate::telephony::code::VerifyResult::Verified);
-        let d = ledger
+        let d = store_writer
             .verify("tx1", "acme", 10, check("123456"))
             .await
             .unwrap()
@@ -589,13 +601,13 @@ mod tests {
             .unwrap();
         assert_eq!(events.len(), 1);
 
-        ledger
+        store_writer
             .purge(2_000, "2026-01-02".parse().unwrap())
             .await
             .unwrap();
-        ledger.barrier().await;
+        store_writer.barrier().await;
         assert!(
-            ledger
+            store_writer
                 .verify("tx1", "acme", 10, check("123456"))
                 .await
                 .unwrap()

@@ -318,7 +318,7 @@ pub fn events(run: &Idplane, org: &str, type_: &str) -> Vec<Value> {
     org_events(run, API_TOKEN, org, type_)
 }
 
-/// Waits until the org has `n` events of `type_` (the ledger commits them
+/// Waits until the org has `n` events of `type_` (the store writer commits them
 /// a few milliseconds after the answer).
 pub fn wait_events(run: &Idplane, org: &str, type_: &str, n: usize) -> Vec<Value> {
     wait_for(
