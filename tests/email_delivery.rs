@@ -1031,3 +1031,57 @@ fn a_backlog_at_a_slow_server_costs_no_attempts() {
         );
     }
 }
+
+/// With `--log-format json` and `RUST_LOG=idplane=debug`, the line an
+/// attempt logs carries its `email_attempt` span (org, message id, attempt)
+/// inside the `smtp_session` span (host, port); the recipient and the body
+/// are in no line.
+#[test]
+fn json_logs_carry_the_attempt_spans() {
+    let (tmp, manifests) = workspace();
+    let server = SmtpServer::start(tmp.path(), "none", None, ServerOptions::corp());
+    CorpProvider::new("spans", server.port).write(&manifests.join("spans.yaml"));
+    let mut flags = support::ALLOW_LOOPBACK.to_vec();
+    flags.extend([
+        "--log-format",
+        "json",
+        "--email-default-sender",
+        "Idplane <noreply@idplane.example>",
+    ]);
+    let mut run = Idplane::run_manifests(
+        &manifests,
+        &tmp.path().join("state/idplane.db"),
+        &tmp.path().join("tokens.yaml"),
+        &flags,
+        &[("RUST_LOG", "idplane=debug")],
+        &tmp.path().join("run.log"),
+    );
+    wait_verified(&run, "spans", "corp", "True");
+    let id = send_ok(&run, "spans", "span check");
+    let sent = wait_final(&run, "spans", &id, Duration::from_secs(20));
+    assert_eq!(sent["state"], "sent", "{sent}");
+    run.stop(Duration::from_secs(10));
+    let log = std::fs::read_to_string(tmp.path().join("run.log")).unwrap();
+    let attempt: Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "attempt made" && l["span"]["message_id"] == id)
+        .unwrap_or_else(|| panic!("no JSON line for the attempt of {id}:\n{log}"));
+    assert_eq!(attempt["span"]["name"], "email_attempt", "{attempt}");
+    assert_eq!(attempt["span"]["org"], "spans", "{attempt}");
+    assert_eq!(attempt["span"]["attempt"], 1, "{attempt}");
+    let session = attempt["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "smtp_session")
+        .unwrap_or_else(|| panic!("no smtp_session span in {attempt}"));
+    assert_eq!(session["host"], "127.0.0.1", "{attempt}");
+    assert_eq!(session["port"], server.port, "{attempt}");
+    // send_ok's recipient and body.
+    assert!(
+        !log.contains("user@example.com"),
+        "the recipient is logged:\n{log}"
+    );
+    assert!(!log.contains("hello"), "the body is logged:\n{log}");
+}
