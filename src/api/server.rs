@@ -61,17 +61,6 @@ pub struct HttpSettings {
     pub max_connections_per_client: u32,
 }
 
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            max_connections_per_client: 512,
-        }
-    }
-}
-
 /// Why a connection is not served, or no longer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

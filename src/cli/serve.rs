@@ -85,19 +85,6 @@ pub struct ModuleSettings {
     pub egress: crate::egress::EgressSettings,
 }
 
-impl Default for ModuleSettings {
-    fn default() -> Self {
-        Self {
-            shutdown_grace: Duration::from_secs(20),
-            database_max_size: None,
-            http: Default::default(),
-            telephony: Default::default(),
-            email: Default::default(),
-            egress: Default::default(),
-        }
-    }
-}
-
 /// Parses a size as Kubernetes writes one (`512Mi`, `2Gi`), or bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let units = [

@@ -94,23 +94,6 @@ pub struct TelephonySettings {
     pub telephony_status_interval: Duration,
 }
 
-impl Default for TelephonySettings {
-    fn default() -> Self {
-        Self {
-            otp_code_length: 6,
-            otp_lifetime: Duration::from_secs(300),
-            otp_max_attempts: 5,
-            otp_hash_key: None,
-            otp_phone_limit: 5,
-            otp_phone_window: Duration::from_secs(600),
-            otp_org_limit: 1000,
-            otp_org_window: Duration::from_secs(3600),
-            otp_allowed_country_codes: CountryAllowList::default(),
-            telephony_status_interval: Duration::from_secs(2),
-        }
-    }
-}
-
 /// Errors of the module's operations; each becomes an API error with a
 /// stable code (see `routes`).
 #[derive(Debug, thiserror::Error)]
