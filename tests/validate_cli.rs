@@ -272,3 +272,14 @@ fn an_org_without_a_default_policy_is_a_warning() {
     assert_eq!(findings[0]["rule"], "noDefaultPolicy");
     assert_eq!(findings[0]["field"], "spec.default");
 }
+
+/// A log format idplane does not write is refused before anything runs,
+/// naming the flag and the formats it takes.
+#[test]
+fn an_unknown_log_format_is_refused_with_the_flag_and_its_values() {
+    let out = run(&["--log-format", "xml", "validate", "examples/"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("'--log-format <LOG_FORMAT>'"), "{stderr}");
+    assert!(stderr.contains("[possible values: text, json]"), "{stderr}");
+}

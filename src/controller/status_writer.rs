@@ -39,6 +39,14 @@ pub enum WriteError {
     NotOwned(ObjectKey),
 }
 
+/// The API resource to write `key`'s status through: only idplane's kinds
+/// have a status it writes.
+fn api_resource_of(key: &ObjectKey) -> Result<kube::core::ApiResource, WriteError> {
+    key.owned_kind()
+        .map(crate::resources::api_resource)
+        .ok_or_else(|| WriteError::NotOwned(key.clone()))
+}
+
 /// Where statuses and transition events go.
 #[derive(Clone)]
 pub enum StatusSink {
@@ -81,10 +89,7 @@ impl StatusSink {
     async fn write(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), WriteError> {
         match self {
             Self::Kube { client, .. } => {
-                let kind = key
-                    .owned_kind()
-                    .ok_or_else(|| WriteError::NotOwned(key.clone()))?;
-                let ar = crate::resources::api_resource(kind);
+                let ar = api_resource_of(key)?;
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(client.clone(), &key.namespace, &ar);
                 let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});
@@ -365,6 +370,22 @@ mod tests {
 
     use super::*;
     use crate::index::{Change, IndexWriter};
+
+    #[test]
+    fn only_idplanes_kinds_have_a_status_to_write() {
+        let secret = ObjectKey {
+            kind: "Secret".into(),
+            namespace: "acme".into(),
+            name: "hook-token".into(),
+        };
+        let refused = api_resource_of(&secret).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "Secret acme/hook-token: not a kind idplane owns"
+        );
+        let hook = ObjectKey::new(crate::resources::Kind::TelephonyHook, "acme", "primary");
+        assert_eq!(api_resource_of(&hook).unwrap().kind, "TelephonyHook");
+    }
 
     /// One status the sink took, and when (tokio's clock).
     #[derive(Clone, Debug)]
