@@ -208,6 +208,40 @@ fn assert_documented(doc: &Value, method: &str, path: &str, answer: (u16, Value)
     );
 }
 
+/// The operation's path of a request's path: its org, hook name and email
+/// id as parameters, its query left out.
+fn operation_path(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let mut out = Vec::new();
+    let mut previous = "";
+    for segment in path.split('/') {
+        out.push(match previous {
+            "orgs" => "{org}",
+            "telephony-hooks" => "{name}",
+            "emails" => "{id}",
+            _ => segment,
+        });
+        previous = segment;
+    }
+    out.join("/")
+}
+
+/// Sends a request that must be refused with `code`, checks its status and
+/// code against its operation in `doc`, and returns the answer's body.
+fn refused(
+    run: &Idplane,
+    doc: &Value,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    code: &str,
+) -> Value {
+    let answer = http_json(&method.to_uppercase(), &run.url(path), Some(TOKEN), body);
+    let refusal = answer.1.clone();
+    assert_documented(doc, method, &operation_path(path), answer, code);
+    refusal
+}
+
 /// Bad input to each operation gets the documented status and code.
 #[test]
 fn bad_input_gets_the_documented_answers() {
@@ -219,66 +253,62 @@ fn bad_input_gets_the_documented_answers() {
     // Unknown fields are refused in nested objects too.
     let send = json!({"phoneNumber": "+14155550123", "channel": "sms", "requestType": "verification",
         "user": {"id": "u1", "login": "ada@example.com", "nickname": "ada"}});
-    let answer = post(&run, "/v1/orgs/acme/otp/send", &send);
-    assert!(
-        answer.1["message"].as_str().unwrap().contains("nickname"),
-        "{}",
-        answer.1
-    );
-    assert_documented(
+    let answer = refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/otp/send"),
-        answer,
+        "/v1/orgs/acme/otp/send",
+        Some(&send),
         "invalid_request",
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("nickname"),
+        "{}",
+        answer
     );
     let mut send = json!({"phoneNumber": "+14155550123", "channel": "sms", "requestType": "verification",
         "user": {"id": "u1", "login": "ada@example.com"}, "context": {"ip": "203.0.113.7", "colour": 1}});
-    let answer = post(&run, "/v1/orgs/acme/otp/send", &send);
-    assert_documented(
+    refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/otp/send"),
-        answer,
+        "/v1/orgs/acme/otp/send",
+        Some(&send),
         "invalid_request",
     );
     send["context"] = json!({"ip": "203.0.113.7"});
     send["phoneNumber"] = json!("0014155550123");
-    let answer = post(&run, "/v1/orgs/acme/otp/send", &send);
-    assert_documented(
+    refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/otp/send"),
-        answer,
+        "/v1/orgs/acme/otp/send",
+        Some(&send),
         "invalid_phone_number",
     );
     // An object written as an array of its fields (which serde's derive
     // would read in order) is refused, not taken: no passcode is sent.
     let as_array = json!({"phoneNumber": "+14155550123", "channel": "sms", "requestType": "verification",
         "user": ["u1", "ada@example.com"], "context": []});
-    let answer = post(&run, "/v1/orgs/acme/otp/send", &as_array);
-    assert!(
-        answer.1["message"].as_str().unwrap().contains("an object"),
-        "{}",
-        answer.1
-    );
-    assert_documented(
+    let answer = refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/otp/send"),
-        answer,
+        "/v1/orgs/acme/otp/send",
+        Some(&as_array),
         "invalid_request",
     );
-    let answer = post(
-        &run,
-        "/v1/orgs/acme/enrollment/evaluate",
-        &json!({"user": ["u", ["admins"]], "network": ["10.20.1.1"]}),
+    assert!(
+        answer["message"].as_str().unwrap().contains("an object"),
+        "{}",
+        answer
     );
-    assert_documented(
+    refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/enrollment/evaluate"),
-        answer,
+        "/v1/orgs/acme/enrollment/evaluate",
+        Some(&json!({"user": ["u", ["admins"]], "network": ["10.20.1.1"]})),
         "invalid_request",
     );
     // A code's limit is in characters, as the message says, not bytes.
@@ -293,25 +323,21 @@ fn bad_input_gets_the_documented_answers() {
         answer.1
     );
     let evaluate = json!({"user": {"id": "u1", "enrolled": [{"key": "phone_number", "methods": ["sms"], "verified": true}]}});
-    let answer = post(&run, "/v1/orgs/acme/enrollment/evaluate", &evaluate);
-    assert_documented(
+    refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/enrollment/evaluate"),
-        answer,
+        "/v1/orgs/acme/enrollment/evaluate",
+        Some(&evaluate),
         "invalid_request",
     );
     let preview = json!({"phoneNumber": "+14155550123", "send": false, "user": {"id": "u", "login": "l", "age": 3}});
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/telephony-hooks/primary/preview",
-        &preview,
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/telephony-hooks/{{name}}/preview"),
-        answer,
+        "/v1/orgs/acme/telephony-hooks/primary/preview",
+        Some(&preview),
         "invalid_request",
     );
 
@@ -332,28 +358,20 @@ fn bad_input_gets_the_documented_answers() {
         (200, &json!("invalid")),
         "{verdict}"
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/otp/verify",
-        &json!({"transactionId": "", "code": "1"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/otp/verify"),
-        answer,
+        "/v1/orgs/acme/otp/verify",
+        Some(&json!({"transactionId": "", "code": "1"})),
         "invalid_request",
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/otp/verify",
-        &json!({"transactionId": "f".repeat(32), "code": "1"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/otp/verify"),
-        answer,
+        "/v1/orgs/acme/otp/verify",
+        Some(&json!({"transactionId": "f".repeat(32), "code": "1"})),
         "unknown_transaction",
     );
     // Every hook failed: 502 with each attempt.
@@ -376,19 +394,15 @@ fn bad_input_gets_the_documented_answers() {
     for _ in 0..5 {
         assert_eq!(post(&run, "/v1/orgs/acme/otp/send", &send).0, 200);
     }
-    let answer = post(&run, "/v1/orgs/acme/otp/send", &send);
-    assert!(
-        answer.1["retryAfterSeconds"].as_u64().is_some(),
-        "{}",
-        answer.1
-    );
-    assert_documented(
+    let answer = refused(
+        &run,
         &doc,
         "post",
-        &format!("{org}/otp/send"),
-        answer,
+        "/v1/orgs/acme/otp/send",
+        Some(&send),
         "phone_rate_limited",
     );
+    assert!(answer["retryAfterSeconds"].as_u64().is_some(), "{}", answer);
 
     // Email: 202, not 200; the same idempotency key gives the same id.
     let email =
@@ -407,60 +421,44 @@ fn bad_input_gets_the_documented_answers() {
         &format!("/v1/orgs/acme/emails/{}", accepted["id"].as_str().unwrap()),
     );
     assert_eq!(code, 200, "{shown}");
-    let answer = get(&run, "/v1/orgs/acme/emails/em-nothing");
-    assert_documented(
+    refused(
+        &run,
         &doc,
         "get",
-        &format!("{org}/emails/{{id}}"),
-        answer,
+        "/v1/orgs/acme/emails/em-nothing",
+        None,
         "email_not_found",
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/emails",
-        &json!({"to": [], "subject": "s", "text": "t"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/emails"),
-        answer,
+        "/v1/orgs/acme/emails",
+        Some(&json!({"to": [], "subject": "s", "text": "t"})),
         "missing_recipient",
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/emails",
-        &json!({"to": "a@example.com", "subject": "a\nb", "text": "t"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/emails"),
-        answer,
+        "/v1/orgs/acme/emails",
+        Some(&json!({"to": "a@example.com", "subject": "a\nb", "text": "t"})),
         "invalid_subject",
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/nowhere/emails",
-        &json!({"to": "a@example.com", "subject": "s", "text": "t"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/emails"),
-        answer,
+        "/v1/orgs/nowhere/emails",
+        Some(&json!({"to": "a@example.com", "subject": "s", "text": "t"})),
         "no_email_provider",
     );
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/acme/email-provider/test",
-        &json!({"from": "a@example.com", "to": "b@example.com"}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/email-provider/test"),
-        answer,
+        "/v1/orgs/acme/email-provider/test",
+        Some(&json!({"from": "a@example.com", "to": "b@example.com"})),
         "smtp_failed",
     );
 
@@ -471,8 +469,14 @@ fn bad_input_gets_the_documented_answers() {
         ("after=x", "invalid_cursor"),
         ("outcome=failure", "invalid_outcome"),
     ] {
-        let answer = get(&run, &format!("/v1/orgs/acme/events?{query}"));
-        assert_documented(&doc, "get", &format!("{org}/events"), answer, code);
+        refused(
+            &run,
+            &doc,
+            "get",
+            &format!("/v1/orgs/acme/events?{query}"),
+            None,
+            code,
+        );
     }
     // The store writer commits events a moment after the answer.
     let page = wait_for("two telephony.send events", Duration::from_secs(10), || {
@@ -496,16 +500,12 @@ fn bad_input_gets_the_documented_answers() {
     );
 
     // Enrollment: an org idplane knows nothing of.
-    let answer = post(
+    refused(
         &run,
-        "/v1/orgs/nowhere/enrollment/evaluate",
-        &json!({"user": {"id": "u"}}),
-    );
-    assert_documented(
         &doc,
         "post",
-        &format!("{org}/enrollment/evaluate"),
-        answer,
+        "/v1/orgs/nowhere/enrollment/evaluate",
+        Some(&json!({"user": {"id": "u"}})),
         "org_not_found",
     );
 
