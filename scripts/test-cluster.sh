@@ -125,7 +125,15 @@ start() {
   local name=$1; shift
   # close lock fds 8/9, or the daemon would hold the flock forever
   setsid nohup "$@" >>"$DIR/$name.log" 2>&1 </dev/null 8>&- 9>&- &
-  echo $! >"$DIR/$name.pid"
+  local pid=$! i
+  echo "$pid" >"$DIR/$name.pid"
+  # Until the forked shell has exec'd, /proc/PID/cmdline is this script's, so `running NAME`
+  # would report the daemon dead: on a loaded machine that race failed CI. Wait for the exec.
+  for i in $(seq 1 100); do
+    alive "$pid" "$name" && return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.05
+  done
 }
 stop() {
   local p i; p=$(readpid "$1")
