@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL cluster for the tests of issue 17 (not yet used by
-# scripts/test.sh), from Debian's packages.
+# A throwaway PostgreSQL cluster for the shared-store tests (scripts/test.sh
+# starts one; tests that restart PostgreSQL start their own), from Debian's packages.
 # Runs as root; the server runs as the unprivileged `postgres` user (created
 # by Debian's package). Listens on 127.0.0.1:PORT and on a Unix socket in the
 # cluster directory; TCP needs a password (scram-sha-256), the socket trusts.

@@ -60,6 +60,17 @@ if [ -z "${IDPLANE_TEST_KUBECONFIG:-}" ]; then
   fi
 fi
 
+# PostgreSQL for the shared-store tests (issue 17): a throwaway server from
+# Debian's packages; each test makes its own database on it. Tests that
+# restart PostgreSQL start a server of their own. IDPLANE_TEST_DATABASE_URL
+# set by the caller: use that server instead.
+if [ -z "${IDPLANE_TEST_DATABASE_URL:-}" ]; then
+  log "PostgreSQL for the shared-store tests (scripts/test-postgres.sh start)"
+  eval "$(PGT_FSYNC=off scripts/test-postgres.sh start)"
+  trap 'scripts/test-postgres.sh stop "$PGT_DIR" >/dev/null 2>&1 || true' EXIT
+  export IDPLANE_TEST_DATABASE_URL="$DATABASE_URL"
+fi
+
 # The cluster tests share one apiserver; two threads keep a 2-core machine responsive.
 threads="${IDPLANE_TEST_THREADS:-2}"
 if [ -n "$oldest_env" ]; then

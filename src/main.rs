@@ -133,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if check {
                 return check_manifests(&manifests, &options);
             }
+            let database = modules.database(&database)?;
             let settings = idplane::cli::serve::RunSettings {
                 manifests,
                 options,
@@ -164,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "idplane".into());
                 format!("{}-{}", host.trim(), std::process::id())
             });
+            let database = modules.database(&database)?;
             let settings = idplane::cli::serve::OperatorSettings {
                 namespaces: namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
                 listen,

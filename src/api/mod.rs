@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod openapi;
 pub mod server;
+pub mod starting;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -80,9 +80,12 @@ pub enum Command {
         /// Address of the runtime API.
         #[arg(long, default_value = "127.0.0.1:8080", env = "IDPLANE_LISTEN")]
         listen: std::net::SocketAddr,
-        /// SQLite file for state (`:memory:` for none).
+        /// Where runtime state lives: a SQLite file, `:memory:` for none, or
+        /// a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`) shared by
+        /// several processes; its password from --database-password-file or
+        /// IDPLANE_DATABASE_PASSWORD.
         #[arg(long, default_value = ".idplane/idplane.db", env = "IDPLANE_DATABASE")]
-        database: PathBuf,
+        database: String,
         /// Token file: `tokens: [{name, token, orgs: [org|*]}]`. Without it a
         /// development token for every org is written next to the database.
         #[arg(long, env = "IDPLANE_TOKENS")]
@@ -110,13 +113,16 @@ pub enum Command {
         /// Address of the runtime API.
         #[arg(long, default_value = "0.0.0.0:8080", env = "IDPLANE_LISTEN")]
         listen: std::net::SocketAddr,
-        /// SQLite file for runtime state.
+        /// Where runtime state lives: a SQLite file (one replica), or a
+        /// PostgreSQL URL (`postgres://USER@HOST:PORT/DB`) that every
+        /// replica shares; its password from --database-password-file or
+        /// IDPLANE_DATABASE_PASSWORD.
         #[arg(
             long,
             default_value = "/var/lib/idplane/idplane.db",
             env = "IDPLANE_DATABASE"
         )]
-        database: PathBuf,
+        database: String,
         /// Namespace of the status-writer Lease.
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,

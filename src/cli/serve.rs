@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
+use crate::api::starting::Swap;
 use crate::api::{ApiState, Authenticator};
 use crate::controller::lease::{self, LeaseSettings};
 use crate::controller::module_fields::ModuleFields;
@@ -18,22 +19,52 @@ use crate::controller::status_writer::{self, StatusSink, WriterSettings, Written
 use crate::http::Routes;
 use crate::index::{self, IndexWriter, Referenced, Snapshot};
 use crate::runtime::{Context, Stop};
-use crate::store::Store;
+use crate::store::{Database, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::validate::Options;
 
-/// The parts both modes share.
-pub async fn start_core(
-    options: Options,
-    database: &Path,
+/// First wait between two tries to reach PostgreSQL at start; it doubles
+/// up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(15);
+
+/// Opens the store. A PostgreSQL server that cannot be reached (or is
+/// still starting) is tried again with backoff, each failure logged and
+/// shown by `/readyz`, until it answers or a stop is requested (`None`):
+/// no crash loop is needed for idplane to start once the database is up.
+/// Everything else (a SQLite file that cannot be opened, a migration that
+/// fails) ends the start with its error.
+pub async fn connect_store(
+    database: &Database,
     max_size: Option<u64>,
-    stop: Stop,
-) -> anyhow::Result<Context> {
-    let store = if database.as_os_str() == ":memory:" {
-        Store::memory().await?
-    } else {
-        Store::open(database, max_size).await?
-    };
+    stop: &Stop,
+    swap: &crate::api::starting::Swap,
+) -> anyhow::Result<Option<Store>> {
+    let mut wait = FIRST_RETRY;
+    loop {
+        let error = match Store::connect(database, max_size).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(StoreError::Open { source, .. })
+            | Err(StoreError::Migrate(sqlx::migrate::MigrateError::Execute(source)))
+                if crate::store::is_unavailable(&source) =>
+            {
+                source
+            }
+            Err(e) => return Err(e).context(format!("database {database}")),
+        };
+        let message = format!("cannot reach the database {database}: {error}; retrying");
+        tracing::warn!(database = %database, error = %error, retry_in = ?wait, "cannot reach the database; /readyz answers 503 until it can");
+        swap.waiting("store_unavailable", message);
+        tokio::select! {
+            () = stop.requested.cancelled() => return Ok(None),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(MAX_RETRY);
+    }
+}
+
+/// The parts both modes share.
+pub async fn start_core(options: Options, store: Store, stop: Stop) -> anyhow::Result<Context> {
     let metrics = Arc::new(Metrics::new());
     let (changes, changes_rx) = mpsc::channel(4096);
     let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
@@ -74,6 +105,14 @@ pub struct ModuleSettings {
     /// size: the WAL file beside it grows by a few MiB.
     #[arg(long = "database-max-size", env = "IDPLANE_DATABASE_MAX_SIZE", value_parser = parse_size)]
     pub database_max_size: Option<u64>,
+    /// File holding the password of a PostgreSQL `--database` (a mounted
+    /// Secret); trailing newlines are dropped. `IDPLANE_DATABASE_PASSWORD`
+    /// may carry it instead.
+    #[arg(
+        long = "database-password-file",
+        env = "IDPLANE_DATABASE_PASSWORD_FILE"
+    )]
+    pub database_password_file: Option<PathBuf>,
     #[command(flatten)]
     pub http: crate::api::server::HttpSettings,
     #[command(flatten)]
@@ -83,6 +122,19 @@ pub struct ModuleSettings {
     /// Where hook calls and org SMTP connections may go.
     #[command(flatten)]
     pub egress: crate::egress::EgressSettings,
+}
+
+impl ModuleSettings {
+    /// `--database` with its password settings.
+    pub fn database(&self, text: &str) -> Result<Database, crate::store::DatabaseError> {
+        let password = crate::store::database::Password {
+            file: self.database_password_file.clone(),
+            value: std::env::var("IDPLANE_DATABASE_PASSWORD")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        };
+        Database::parse(text, &password)
+    }
 }
 
 /// Parses a size as Kubernetes writes one (`512Mi`, `2Gi`), or bytes.
@@ -207,39 +259,50 @@ pub async fn start_modules(
     Ok(vec![enrollment, telephony, email])
 }
 
-/// Binds the API and serves it until a stop is requested.
-pub async fn serve_api(
-    ctx: &Context,
-    auth: Authenticator,
+/// The API being served: the starting answers first, the full router
+/// once the modules have started.
+pub struct Serving {
+    pub server: tokio::task::JoinHandle<()>,
+    pub swap: Swap,
+}
+
+/// Binds the API first thing and serves the starting answers (`/healthz`
+/// 200, `/readyz` 503 with the reason) until a stop is requested.
+pub async fn bind_api(
     listen: SocketAddr,
-    modules: Vec<Routes>,
     http: &crate::api::server::HttpSettings,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let state = ApiState {
-        ctx: ctx.clone(),
-        auth,
-    };
-    let app = crate::api::router(state, modules);
+    stop: &Stop,
+) -> anyhow::Result<Serving> {
+    let (app, swap) = crate::api::starting::router();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     eprintln!("listening on {bound}");
-    let stopping = ctx.stop.requested.clone();
     // On a stop: no new connections; requests under way are answered.
-    Ok(tokio::spawn(crate::api::server::serve(
+    let server = tokio::spawn(crate::api::server::serve(
         listener,
         app,
         http.clone(),
-        stopping,
-    )))
+        stop.requested.clone(),
+    ));
+    Ok(Serving { server, swap })
+}
+
+/// Serves the full API, with the modules' routes, from now on.
+fn serve_api(ctx: &Context, auth: Authenticator, modules: Vec<Routes>, swap: &Swap) {
+    let state = ApiState {
+        ctx: ctx.clone(),
+        auth,
+    };
+    swap.serve(crate::api::router(state, modules));
 }
 
 /// Settings of `idplane operator`.
 pub struct OperatorSettings {
     pub namespaces: Vec<String>,
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    pub database: Database,
     pub lease: LeaseSettings,
     pub writer: WriterSettings,
     pub modules: ModuleSettings,
@@ -255,13 +318,13 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
-    let ctx = start_core(
-        Options::default(),
-        &settings.database,
-        settings.modules.database_max_size,
-        stop,
-    )
-    .await?;
+    let serving = bind_api(settings.listen, &settings.modules.http, &stop).await?;
+    let max_size = settings.modules.database_max_size;
+    let Some(store) = connect_store(&settings.database, max_size, &stop, &serving.swap).await?
+    else {
+        return Ok(());
+    };
+    let ctx = start_core(Options::default(), store, stop).await?;
     crate::source::kube::watch_resources(
         client.clone(),
         &settings.namespaces,
@@ -291,15 +354,8 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         ctx.metrics.clone(),
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
-    let server = serve_api(
-        &ctx,
-        Authenticator::kube(client),
-        settings.listen,
-        routes,
-        &settings.modules.http,
-    )
-    .await?;
-    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
+    serve_api(&ctx, Authenticator::kube(client), routes, &serving.swap);
+    serve_until_stopped(&ctx.stop, serving.server, settings.modules.shutdown_grace).await
 }
 
 /// Settings of `idplane run`.
@@ -307,24 +363,29 @@ pub struct RunSettings {
     pub manifests: PathBuf,
     pub options: Options,
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    pub database: Database,
     pub tokens: Option<PathBuf>,
     pub poll: Duration,
     pub modules: ModuleSettings,
 }
 
 /// Loads the token file, or makes a development token bound to every org and
-/// writes it (mode 0600) next to the database; the token itself is never logged.
-fn standalone_auth(tokens: Option<&Path>, database: &Path) -> anyhow::Result<Authenticator> {
+/// writes it (mode 0600) next to the SQLite file (in `.idplane/` with
+/// PostgreSQL); the token itself is never logged.
+fn standalone_auth(tokens: Option<&Path>, database: &Database) -> anyhow::Result<Authenticator> {
     if let Some(path) = tokens {
         return Ok(Authenticator::Tokens(crate::api::auth::TokenFile::load(
             path,
         )?));
     }
-    let dir = database
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = match database {
+        Database::Sqlite(path) => path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+        Database::Memory => Path::new("."),
+        Database::Postgres(_) => Path::new(".idplane"),
+    };
     std::fs::create_dir_all(dir)?;
     let path = dir.join("dev-token");
     let token = match std::fs::read_to_string(&path) {
@@ -363,13 +424,13 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let stop = Stop::default();
     stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
-    let ctx = start_core(
-        settings.options.clone(),
-        &settings.database,
-        settings.modules.database_max_size,
-        stop,
-    )
-    .await?;
+    let serving = bind_api(settings.listen, &settings.modules.http, &stop).await?;
+    let max_size = settings.modules.database_max_size;
+    let Some(store) = connect_store(&settings.database, max_size, &stop, &serving.swap).await?
+    else {
+        return Ok(());
+    };
+    let ctx = start_core(settings.options.clone(), store, stop).await?;
     status_writer::preload(&ctx.store, &ctx.written).await?;
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),
@@ -377,7 +438,17 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         ctx.changes.clone(),
         settings.poll,
     ));
-    let (_leader_tx, leader_rx) = watch::channel(true);
+    // One writer of status: the only process on a SQLite file; among the
+    // processes sharing a PostgreSQL database, the one holding its lock.
+    let (leader_tx, leader_rx) = watch::channel(true);
+    if let crate::store::Backend::Postgres(pool) = ctx.store.backend() {
+        leader_tx.send_replace(false);
+        tokio::spawn(crate::store::leader::run(
+            pool.clone(),
+            leader_tx.clone(),
+            ctx.stop.requested.clone(),
+        ));
+    }
     tokio::spawn(status_writer::run(
         ctx.snapshots.clone(),
         ctx.module_fields.clone(),
@@ -388,10 +459,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         ctx.metrics.clone(),
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
-    let server = serve_api(&ctx, auth, settings.listen, routes, &settings.modules.http).await?;
+    serve_api(&ctx, auth, routes, &serving.swap);
     // Keep the leader channel's sender alive for the life of the process.
-    let _keep = _leader_tx;
-    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
+    let _keep = leader_tx;
+    serve_until_stopped(&ctx.stop, serving.server, settings.modules.shutdown_grace).await
 }
 
 #[cfg(test)]

@@ -1,38 +1,67 @@
-//! Persistence. The embedded default is one SQLite file (WAL journal,
-//! `synchronous=FULL`: a committed transaction survives a power cut), opened
-//! through sqlx with embedded migrations. The queries are plain SQL that a
-//! PostgreSQL backend can mirror; callers see only [`Store`]'s methods.
+//! Persistence, on one of two backends:
 //!
-//! Beside the file itself: `system_log.rs`, each org's system log (the one
-//! row type and the one INSERT every module writes it with), and
-//! `group_commit.rs`, the loop of the batched writers (the telephony store
-//! writer, the email queue's committer).
+//! - **SQLite** (the default, and `run` mode): one file (WAL journal,
+//!   `synchronous=FULL`: a committed transaction survives a power cut)
+//!   that belongs to one process;
+//! - **PostgreSQL** (`--database postgres://…`): shared by every replica,
+//!   so that each one serves every call.
+//!
+//! [`Backend`] holds the pool of either; [`on_pool!`] runs one piece of
+//! code (the same SQL, written with `$1…` placeholders that both accept)
+//! against whichever it is. Where the SQL differs, a module has a file per
+//! backend. Migrations are in `migrations/sqlite` and `migrations/postgres`.
+//!
+//! Beside this file: `database.rs`, what `--database` names and how to
+//! reach it; `system_log.rs`, each org's system log (the one row type and
+//! the one INSERT every module writes it with); `group_commit.rs`, the loop
+//! of the batched writers (the telephony store writer, the email queue's
+//! committer); `leader.rs`, the advisory lock that elects one writer of
+//! status among the processes sharing a PostgreSQL database in `run` mode.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
 use crate::resources::ObjectKey;
 
+pub mod database;
 pub mod group_commit;
+pub mod leader;
 mod system_log;
 
-pub use system_log::{EventFilter, LogEntry, LogEvent, append_log};
+pub use database::{Database, DatabaseError};
+pub use system_log::{AppendLog, EventFilter, LogEntry, LogEvent};
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend
+/// it is: one piece of SQL and Rust, compiled once per backend.
+macro_rules! on_pool {
+    ($backend:expr, |$pool:ident| $body:expr) => {
+        match $backend {
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database {path}: {source}")]
+    #[error("cannot open the database {database}: {source}")]
     Open {
-        path: String,
+        database: String,
         #[source]
         source: sqlx::Error,
     },
+    #[error("--database-max-size caps a SQLite file; a PostgreSQL database is sized by its server")]
+    MaxSizeOnPostgres,
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -41,11 +70,40 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
 }
 
+/// Whether a database error means "the database cannot be reached now"
+/// (connection refused or lost, pool timed out, server shutting down or
+/// starting, too many connections), as opposed to a statement it refused.
+/// Calls that meet it answer 503 `store_unavailable` and are tried again by
+/// their caller; idplane reconnects by itself.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // 08: connection exception; 57P01-57P03: admin shutdown, crash
+            // shutdown, cannot connect now; 53300: too many connections.
+            c.starts_with("08") || c.starts_with("57P") || c == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// The pool of the backend in use.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
 /// The database.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    /// The cap on the database file, in bytes, if any.
+    backend: Backend,
+    /// The cap on the database file, in bytes, if any (SQLite only).
     max_size: Option<u64>,
 }
 
@@ -55,6 +113,15 @@ pub const MIN_MAX_SIZE: u64 = 1024 * 1024;
 /// Room the WAL file beside the database needs: `journal_size_limit`
 /// (8 MiB) and as much again for a transaction larger than usual.
 const WAL_ROOM: u64 = 16 << 20;
+
+/// How long a call waits for a PostgreSQL connection before it answers
+/// 503 `store_unavailable`: short, so that callers hear of an outage at
+/// once rather than after sqlx's default of 30 s.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections per replica to PostgreSQL: the two batched writers hold one
+/// each while they commit, reads and the listener take the rest.
+const PG_CONNECTIONS: u32 = 16;
 
 /// Bytes the database file can still reach on its volume, when that is
 /// less than `cap`: then the disk fills before the cap, and the room the
@@ -66,6 +133,54 @@ fn short_of_cap(cap: u64, size: u64, available: u64) -> Option<u64> {
 }
 
 impl Store {
+    /// Opens the database that `--database` names and brings its schema
+    /// up to date. PostgreSQL: fails when the server cannot be reached (the
+    /// caller tries again, see `cli::serve`); several replicas migrating
+    /// at once take turns on the migrator's advisory lock.
+    pub async fn connect(database: &Database, max_size: Option<u64>) -> Result<Self, StoreError> {
+        match database {
+            Database::Memory => Self::memory().await,
+            Database::Sqlite(path) => Self::open(path, max_size).await,
+            Database::Postgres(options) => {
+                if max_size.is_some() {
+                    return Err(StoreError::MaxSizeOnPostgres);
+                }
+                Self::open_postgres(options, &database.to_string()).await
+            }
+        }
+    }
+
+    async fn open_postgres(options: &PgConnectOptions, shown: &str) -> Result<Self, StoreError> {
+        let open = |source| StoreError::Open {
+            database: shown.to_string(),
+            source,
+        };
+        // The migrator holds a session-level advisory lock that it does not
+        // release when a migration fails: on a pool of its own, closed
+        // whatever the outcome, the lock goes with the connection.
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(open)?;
+        let migrated = sqlx::migrate!("./migrations/postgres")
+            .run(&migrating)
+            .await;
+        migrating.close().await;
+        migrated?;
+        let pool = PgPoolOptions::new()
+            .max_connections(PG_CONNECTIONS)
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(open)?;
+        Ok(Self {
+            backend: Backend::Postgres(pool),
+            max_size: None,
+        })
+    }
+
     /// Opens (creating if needed) the SQLite file and runs migrations.
     /// With `max_size` (bytes), the file does not grow past it: writes
     /// that would need more space fail as on a full disk (SQLITE_FULL).
@@ -78,7 +193,7 @@ impl Store {
         let display = path.display().to_string();
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{display}"))
             .map_err(|source| StoreError::Open {
-                path: display.clone(),
+                database: display.clone(),
                 source,
             })?
             .create_if_missing(true)
@@ -113,10 +228,10 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
-                path: display,
+                database: display,
                 source,
             })?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         if let Some(cap) = max_size {
             // SQLite raises a cap below the file's size to that size,
             // silently: say so.
@@ -157,7 +272,10 @@ impl Store {
                 );
             }
         }
-        Ok(Self { pool, max_size })
+        Ok(Self {
+            backend: Backend::Sqlite(pool),
+            max_size,
+        })
     }
 
     /// An in-memory store, for tests and `--database :memory:`.
@@ -167,15 +285,31 @@ impl Store {
             .max_connections(1)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self {
-            pool,
+            backend: Backend::Sqlite(pool),
             max_size: None,
         })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The pool of the backend in use.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The SQLite pool; `None` on PostgreSQL. For the modules whose
+    /// PostgreSQL side is still being written (issue 17).
+    pub fn sqlite(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Some(pool),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether other processes may share this database (PostgreSQL):
+    /// then what one replica counts or holds in memory is not the whole.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// The bytes that the email queue's data (with the room it keeps for
@@ -192,35 +326,73 @@ impl Store {
         status: &Value,
         now: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO object_status (kind, namespace, name, status, updated_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (kind, namespace, name) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-        )
-        .bind(&key.kind)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .bind(status.to_string())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        on_pool!(&self.backend, |pool| {
+            sqlx::query(
+                "INSERT INTO object_status (kind, namespace, name, status, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, namespace, name) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+            )
+            .bind(&key.kind)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(status.to_string())
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(drop)
+        })?;
         Ok(())
     }
 
     pub async fn load_statuses(&self) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, namespace, name, status FROM object_status")
-            .fetch_all(&self.pool)
-            .await?;
+        const SQL: &str = "SELECT kind, namespace, name, status FROM object_status";
+        let rows: Vec<(String, String, String, String)> = on_pool!(&self.backend, |pool| {
+            sqlx::query(SQL)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect()
+        });
         rows.into_iter()
-            .map(|r| {
+            .map(|(kind, namespace, name, status)| {
                 let key = ObjectKey {
-                    kind: r.get(0),
-                    namespace: r.get(1),
-                    name: r.get(2),
+                    kind,
+                    namespace,
+                    name,
                 };
-                let status: String = r.get(3);
                 Ok((key, serde_json::from_str(&status)?))
             })
             .collect()
+    }
+}
+
+/// Stores for unit tests on a real PostgreSQL: a fresh database each, on
+/// the server `scripts/test.sh` starts (`IDPLANE_TEST_DATABASE_URL`).
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// A store on a new, empty PostgreSQL database; fails the test, saying
+    /// how to get a server, when there is none.
+    pub async fn postgres() -> Store {
+        use rand::Rng;
+        use sqlx::Connection;
+        let url = std::env::var("IDPLANE_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "IDPLANE_TEST_DATABASE_URL is not set: this test needs a real PostgreSQL. Run it through \
+                 scripts/test.sh, or: eval \"$(scripts/test-postgres.sh start)\" && export IDPLANE_TEST_DATABASE_URL=\"$DATABASE_URL\""
+            )
+        });
+        let name = format!("u_{:016x}", rand::rng().random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+        let database =
+            Database::parse(&format!("{base}/{name}"), &database::Password::default()).unwrap();
+        Store::connect(&database, None).await.unwrap()
     }
 }
 
@@ -254,9 +426,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn status_and_events_round_trip() {
+    async fn status_and_events_round_trip_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db"), None).await.unwrap();
+        status_and_events_round_trip(store).await;
+    }
+
+    #[tokio::test]
+    async fn status_and_events_round_trip_on_postgres() {
+        status_and_events_round_trip(testing::postgres().await).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_is_unavailable_not_a_failure() {
+        // Nothing listens on port 1: connection refused.
+        let database = Database::parse(
+            "postgres://idplane@127.0.0.1:1/idplane",
+            &database::Password::default(),
+        )
+        .unwrap();
+        let Err(StoreError::Open { source, .. }) = Store::connect(&database, None).await else {
+            panic!("connected to nothing");
+        };
+        assert!(is_unavailable(&source), "{source}");
+        assert!(matches!(
+            Store::connect(&database, Some(MIN_MAX_SIZE)).await,
+            Err(StoreError::MaxSizeOnPostgres)
+        ));
+    }
+
+    async fn status_and_events_round_trip(store: Store) {
         let key = ObjectKey::new(crate::resources::Kind::TelephonyHook, "acme", "a");
         store
             .save_status(&key, &serde_json::json!({"x": 1}), "t")

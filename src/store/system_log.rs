@@ -1,5 +1,5 @@
 //! Each org's system log: the one row type written ([`LogEntry`]), the one
-//! INSERT that writes it ([`append_log`], inside whatever transaction the
+//! INSERT that writes it ([`AppendLog`], inside whatever transaction the
 //! caller has open), and the reads behind `/v1/orgs/{org}/events`. The
 //! email queue's batch statements write the delivery events of a batch in
 //! the same round trip as the state changes they report, from the same
@@ -7,9 +7,11 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use std::future::Future;
 
-use super::{Store, StoreError};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{Store, StoreError, on_pool};
 
 /// An entry to append to an org's system log.
 ///
@@ -57,41 +59,54 @@ pub struct EventFilter<'a> {
 /// Rows per multi-row INSERT (well under SQLite's bound on parameters).
 const ROWS_PER_INSERT: usize = 200;
 
-/// Appends `entries` to the system log on `conn`, inside the caller's
-/// transaction when one is open (so that an entry costs no disk flush of
-/// its own and goes with the change it reports). Returns the id of the
-/// last entry written (0 for none).
-pub async fn append_log(
-    conn: &mut SqliteConnection,
-    entries: &[LogEntry],
-) -> Result<i64, sqlx::Error> {
-    let mut last = 0;
-    for chunk in entries.chunks(ROWS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO system_log (org, type, outcome, time, subject, detail) ",
-        );
-        insert.push_values(chunk, |mut row, entry| {
-            row.push_bind(&entry.org)
-                .push_bind(&entry.type_)
-                .push_bind(&entry.outcome)
-                .push_bind(&entry.time)
-                .push_bind(&entry.subject)
-                .push_bind(entry.detail.to_string());
-        });
-        last = insert
-            .build()
-            .execute(&mut *conn)
-            .await?
-            .last_insert_rowid();
-    }
-    Ok(last)
+/// Appends entries to the system log on a connection of either backend,
+/// inside the caller's transaction when one is open (so that an entry
+/// costs no commit of its own and goes with the change it reports).
+pub trait AppendLog {
+    /// Returns the id of the last entry written (0 for none).
+    fn append_log(
+        &mut self,
+        entries: &[LogEntry],
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 }
+
+/// The one INSERT, for the connection type `$conn` of database `$db`.
+macro_rules! append_log_impl {
+    ($conn:ty, $db:ty) => {
+        impl AppendLog for $conn {
+            async fn append_log(&mut self, entries: &[LogEntry]) -> Result<i64, sqlx::Error> {
+                let mut last = 0;
+                for chunk in entries.chunks(ROWS_PER_INSERT) {
+                    let mut insert = QueryBuilder::<$db>::new(
+                        "INSERT INTO system_log (org, type, outcome, time, subject, detail) ",
+                    );
+                    insert.push_values(chunk, |mut row, entry| {
+                        row.push_bind(&entry.org)
+                            .push_bind(&entry.type_)
+                            .push_bind(&entry.outcome)
+                            .push_bind(&entry.time)
+                            .push_bind(&entry.subject)
+                            .push_bind(entry.detail.to_string());
+                    });
+                    insert.push(" RETURNING id");
+                    let ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *self).await?;
+                    last = ids.into_iter().max().unwrap_or(last);
+                }
+                Ok(last)
+            }
+        }
+    };
+}
+append_log_impl!(SqliteConnection, Sqlite);
+append_log_impl!(PgConnection, Postgres);
 
 impl Store {
     /// Appends an entry to an org's system log; its id.
     pub async fn log(&self, entry: &LogEntry) -> Result<i64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(append_log(&mut conn, std::slice::from_ref(entry)).await?)
+        let entries = std::slice::from_ref(entry);
+        Ok(on_pool!(&self.backend, |pool| {
+            pool.acquire().await?.append_log(entries).await
+        })?)
     }
 
     /// Events of an org, oldest first, after the cursor `after` (an event
@@ -103,28 +118,34 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<LogEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, type, outcome, time, subject, detail FROM system_log
-             WHERE org = ?1 AND id > ?2 AND (?3 IS NULL OR type = ?3)
-               AND (?4 IS NULL OR outcome = ?4)
-             ORDER BY id LIMIT ?5",
-        )
-        .bind(org)
-        .bind(after)
-        .bind(filter.type_)
-        .bind(filter.outcome)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        // `CAST($3 AS TEXT)`: PostgreSQL cannot infer the type of a
+        // parameter only compared with NULL (both backends read CAST).
+        const SQL: &str = "SELECT id, type, outcome, time, subject, detail FROM system_log
+             WHERE org = $1 AND id > $2 AND (CAST($3 AS TEXT) IS NULL OR type = $3)
+               AND (CAST($4 AS TEXT) IS NULL OR outcome = $4)
+             ORDER BY id LIMIT $5";
+        type EventRow = (i64, String, String, String, String, String);
+        let rows: Vec<EventRow> = on_pool!(&self.backend, |pool| {
+            sqlx::query(SQL)
+                .bind(org)
+                .bind(after)
+                .bind(filter.type_)
+                .bind(filter.outcome)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                .collect()
+        });
         rows.into_iter()
-            .map(|r| {
-                let detail: String = r.get(5);
+            .map(|(id, type_, outcome, time, subject, detail)| {
                 Ok(LogEvent {
-                    id: r.get(0),
-                    type_: r.get(1),
-                    outcome: r.get(2),
-                    time: r.get(3),
-                    subject: r.get(4),
+                    id,
+                    type_,
+                    outcome,
+                    time,
+                    subject,
                     detail: serde_json::from_str(&detail)?,
                 })
             })

@@ -195,7 +195,11 @@ pub async fn build(
         .date_naive()
         .checked_sub_days(Days::new(u64::from(WINDOW_DAYS)))
         .unwrap_or_default();
-    let stored = store_writer::load_numbers(ctx.store.pool(), since)
+    let pool = ctx
+        .store
+        .sqlite()
+        .ok_or_else(|| start_error("telephony on PostgreSQL is not built yet"))?;
+    let stored = store_writer::load_numbers(pool, since)
         .await
         .map_err(|e| start_error(format!("cannot load hook metrics: {e}")))?;
     let metrics = metrics::TelephonyMetrics::register(&ctx.metrics);
@@ -223,7 +227,7 @@ pub async fn build(
             },
         ),
         countries: settings.otp_allowed_country_codes.clone(),
-        store_writer: store_writer::StoreWriter::start(ctx.store.pool().clone(), on_error),
+        store_writer: store_writer::StoreWriter::start(pool.clone(), on_error),
         hook_stats: Arc::new(HookStats::from_stored(stored)),
         metrics,
         module_fields: ctx.module_fields.clone(),

@@ -20,7 +20,7 @@ use super::code::{Decision, OtpState, StoredOtp, decide};
 use super::hook_stats::{ExecutionRecord, HookId, HookNumbers};
 use crate::resources::FailureRecord;
 use crate::store::group_commit::{self, BatchWriter, Submitter};
-use crate::store::{LogEntry, append_log};
+use crate::store::{AppendLog, LogEntry};
 
 /// Most requests committed in one transaction. Large, so that a slow disk
 /// flush (tens of milliseconds when the disk is busy) still leaves room for
@@ -264,7 +264,7 @@ async fn apply_all(
         }
     }
     insert_otps(tx, &mut issued).await?;
-    append_log(tx, &logged).await?;
+    tx.append_log(&logged).await?;
     for (key, sum) in executions.0 {
         record_executions(tx, &key, &sum).await?;
     }
@@ -500,7 +500,7 @@ mod tests {
     #[tokio::test]
     async fn executions_round_trip_and_verifications_are_ordered() {
         let store = Store::memory().await.unwrap();
-        let store_writer = StoreWriter::start(store.pool().clone(), |_| {});
+        let store_writer = StoreWriter::start(store.sqlite().unwrap().clone(), |_| {});
         store_writer
             .execution(record("2026-01-01", true))
             .await
@@ -568,7 +568,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.reason, Some("already_used"));
 
-        let numbers = load_numbers(store.pool(), "2026-01-01".parse().unwrap())
+        let numbers = load_numbers(store.sqlite().unwrap(), "2026-01-01".parse().unwrap())
             .await
             .unwrap();
         let n = &numbers[&("acme".to_string(), "primary".to_string())];
@@ -613,7 +613,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let numbers = load_numbers(store.pool(), "2000-01-01".parse().unwrap())
+        let numbers = load_numbers(store.sqlite().unwrap(), "2000-01-01".parse().unwrap())
             .await
             .unwrap();
         assert_eq!(

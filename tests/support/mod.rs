@@ -11,6 +11,8 @@
 //!   the Python scripts in `tests/support/python/` (the Helm driver and the
 //!   SMTP test server).
 //! - [`fixtures`]: the invalid manifests under `tests/fixtures/invalid`.
+//! - [`postgres`]: a fresh PostgreSQL database per test, or a server of
+//!   the test's own to restart.
 //! - [`email`] and [`telephony`]: the servers, manifests and API calls of
 //!   the email and telephony tests.
 //!
@@ -25,6 +27,7 @@ pub mod api;
 pub mod cluster;
 pub mod email;
 pub mod fixtures;
+pub mod postgres;
 pub mod process;
 pub mod telephony;
 pub mod tools;

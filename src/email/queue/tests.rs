@@ -26,7 +26,7 @@ fn message(id: &str, key: Option<&str>, now: i64) -> NewMessage {
 
 async fn queue() -> Queue {
     let store = crate::store::Store::memory().await.unwrap();
-    let (queue, committer) = Queue::new(store.pool().clone(), None);
+    let (queue, committer) = Queue::new(store.sqlite().unwrap().clone(), None);
     tokio::spawn(committer.run());
     queue
 }
@@ -111,7 +111,7 @@ async fn fill_then_deliver(body: usize) -> QueueError {
     let store = crate::store::Store::open(&dir.path().join("q.db"), Some(cap))
         .await
         .unwrap();
-    let (q, committer) = Queue::new(store.pool().clone(), store.accept_limit());
+    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
     tokio::spawn(committer.run());
     let mut accepted = Vec::new();
     let refusal = loop {
@@ -208,7 +208,7 @@ async fn a_store_reopened_full_refuses_new_mail_before_any_write() {
     let cap = crate::store::MIN_MAX_SIZE;
     {
         let store = crate::store::Store::open(&path, Some(cap)).await.unwrap();
-        let (q, committer) = Queue::new(store.pool().clone(), store.accept_limit());
+        let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
         let committer = tokio::spawn(committer.run());
         let mut n = 0;
         while q.insert(big(&format!("m{n}"), 4096)).await.is_ok() {
@@ -216,10 +216,10 @@ async fn a_store_reopened_full_refuses_new_mail_before_any_write() {
         }
         drop(q);
         committer.await.unwrap();
-        store.pool().close().await;
+        store.sqlite().unwrap().close().await;
     }
     let store = crate::store::Store::open(&path, Some(cap)).await.unwrap();
-    let (q, committer) = Queue::new(store.pool().clone(), store.accept_limit());
+    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
     tokio::spawn(committer.run());
     let err = q.insert(big("after", 4096)).await.unwrap_err();
     assert!(
@@ -236,7 +236,7 @@ async fn new_mail_that_fills_the_disk_does_not_take_the_batch_outcomes_with_it()
     let store = crate::store::Store::open(&dir.path().join("q.db"), Some(1024 * 1024))
         .await
         .unwrap();
-    let (q, committer) = Queue::new(store.pool().clone(), None);
+    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), None);
     tokio::spawn(committer.run());
     q.insert(message("small", None, 0)).await.unwrap();
     let c = q.claim(0, 1_000, 1).await.unwrap();
@@ -505,7 +505,7 @@ async fn an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing() {
 #[tokio::test]
 async fn batch_rows_other_than_two_are_an_error() {
     let store = crate::store::Store::memory().await.unwrap();
-    let mut conn = store.pool().acquire().await.unwrap();
+    let mut conn = store.sqlite().unwrap().acquire().await.unwrap();
     let input = BatchInput {
         messages: &[],
         finishes: &[],

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
 use crate::email::queue::{DomainRow, LogEntry, QueueError};
-use crate::store::append_log;
+use crate::store::AppendLog;
 
 /// The brand-domain rows of every org.
 pub(crate) async fn domains(pool: &SqlitePool) -> Result<Vec<DomainRow>, QueueError> {
@@ -64,7 +64,7 @@ pub(crate) async fn save_domain(
     .execute(&mut *tx)
     .await?;
     if let Some(log) = log {
-        append_log(&mut tx, std::slice::from_ref(log)).await?;
+        tx.append_log(std::slice::from_ref(log)).await?;
     }
     tx.commit().await?;
     Ok(())

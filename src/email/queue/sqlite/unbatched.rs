@@ -8,7 +8,7 @@ use sqlx::sqlite::SqlitePool;
 
 use super::rows_json;
 use crate::email::queue::{LogEntry, QueueError};
-use crate::store::append_log;
+use crate::store::AppendLog;
 
 /// Undoes the claims of messages not tried (a stop came first): each
 /// is due again at once, as it was before, unless its attempt
@@ -67,6 +67,6 @@ pub(crate) async fn purge_finished(pool: &SqlitePool, before: i64) -> Result<u64
 /// Appends one entry to the org's system log.
 pub(crate) async fn log(pool: &SqlitePool, log: &LogEntry) -> Result<(), QueueError> {
     let mut conn = pool.acquire().await?;
-    append_log(&mut conn, std::slice::from_ref(log)).await?;
+    conn.append_log(std::slice::from_ref(log)).await?;
     Ok(())
 }

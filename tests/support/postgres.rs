@@ -1,0 +1,127 @@
+//! PostgreSQL for the shared-store tests: a fresh database per test on the
+//! server `scripts/test.sh` starts (its URL in `IDPLANE_TEST_DATABASE_URL`),
+//! or a server of the test's own when the test restarts it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::process::block_on;
+
+/// The variable `scripts/test.sh` sets to its PostgreSQL server's URL.
+pub const URL_VAR: &str = "IDPLANE_TEST_DATABASE_URL";
+
+/// The test server's URL; a clear failure without one.
+pub fn server_url() -> String {
+    std::env::var(URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{URL_VAR} is not set: these tests need a real PostgreSQL. Run them through \
+             scripts/test.sh, or: eval \"$(scripts/test-postgres.sh start)\" && export {URL_VAR}=\"$DATABASE_URL\""
+        )
+    })
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// A new, empty database on the server at `url`; its URL.
+pub fn fresh_database_on(url: &str) -> String {
+    use rand::Rng;
+    let name = format!("t_{:016x}", rand::rng().random::<u64>());
+    block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("cannot reach the test PostgreSQL server");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+    });
+    with_database(url, &name)
+}
+
+/// A new, empty database on the test server; its URL (with its password).
+pub fn fresh_database() -> String {
+    fresh_database_on(&server_url())
+}
+
+/// A PostgreSQL server of the test's own, from `scripts/test-postgres.sh`:
+/// for tests that stop or restart it. Stopped and removed when dropped.
+pub struct OwnServer {
+    dir: PathBuf,
+    pub url: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-postgres.sh")
+}
+
+impl OwnServer {
+    pub fn start() -> Self {
+        let out = Command::new(script())
+            .arg("start")
+            // Its own port, not the shared server's.
+            .env("PGT_PORT", "54400")
+            .env_remove("PGT_FSYNC")
+            .output()
+            .expect("scripts/test-postgres.sh start");
+        assert!(
+            out.status.success(),
+            "scripts/test-postgres.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("no {name} in: {text}"))
+                .trim_matches('\'')
+                .to_string()
+        };
+        Self {
+            dir: PathBuf::from(var("PGT_DIR")),
+            url: var("DATABASE_URL"),
+        }
+    }
+
+    /// Stops the server (`fast`: clients are disconnected; `immediate`: as
+    /// a crash), keeps it down `down_seconds`, and starts it again on the
+    /// same port with the same data.
+    pub fn restart(&self, mode: &str, down_seconds: u32) {
+        let status = Command::new(script())
+            .args([
+                "restart",
+                self.dir.to_str().unwrap(),
+                mode,
+                &down_seconds.to_string(),
+            ])
+            .status()
+            .expect("scripts/test-postgres.sh restart");
+        assert!(status.success(), "restart failed");
+    }
+
+    /// Runs SQL as the admin over the server's socket; its output (`-At`).
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new(script())
+            .args(["psql", self.dir.to_str().unwrap(), "-At", "-c", sql])
+            .output()
+            .expect("scripts/test-postgres.sh psql");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["stop", self.dir.to_str().unwrap()])
+            .output();
+    }
+}
