@@ -28,13 +28,14 @@ pub struct Swap {
     waiting: watch::Sender<Waiting>,
 }
 
-/// The router to serve from the start, and its switch.
-pub fn router() -> (Router, Swap) {
+/// The router to serve from the start, and its switch: the starting
+/// answers, or `full` at once when it is already built.
+pub fn router(full: Option<Router>) -> (Router, Swap) {
     let (waiting, waiting_rx) = watch::channel(Waiting {
         code: "not_ready",
         message: "idplane is starting".into(),
     });
-    let (router, router_rx) = watch::channel(starting(waiting_rx));
+    let (router, router_rx) = watch::channel(full.unwrap_or_else(|| starting(waiting_rx)));
     let served = Router::new().fallback_service(tower::service_fn(move |request: Request| {
         let current = router_rx.borrow().clone();
         current.oneshot(request)
@@ -91,7 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn alive_but_not_ready_until_the_full_router_is_served() {
-        let (served, swap) = router();
+        let (served, swap) = router(None);
         assert_eq!(call(&served, "/healthz").await.0, StatusCode::OK);
         swap.waiting(
             "store_unavailable",

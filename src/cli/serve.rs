@@ -38,7 +38,7 @@ pub async fn connect_store(
     database: &Database,
     max_size: Option<u64>,
     stop: &Stop,
-    swap: &crate::api::starting::Swap,
+    swap: Option<&Swap>,
 ) -> anyhow::Result<Option<Store>> {
     let mut wait = FIRST_RETRY;
     loop {
@@ -54,7 +54,9 @@ pub async fn connect_store(
         };
         let message = format!("cannot reach the database {database}: {error}; retrying");
         tracing::warn!(database = %database, error = %error, retry_in = ?wait, "cannot reach the database; /readyz answers 503 until it can");
-        swap.waiting("store_unavailable", message);
+        if let Some(swap) = swap {
+            swap.waiting("store_unavailable", message);
+        }
         tokio::select! {
             () = stop.requested.cancelled() => return Ok(None),
             () = tokio::time::sleep(wait) => {}
@@ -266,14 +268,16 @@ pub struct Serving {
     pub swap: Swap,
 }
 
-/// Binds the API first thing and serves the starting answers (`/healthz`
-/// 200, `/readyz` 503 with the reason) until a stop is requested.
+/// Binds the API and serves it until a stop is requested: `full` when it
+/// is built, else the starting answers (`/healthz` 200, `/readyz` 503 with
+/// the reason) until [`serve_api`] swaps the full router in.
 pub async fn bind_api(
     listen: SocketAddr,
     http: &crate::api::server::HttpSettings,
     stop: &Stop,
+    full: Option<axum::Router>,
 ) -> anyhow::Result<Serving> {
-    let (app, swap) = crate::api::starting::router();
+    let (app, swap) = crate::api::starting::router(full);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -289,13 +293,44 @@ pub async fn bind_api(
     Ok(Serving { server, swap })
 }
 
-/// Serves the full API, with the modules' routes, from now on.
-fn serve_api(ctx: &Context, auth: Authenticator, modules: Vec<Routes>, swap: &Swap) {
+/// Binds the API before the store when the store is a server that may be
+/// down (PostgreSQL), so that `/healthz` and `/readyz` answer while it is
+/// tried again; `None` for a SQLite file, whose API is bound once it is
+/// built, as a client that sees the port open expects.
+async fn bind_early(
+    database: &Database,
+    listen: SocketAddr,
+    http: &crate::api::server::HttpSettings,
+    stop: &Stop,
+) -> anyhow::Result<Option<Serving>> {
+    match database {
+        Database::Postgres(_) => Ok(Some(bind_api(listen, http, stop, None).await?)),
+        Database::Sqlite(_) | Database::Memory => Ok(None),
+    }
+}
+
+/// Serves the full API, with the modules' routes: on the listener bound
+/// early, or on one bound now.
+async fn serve_api(
+    ctx: &Context,
+    auth: Authenticator,
+    modules: Vec<Routes>,
+    early: Option<Serving>,
+    listen: SocketAddr,
+    http: &crate::api::server::HttpSettings,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let state = ApiState {
         ctx: ctx.clone(),
         auth,
     };
-    swap.serve(crate::api::router(state, modules));
+    let full = crate::api::router(state, modules);
+    Ok(match early {
+        Some(serving) => {
+            serving.swap.serve(full);
+            serving.server
+        }
+        None => bind_api(listen, http, &ctx.stop, Some(full)).await?.server,
+    })
 }
 
 /// Settings of `idplane operator`.
@@ -318,10 +353,11 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
-    let serving = bind_api(settings.listen, &settings.modules.http, &stop).await?;
+    let http = &settings.modules.http;
+    let early = bind_early(&settings.database, settings.listen, http, &stop).await?;
     let max_size = settings.modules.database_max_size;
-    let Some(store) = connect_store(&settings.database, max_size, &stop, &serving.swap).await?
-    else {
+    let swap = early.as_ref().map(|e| &e.swap);
+    let Some(store) = connect_store(&settings.database, max_size, &stop, swap).await? else {
         return Ok(());
     };
     let ctx = start_core(Options::default(), store, stop).await?;
@@ -354,8 +390,9 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         ctx.metrics.clone(),
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
-    serve_api(&ctx, Authenticator::kube(client), routes, &serving.swap);
-    serve_until_stopped(&ctx.stop, serving.server, settings.modules.shutdown_grace).await
+    let auth = Authenticator::kube(client);
+    let server = serve_api(&ctx, auth, routes, early, settings.listen, http).await?;
+    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
 }
 
 /// Settings of `idplane run`.
@@ -424,10 +461,11 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let stop = Stop::default();
     stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
-    let serving = bind_api(settings.listen, &settings.modules.http, &stop).await?;
+    let http = &settings.modules.http;
+    let early = bind_early(&settings.database, settings.listen, http, &stop).await?;
     let max_size = settings.modules.database_max_size;
-    let Some(store) = connect_store(&settings.database, max_size, &stop, &serving.swap).await?
-    else {
+    let swap = early.as_ref().map(|e| &e.swap);
+    let Some(store) = connect_store(&settings.database, max_size, &stop, swap).await? else {
         return Ok(());
     };
     let ctx = start_core(settings.options.clone(), store, stop).await?;
@@ -459,10 +497,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         ctx.metrics.clone(),
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
-    serve_api(&ctx, auth, routes, &serving.swap);
+    let server = serve_api(&ctx, auth, routes, early, settings.listen, http).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = leader_tx;
-    serve_until_stopped(&ctx.stop, serving.server, settings.modules.shutdown_grace).await
+    serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
 }
 
 #[cfg(test)]
