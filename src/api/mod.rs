@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::controller::conditions::desired_status;
 use crate::http::{ApiError, MAX_BODY_BYTES, Routes};
+use crate::resources::ObjectKey;
 use crate::runtime::Context;
 use crate::telemetry::{RequestLabel, RouteLabel};
 pub use auth::Authenticator;
@@ -215,21 +216,39 @@ async fn org_status(
     Path(org): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let snapshot = state.snapshot();
+    // Processes sharing a PostgreSQL database in `run` mode: one writes
+    // status (see `store::leader`); every one shows what it wrote.
+    let stored: HashMap<ObjectKey, Value> = if state.ctx.store.is_shared() {
+        state
+            .ctx
+            .store
+            .org_statuses(&org)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let written = state.ctx.written.read().await;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let objects: Vec<Value> = snapshot
         .objects
         .org(&org)
         .map(|(k, view)| {
-            let status = written.get(k).cloned().unwrap_or_else(|| {
-                desired_status(
-                    k,
-                    view,
-                    state.ctx.module_fields.get(k).as_ref(),
-                    view.observed_status.as_deref(),
-                    &now,
-                )
-            });
+            let status = stored
+                .get(k)
+                .or_else(|| written.get(k))
+                .cloned()
+                .unwrap_or_else(|| {
+                    desired_status(
+                        k,
+                        view,
+                        state.ctx.module_fields.get(k).as_ref(),
+                        view.observed_status.as_deref(),
+                        &now,
+                    )
+                });
             json!({"kind": k.kind, "name": k.name, "generation": view.generation, "status": status})
         })
         .collect();
@@ -292,13 +311,24 @@ async fn org_events(
         .store
         .events(&org, &filter, after, limit)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(store_error)?;
     let next = if events.len() as i64 == limit {
         events.last().map(|e| e.id.to_string())
     } else {
         None
     };
     Ok(Json(json!({"events": events, "nextCursor": next})))
+}
+
+/// A store error as the API answers it: 503 `store_unavailable` when the
+/// database cannot be reached, else 500.
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    match &e {
+        crate::store::StoreError::Sql(source) if crate::store::is_unavailable(source) => {
+            ApiError::store_unavailable(format!("the database cannot be reached: {source}"))
+        }
+        _ => ApiError::internal(e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,19 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
+    /// 503 `store_unavailable`: the database cannot be reached now (see
+    /// `store::is_unavailable`). Nothing was recorded: the caller may
+    /// repeat the call, after `Retry-After`.
+    pub fn store_unavailable(message: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        );
+        error.retry_after = Some(1);
+        error
+    }
+
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
         self

@@ -199,8 +199,8 @@ impl Operation {
             .error(500, "An unexpected failure (the store)", &["internal"])
             .error(
                 503,
-                "Not served now: not_ready before the first full sync of objects and Secrets (Retry-After: 1), too_many_connections over --http-max-connections or --http-max-connections-per-client (Retry-After: 1, the connection closes), auth_unavailable when the apiserver cannot check the token",
-                &["not_ready", "too_many_connections", "auth_unavailable"],
+                "Not served now: not_ready before the first full sync of objects and Secrets (Retry-After: 1), too_many_connections over --http-max-connections or --http-max-connections-per-client (Retry-After: 1, the connection closes), auth_unavailable when the apiserver cannot check the token, store_unavailable when the database cannot be reached (Retry-After: 1; nothing was recorded, the call may be repeated)",
+                &["not_ready", "too_many_connections", "auth_unavailable", "store_unavailable"],
             )
             .retry_after(503, false);
         if body {

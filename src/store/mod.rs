@@ -343,10 +343,22 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored status (`run` mode's status of each object).
     pub async fn load_statuses(&self) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
-        const SQL: &str = "SELECT kind, namespace, name, status FROM object_status";
+        self.statuses(None).await
+    }
+
+    /// The stored statuses of one org's objects.
+    pub async fn org_statuses(&self, org: &str) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
+        self.statuses(Some(org)).await
+    }
+
+    async fn statuses(&self, org: Option<&str>) -> Result<Vec<(ObjectKey, Value)>, StoreError> {
+        const SQL: &str = "SELECT kind, namespace, name, status FROM object_status
+                           WHERE CAST($1 AS TEXT) IS NULL OR namespace = $1";
         let rows: Vec<(String, String, String, String)> = on_pool!(&self.backend, |pool| {
             sqlx::query(SQL)
+                .bind(org)
                 .fetch_all(pool)
                 .await?
                 .iter()
@@ -465,8 +477,14 @@ mod tests {
             .save_status(&key, &serde_json::json!({"x": 2}), "t")
             .await
             .unwrap();
+        let other = ObjectKey::new(crate::resources::Kind::TelephonyHook, "other", "a");
+        store
+            .save_status(&other, &serde_json::json!({"y": 1}), "t")
+            .await
+            .unwrap();
+        assert_eq!(store.load_statuses().await.unwrap().len(), 2);
         assert_eq!(
-            store.load_statuses().await.unwrap(),
+            store.org_statuses("acme").await.unwrap(),
             vec![(key, serde_json::json!({"x": 2}))]
         );
         for i in 0..5 {
