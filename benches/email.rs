@@ -6,8 +6,13 @@
 //! p50 under a steady load (messages sent on a fixed schedule) and one
 //! message at a time, and writes them to `bench-results/email.txt`.
 //!
+//! Each measurement runs once per store backend, SQLite and PostgreSQL (a
+//! throwaway server on the same machine, fsync on, from
+//! scripts/test-postgres.sh), against the same baseline.
+//!
 //! Run: `cargo bench --bench email` (installs smtp-sink through
-//! scripts/test-tools.sh on first use). N: IDPLANE_BENCH_EMAILS (30000);
+//! scripts/test-tools.sh on first use). Backends: IDPLANE_BENCH_BACKENDS
+//! (sqlite,postgres). N: IDPLANE_BENCH_EMAILS (30000);
 //! the numbers of concurrent API clients: IDPLANE_BENCH_CLIENTS (16,32,48);
 //! the steady loads as shares of the baseline: IDPLANE_BENCH_OFFERED
 //! (0.25,0.5).
@@ -33,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const POOL: u32 = 4;
 const PACED: usize = 200;
 mod support;
-use support::{Killed, free_port, root, run_idplane, test_tool};
+use support::{Killed, OwnServer, free_port, fresh_database_on, root, run_idplane, test_tool};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 
@@ -57,19 +62,18 @@ fn start_sink(sink: &Path) -> (Killed, u16) {
     (Killed(child), port)
 }
 
-fn start_idplane(dir: &Path, smtp_port: u16) -> (Killed, String) {
+fn start_idplane(dir: &Path, smtp_port: u16, database: &str) -> (Killed, String) {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let port = smtp_port.to_string();
     let pool = POOL.to_string();
-    let database = dir.join("state/idplane.db");
     run_idplane(
         dir,
         &manifests,
         TOKEN,
         &[
             "--database",
-            database.to_str().unwrap(),
+            database,
             "--smtp-host",
             "127.0.0.1",
             "--smtp-port",
@@ -545,6 +549,29 @@ fn steady_report(
     )
 }
 
+/// What one backend's run measured.
+struct BackendRun {
+    runs: Vec<Saturated>,
+    steady: Vec<(f64, f64, (Vec<f64>, Vec<f64>))>,
+    paced_accept: Vec<f64>,
+    unloaded: Vec<f64>,
+}
+
+/// The store a backend's idplane runs on: `--database` and its label.
+fn database(backend: &str, dir: &Path, postgres: Option<&OwnServer>) -> (String, &'static str) {
+    match backend {
+        "sqlite" => (
+            dir.join("state/idplane.db").display().to_string(),
+            "SQLite commit, synchronous=FULL",
+        ),
+        "postgres" => (
+            fresh_database_on(&postgres.expect("a PostgreSQL server").url),
+            "PostgreSQL commit on the same machine, fsync on",
+        ),
+        other => panic!("IDPLANE_BENCH_BACKENDS: unknown backend {other} (sqlite, postgres)"),
+    }
+}
+
 fn main() {
     let levels: Vec<usize> = std::env::var("IDPLANE_BENCH_CLIENTS")
         .unwrap_or_else(|_| "16,32,48".into())
@@ -560,10 +587,19 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let backends: Vec<String> = std::env::var("IDPLANE_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
     let sink = test_tool("IDPLANE_SMTP_SINK");
     let (_sink, smtp_port) = start_sink(&sink);
     let dir = tempfile::tempdir().unwrap();
-    let (idplane, base) = start_idplane(dir.path(), smtp_port);
+    let postgres = backends
+        .iter()
+        .any(|b| b == "postgres")
+        .then(OwnServer::start);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -572,71 +608,97 @@ fn main() {
     let direct = rt.block_on(run_lettre_connections(smtp_port, n, false));
     let pipelined = rt.block_on(run_lettre_connections(smtp_port, n, true));
     let client = reqwest::Client::new();
-    let (runs, steady, (paced_accept, unloaded), (top, floor)) = rt.block_on(async {
-        warm_up(&client, &base).await;
-        let mut done = 1;
-        let mut runs = Vec::new();
-        for &clients in &levels {
-            runs.push(saturate(&client, &base, n, clients, done, idplane.0.id()).await);
-            done += n;
-        }
-        let mut steady = Vec::new();
-        for &share in &shares {
-            let rate = (direct * share).round();
-            steady.push((
-                share,
-                rate,
-                offered(&client, &base, rate, n, done, false).await,
-            ));
-            done += n;
-        }
-        let top = shares.iter().copied().fold(0.0, f64::max);
-        let floor = if top > 0.0 {
-            offered(&client, &base, (direct * top).round(), n, done, true)
-                .await
-                .0
-        } else {
-            Vec::new()
-        };
-        let unloaded = paced(&client, &base, done).await;
-        (runs, steady, unloaded, (top, floor))
-    });
+    let top = shares.iter().copied().fold(0.0, f64::max);
+    let mut measured = Vec::new();
+    let mut floor = Vec::new();
+    for (b, backend) in backends.iter().enumerate() {
+        let (url, label) = database(backend, dir.path(), postgres.as_ref());
+        let (idplane, base) = start_idplane(dir.path(), smtp_port, &url);
+        let run = rt.block_on(async {
+            warm_up(&client, &base).await;
+            let mut done = 1;
+            let mut runs = Vec::new();
+            for &clients in &levels {
+                runs.push(saturate(&client, &base, n, clients, done, idplane.0.id()).await);
+                done += n;
+            }
+            let mut steady = Vec::new();
+            for &share in &shares {
+                let rate = (direct * share).round();
+                steady.push((
+                    share,
+                    rate,
+                    offered(&client, &base, rate, n, done, false).await,
+                ));
+                done += n;
+            }
+            // The control once, on the first backend's process.
+            if b == 0 && top > 0.0 {
+                floor = offered(&client, &base, (direct * top).round(), n, done, true)
+                    .await
+                    .0;
+            }
+            let (paced_accept, unloaded) = paced(&client, &base, done).await;
+            BackendRun {
+                runs,
+                steady,
+                paced_accept,
+                unloaded,
+            }
+        });
+        drop(idplane);
+        measured.push((backend.clone(), label, run));
+    }
     let disk = disk_flushes(&dir.path().join("state"), n);
     let mut report = format!(
-        "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}, one run\n\
+        "email benchmark: {n} messages to Postfix smtp-sink on loopback, pool size {POOL}, one run, backends: {}\n\
          command: cargo bench --bench email\n\
          \n\
          direct (no idplane):\n\
          lettre AsyncSmtpTransport:      {transport:.0} messages/s (its pool; content and final dot in two writes meet Nagle + delayed ACK)\n\
          lettre connections, lock-step:  {direct:.0} messages/s ({POOL} connections, MAIL, RCPT, DATA, content each awaited as lettre sends, content in one write; THE BASELINE)\n\
-         lettre connections, pipelined:  {pipelined:.0} messages/s ({POOL} connections, MAIL+RCPT+DATA in one write (RFC 2920), as idplane sends)\n"
+         lettre connections, pipelined:  {pipelined:.0} messages/s ({POOL} connections, MAIL+RCPT+DATA in one write (RFC 2920), as idplane sends)\n",
+        backends.join(", ")
     );
-    for r in &runs {
+    for (backend, label, run) in &measured {
+        report.push_str(&format!("\n=== store: {backend} ({label})\n"));
+        for r in &run.runs {
+            report.push_str(&format!(
+                "\n\
+                 through idplane, {} API clients at once, each sending when its previous message was accepted (HTTP accept + {label} + queue + pipelined delivery):\n\
+                 throughput:                     {:.0} messages/s\n\
+                 idplane CPU per message:        {:.0} us (user + system, all its threads)\n\
+                 API clients' CPU per message:   {:.0} us (the load generator, on the same cores)\n\
+                 ratio to the baseline:          {:.2} (aim >= 0.70)\n\
+                 ratio to pipelined direct:      {:.2} (idplane's cost over its own SMTP path)\n\
+                 accept latency p50 / p99:       {:.2} / {:.2} ms (the queue of {} clients at full speed)\n\
+                 accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (includes the backlog the clients build)\n",
+                r.clients,
+                r.throughput,
+                r.cpu_micros,
+                r.clients_cpu_micros,
+                r.throughput / direct,
+                r.throughput / pipelined,
+                percentile(&r.accept, 0.5),
+                percentile(&r.accept, 0.99),
+                r.clients,
+                percentile(&r.to_delivered, 0.5),
+                percentile(&r.to_delivered, 0.99),
+            ));
+        }
+        for (share, rate, latencies) in &run.steady {
+            report.push_str(&steady_report(*share, *rate, n, latencies));
+        }
         report.push_str(&format!(
             "\n\
-             through idplane, {} API clients at once, each sending when its previous message was accepted (HTTP accept + SQLite commit, synchronous=FULL + queue + pipelined delivery):\n\
-             throughput:                     {:.0} messages/s\n\
-             idplane CPU per message:        {:.0} us (user + system, all its threads)\n\
-             API clients' CPU per message:   {:.0} us (the load generator, on the same cores)\n\
-             ratio to the baseline:          {:.2} (aim >= 0.70)\n\
-             ratio to pipelined direct:      {:.2} (idplane's cost over its own SMTP path)\n\
-             accept latency p50 / p99:       {:.2} / {:.2} ms (the queue of {} clients at full speed)\n\
-             accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (includes the backlog the clients build)\n",
-            r.clients,
-            r.throughput,
-            r.cpu_micros,
-            r.clients_cpu_micros,
-            r.throughput / direct,
-            r.throughput / pipelined,
-            percentile(&r.accept, 0.5),
-            percentile(&r.accept, 0.99),
-            r.clients,
-            percentile(&r.to_delivered, 0.5),
-            percentile(&r.to_delivered, 0.99),
+             latency ({PACED} messages, one client, each after the previous was delivered):\n\
+             accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
+             accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms)\n",
+            percentile(&run.paced_accept, 0.5),
+            percentile(&run.paced_accept, 0.99),
+            percentile(&run.unloaded, 0.5),
+            percentile(&run.unloaded, 0.99),
         ));
-    }
-    for (share, rate, latencies) in &steady {
-        report.push_str(&steady_report(*share, *rate, n, latencies));
     }
     if !floor.is_empty() {
         report.push_str(&format!(
@@ -649,18 +711,8 @@ fn main() {
     }
     report.push_str(&format!(
         "\n\
-         latency ({PACED} messages, one client, each after the previous was delivered):\n\
-         accept latency p50 / p99:       {:.2} / {:.2} ms (aim p99 <= 5 ms)\n\
-         accept-to-delivered p50 / p99:  {:.0} / {:.0} ms (aim p50 <= 10 ms)\n",
-        percentile(&paced_accept, 0.5),
-        percentile(&paced_accept, 0.99),
-        percentile(&unloaded, 0.5),
-        percentile(&unloaded, 0.99),
-    ));
-    report.push_str(&format!(
-        "\n\
-         the disk alone: {n} flushes (4 KiB write + fdatasync) beside the store, idplane idle:\n\
-         flush latency p50 / p99 / max:  {:.2} / {:.2} / {:.2} ms ({} over 5 ms; every accept waits for one, synchronous=FULL)\n",
+         the disk alone: {n} flushes (4 KiB write + fdatasync) beside the SQLite store, idplane idle:\n\
+         flush latency p50 / p99 / max:  {:.2} / {:.2} / {:.2} ms ({} over 5 ms; every SQLite accept waits for one, synchronous=FULL)\n",
         percentile(&disk, 0.5),
         percentile(&disk, 0.99),
         disk.last().copied().unwrap_or(0.0),

@@ -1,5 +1,5 @@
 //! Telephony hot path: the same local hook service driven directly and
-//! through idplane (`idplane run`, the release binary, with a SQLite file),
+//! through idplane (`idplane run`, the release binary),
 //! with the same load: the same concurrency, the same duration, one run.
 //! Reports both throughputs, their ratio, p50/p99 latency and the p99 that
 //! idplane adds. Two hook services: one that answers after 20 ms (a
@@ -9,6 +9,9 @@
 //!
 //! The abuse guard is turned off for the run (`--otp-phone-limit 0
 //! --otp-org-limit 0`): every request goes to the same number.
+//!
+//! Each store backend in turn, SQLite then PostgreSQL (a throwaway server
+//! on the same machine, fsync on; IDPLANE_BENCH_BACKENDS=sqlite,postgres).
 //!
 //! Run: `cargo bench --bench telephony` (optionally `-- SECONDS CONCURRENCY`,
 //! default 10 s per measurement and 32 in flight). Results are printed and
@@ -24,7 +27,7 @@ use axum::routing::post;
 use serde_json::json;
 
 mod support;
-use support::{Killed, run_idplane};
+use support::{Killed, OwnServer, fresh_database_on, run_idplane};
 
 const TOKEN: &str = "bench-api-token-0123456789";
 const HOOK_SECRET: &str = "bench-hook-secret";
@@ -69,15 +72,14 @@ fn manifests(dir: &Path, hooks: &[(&str, &str)]) {
     std::fs::write(dir.join("hooks.yaml"), yaml).unwrap();
 }
 
-fn start_idplane(dir: &Path) -> (Killed, String) {
-    let database = dir.join("bench.db");
+fn start_idplane(dir: &Path, database: &str) -> (Killed, String) {
     run_idplane(
         dir,
         &dir.join("m"),
         TOKEN,
         &[
             "--database",
-            database.to_str().unwrap(),
+            database,
             "--otp-phone-limit",
             "0",
             "--otp-org-limit",
@@ -211,8 +213,16 @@ fn main() {
         &tmp.path().join("m"),
         &[(orgs[0], urls[0].as_str()), (orgs[1], urls[1].as_str())],
     );
-    let (idplane, api) = start_idplane(tmp.path());
-    let pid = idplane.0.id();
+    let backends: Vec<String> = std::env::var("IDPLANE_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let postgres = backends
+        .iter()
+        .any(|b| b == "postgres")
+        .then(OwnServer::start);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency * 2)
         .timeout(Duration::from_secs(30))
@@ -245,97 +255,112 @@ fn main() {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     )
     .unwrap();
-    writeln!(report, "# idplane: release binary, `idplane run` with a SQLite file (WAL, synchronous=FULL), abuse guard off").unwrap();
+    writeln!(report, "# idplane: release binary, `idplane run`, abuse guard off; store: a SQLite file (WAL, synchronous=FULL), then PostgreSQL on the same machine (fsync on), the direct path measured again beside each").unwrap();
     writeln!(report, "# direct = load generator -> hook; idplane = load generator -> POST /v1/orgs/ORG/otp/send -> hook").unwrap();
     writeln!(
         report,
-        "{:<16} {:<8} {:>10} {:>8} {:>9} {:>9} {:>7}",
-        "hook", "path", "req/s", "errors", "p50 ms", "p99 ms", "ratio"
+        "{:<10} {:<16} {:<8} {:>10} {:>8} {:>9} {:>9} {:>7}",
+        "store", "hook", "path", "req/s", "errors", "p50 ms", "p99 ms", "ratio"
     )
     .unwrap();
     let mut summary = String::new();
-    for (i, (name, _)) in scenarios.iter().enumerate() {
-        let direct = Target {
-            url: urls[i].clone(),
-            headers: vec![
-                ("authorization", HOOK_SECRET.into()),
-                ("content-type", "application/json".into()),
-            ],
-            body: Arc::new(okta_request.to_string().into_bytes()),
+    for backend in &backends {
+        let database = match backend.as_str() {
+            "sqlite" => tmp
+                .path()
+                .join(format!("bench-{}.db", std::process::id()))
+                .display()
+                .to_string(),
+            "postgres" => fresh_database_on(&postgres.as_ref().expect("a PostgreSQL server").url),
+            other => panic!("IDPLANE_BENCH_BACKENDS: unknown backend {other} (sqlite, postgres)"),
         };
-        let through = Target {
-            url: format!("{api}/v1/orgs/{}/otp/send", orgs[i]),
-            headers: vec![
-                ("authorization", format!("Bearer {TOKEN}")),
-                ("content-type", "application/json".into()),
-            ],
-            body: Arc::new(send.to_string().into_bytes()),
-        };
-        // Wait until idplane serves the org.
-        rt.block_on(async {
-            let t0 = Instant::now();
-            loop {
-                let r = client
-                    .post(&through.url)
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .json(&send)
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    break;
+        let (idplane, api) = start_idplane(tmp.path(), &database);
+        let pid = idplane.0.id();
+        for (i, (name, _)) in scenarios.iter().enumerate() {
+            let direct = Target {
+                url: urls[i].clone(),
+                headers: vec![
+                    ("authorization", HOOK_SECRET.into()),
+                    ("content-type", "application/json".into()),
+                ],
+                body: Arc::new(okta_request.to_string().into_bytes()),
+            };
+            let through = Target {
+                url: format!("{api}/v1/orgs/{}/otp/send", orgs[i]),
+                headers: vec![
+                    ("authorization", format!("Bearer {TOKEN}")),
+                    ("content-type", "application/json".into()),
+                ],
+                body: Arc::new(send.to_string().into_bytes()),
+            };
+            // Wait until idplane serves the org.
+            rt.block_on(async {
+                let t0 = Instant::now();
+                loop {
+                    let r = client
+                        .post(&through.url)
+                        .header("authorization", format!("Bearer {TOKEN}"))
+                        .json(&send)
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().is_success()) {
+                        break;
+                    }
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(30),
+                        "idplane does not serve {}",
+                        orgs[i]
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(30),
-                    "idplane does not serve {}",
-                    orgs[i]
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            });
+            let (d, t, cpu) = rt.block_on(async {
+                drive(&client, &direct, concurrency, Duration::from_secs(1)).await;
+                let d = drive(&client, &direct, concurrency, duration).await;
+                drive(&client, &through, concurrency, Duration::from_secs(1)).await;
+                let before = cpu_seconds(pid);
+                let t = drive(&client, &through, concurrency, duration).await;
+                let cpu = before.zip(cpu_seconds(pid)).map(|(b, a)| a - b);
+                (d, t, cpu)
+            });
+            let ratio = t.throughput() / d.throughput();
+            for (path, m, r) in [
+                ("direct", &d, String::new()),
+                ("idplane", &t, format!("{ratio:.3}")),
+            ] {
+                writeln!(
+                    report,
+                    "{:<10} {:<16} {:<8} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>7}",
+                    backend,
+                    name,
+                    path,
+                    m.throughput(),
+                    m.errors,
+                    ms(m.p50),
+                    ms(m.p99),
+                    r
+                )
+                .unwrap();
             }
-        });
-        let (d, t, cpu) = rt.block_on(async {
-            drive(&client, &direct, concurrency, Duration::from_secs(1)).await;
-            let d = drive(&client, &direct, concurrency, duration).await;
-            drive(&client, &through, concurrency, Duration::from_secs(1)).await;
-            let before = cpu_seconds(pid);
-            let t = drive(&client, &through, concurrency, duration).await;
-            let cpu = before.zip(cpu_seconds(pid)).map(|(b, a)| a - b);
-            (d, t, cpu)
-        });
-        let ratio = t.throughput() / d.throughput();
-        for (path, m, r) in [
-            ("direct", &d, String::new()),
-            ("idplane", &t, format!("{ratio:.3}")),
-        ] {
             writeln!(
-                report,
-                "{:<16} {:<8} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>7}",
-                name,
-                path,
-                m.throughput(),
-                m.errors,
-                ms(m.p50),
-                ms(m.p99),
-                r
-            )
-            .unwrap();
-        }
-        writeln!(
             summary,
-            "{name}: throughput ratio {ratio:.3} (aim >= 0.9); added p50 {:.2} ms, added p99 {:.2} ms (aim <= 1 ms)",
+            "{backend}, {name}: throughput ratio {ratio:.3} (aim >= 0.9); added p50 {:.2} ms, added p99 {:.2} ms (aim <= 1 ms)",
             ms(t.p50) - ms(d.p50),
             ms(t.p99) - ms(d.p99)
         )
         .unwrap();
-        if let Some(cpu) = cpu {
-            writeln!(
+            if let Some(cpu) = cpu {
+                writeln!(
                 summary,
-                "{name}: idplane used {:.0} us of CPU per send ({:.2} cores at {:.0} sends/s)",
+                "{backend}, {name}: idplane used {:.0} us of CPU per send ({:.2} cores at {:.0} sends/s)",
                 cpu * 1e6 / t.requests.max(1) as f64,
                 cpu / t.seconds,
                 t.throughput()
             )
             .unwrap();
+            }
         }
+        drop(idplane);
     }
     report.push_str(&summary);
     print!("{report}");
