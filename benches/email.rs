@@ -549,10 +549,14 @@ fn steady_report(
     )
 }
 
+/// A steady load: its share of the baseline, its rate, and its
+/// (accept, accept-to-delivered) latencies.
+type Steady = (f64, f64, (Vec<f64>, Vec<f64>));
+
 /// What one backend's run measured.
 struct BackendRun {
     runs: Vec<Saturated>,
-    steady: Vec<(f64, f64, (Vec<f64>, Vec<f64>))>,
+    steady: Vec<Steady>,
     paced_accept: Vec<f64>,
     unloaded: Vec<f64>,
 }
