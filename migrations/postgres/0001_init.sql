@@ -15,6 +15,11 @@ CREATE TABLE object_status (
 );
 
 -- The org's system log: delivery events, OTP executions, status transitions.
+-- Ids are taken when a row is inserted, but transactions of several
+-- replicas commit in any order: a reader paging by id (`after`) could pass
+-- an id whose transaction commits later. `tx` is the writing transaction;
+-- readers see only rows of transactions older than every one still open
+-- (`pg_snapshot_xmin`), so a page never skips a row that appears later.
 CREATE TABLE system_log (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     org TEXT NOT NULL,
@@ -22,7 +27,8 @@ CREATE TABLE system_log (
     outcome TEXT NOT NULL,
     time TEXT NOT NULL,
     subject TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    tx XID8 NOT NULL DEFAULT pg_current_xact_id()
 );
 CREATE INDEX system_log_org ON system_log (org, id);
 CREATE INDEX system_log_org_type ON system_log (org, type, id);

@@ -467,6 +467,45 @@ mod tests {
         ));
     }
 
+    /// Two replicas' transactions commit out of id order: a reader paging
+    /// by id must not pass the earlier id before its transaction commits.
+    #[tokio::test]
+    async fn postgres_events_never_skip_a_row_that_commits_late() {
+        let store = testing::postgres().await;
+        let Backend::Postgres(pool) = store.backend() else {
+            unreachable!()
+        };
+        let mut slow = pool.begin().await.unwrap();
+        let first = slow
+            .append_log(&[entry("acme", "a.b", "SUCCESS", serde_json::json!({"i": 1}))])
+            .await
+            .unwrap();
+        let second = store
+            .log(&entry(
+                "acme",
+                "a.b",
+                "SUCCESS",
+                serde_json::json!({"i": 2}),
+            ))
+            .await
+            .unwrap();
+        assert!(first < second);
+        let all = EventFilter::default();
+        assert!(
+            store.events("acme", &all, 0, 10).await.unwrap().is_empty(),
+            "the committed later row waits for the open earlier one"
+        );
+        slow.commit().await.unwrap();
+        let ids: Vec<i64> = store
+            .events("acme", &all, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [first, second]);
+    }
+
     async fn status_and_events_round_trip(store: Store) {
         let key = ObjectKey::new(crate::resources::Kind::TelephonyHook, "acme", "a");
         store

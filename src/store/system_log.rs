@@ -120,13 +120,29 @@ impl Store {
     ) -> Result<Vec<LogEvent>, StoreError> {
         // `CAST($3 AS TEXT)`: PostgreSQL cannot infer the type of a
         // parameter only compared with NULL (both backends read CAST).
-        const SQL: &str = "SELECT id, type, outcome, time, subject, detail FROM system_log
-             WHERE org = $1 AND id > $2 AND (CAST($3 AS TEXT) IS NULL OR type = $3)
-               AND (CAST($4 AS TEXT) IS NULL OR outcome = $4)
-             ORDER BY id LIMIT $5";
+        macro_rules! events_sql {
+            ($committed:literal) => {
+                concat!(
+                    "SELECT id, type, outcome, time, subject, detail FROM system_log
+                     WHERE org = $1 AND id > $2 AND (CAST($3 AS TEXT) IS NULL OR type = $3)
+                       AND (CAST($4 AS TEXT) IS NULL OR outcome = $4)",
+                    $committed,
+                    " ORDER BY id LIMIT $5"
+                )
+            };
+        }
+        // PostgreSQL: only rows no open transaction can still precede (see
+        // the `tx` column in migrations/postgres): a page never skips an
+        // event that commits after it was read. SQLite has one writer.
+        let sql = match &self.backend {
+            super::Backend::Sqlite(_) => events_sql!(""),
+            super::Backend::Postgres(_) => {
+                events_sql!(" AND tx < pg_snapshot_xmin(pg_current_snapshot())")
+            }
+        };
         type EventRow = (i64, String, String, String, String, String);
         let rows: Vec<EventRow> = on_pool!(&self.backend, |pool| {
-            sqlx::query(SQL)
+            sqlx::query(sql)
                 .bind(org)
                 .bind(after)
                 .bind(filter.type_)
