@@ -160,18 +160,25 @@ fn a_wrong_password_ends_the_start_with_a_clear_error_that_never_shows_it() {
     std::fs::write(&file, wrong).unwrap();
     let file = file.to_str().unwrap();
     let in_url = bare.replacen("://idplane@", &format!("://idplane:{wrong}@"), 1);
-    let cases: [(&str, &str, &[&str], &[(&str, &str)]); 3] = [
-        ("file", &bare, &["--database-password-file", file], &[]),
+    // Where the wrong password comes from: (case, --database, flags, env).
+    type Case<'a> = (&'a str, &'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: [Case; 3] = [
+        (
+            "file",
+            &bare,
+            vec!["--database-password-file", file],
+            vec![],
+        ),
         (
             "variable",
             &bare,
-            &[],
-            &[("IDPLANE_DATABASE_PASSWORD", wrong)],
+            vec![],
+            vec![("IDPLANE_DATABASE_PASSWORD", wrong)],
         ),
-        ("url", &in_url, &[], &[]),
+        ("url", &in_url, vec![], vec![]),
     ];
     for (case, database, extra, env) in cases {
-        let mut run = ws.start(database, extra, env, &format!("wrong-{case}.log"));
+        let mut run = ws.start(database, &extra, &env, &format!("wrong-{case}.log"));
         let status = wait_for(&format!("idplane to exit ({case})"), READY, || {
             run.child.try_wait().unwrap()
         });
