@@ -7,6 +7,7 @@
 #
 #   eval "$(scripts/test-postgres.sh start)"   # prints PGT_DIR, PGT_PORT, DATABASE_URL, ...
 #   scripts/test-postgres.sh restart "$PGT_DIR" [fast|immediate] [DOWN_SECONDS]
+#   scripts/test-postgres.sh pause "$PGT_DIR" [fast|immediate]; ... resume "$PGT_DIR"   # down until resumed
 #   scripts/test-postgres.sh psql "$PGT_DIR" -c 'select 1'
 #   scripts/test-postgres.sh stop "$PGT_DIR"   # stops the server and removes the directory
 #   scripts/test-postgres.sh selftest          # start, query, restart both ways, stop; with timings
@@ -98,14 +99,25 @@ cmd_psql() {
 # fast: clean shutdown (clients are disconnected, a checkpoint is written).
 # immediate: like a crash; the next start replays the WAL.
 cmd_restart() {
-    local dir=$1 mode=${2:-fast} down=${3:-0} bin t0 t1
-    bin=$(cat "$dir/bin")
+    local dir=$1 mode=${2:-fast} down=${3:-0} t0 t1
     t0=$(date +%s%N)
-    as_pg "$bin/pg_ctl" -D "$dir/data" -m "$mode" -w stop >&2
+    cmd_pause "$dir" "$mode"
     sleep "$down"
-    pg_ctl_start "$dir"
+    cmd_resume "$dir"
     t1=$(date +%s%N)
     log "restart ($mode, ${down}s down): $(((t1 - t0) / 1000000)) ms"
+}
+
+# Stops the server and keeps its directory (port, data), for `resume`:
+# a database that is down for as long as a test needs.
+cmd_pause() {
+    local dir=$1 mode=${2:-fast} bin
+    bin=$(cat "$dir/bin")
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m "$mode" -w stop >&2
+}
+
+cmd_resume() {
+    pg_ctl_start "$1"
 }
 
 cmd_stop() {
@@ -143,7 +155,9 @@ case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop "$2" ;;
 restart) shift; cmd_restart "$@" ;;
+pause) shift; cmd_pause "$@" ;;
+resume) cmd_resume "$2" ;;
 psql) shift; cmd_psql "$@" ;;
 selftest) cmd_selftest ;;
-*) echo "usage: $0 start|stop DIR|restart DIR [fast|immediate] [SECONDS]|psql DIR ARGS|selftest" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop DIR|restart DIR [fast|immediate] [SECONDS]|pause DIR [fast|immediate]|resume DIR|psql DIR ARGS|selftest" >&2; exit 2 ;;
 esac

@@ -83,8 +83,9 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} in {objects:#?}"))
 }
 
-/// The idplane container of a StatefulSet, rendered or stored.
-fn set_container(set: &Value) -> &Value {
+/// The idplane container of a StatefulSet or a Deployment, rendered or
+/// stored.
+fn pod_container(set: &Value) -> &Value {
     &set["spec"]["template"]["spec"]["containers"][0]
 }
 
@@ -97,18 +98,22 @@ fn container_args(container: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The container's `IDPLANE_SMTP_PASSWORD` variable.
-fn password_variable(container: &Value) -> &Value {
+/// The container's variable `name`, if it has it.
+fn variable<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
     container["env"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == "IDPLANE_SMTP_PASSWORD")
-        .expect("the password's variable")
+        .find(|e| e["name"] == name)
+}
+
+/// The container's `IDPLANE_SMTP_PASSWORD` variable.
+fn password_variable(container: &Value) -> &Value {
+    variable(container, "IDPLANE_SMTP_PASSWORD").expect("the password's variable")
 }
 
 fn container(objects: &[Value]) -> &Value {
-    set_container(find(objects, "StatefulSet", "rel"))
+    pod_container(find(objects, "StatefulSet", "rel"))
 }
 
 fn args(objects: &[Value]) -> Vec<String> {
@@ -183,7 +188,139 @@ fn default_values_give_one_persistent_replica_that_stops_gracefully() {
         "None"
     );
     assert_eq!(set["spec"]["serviceName"], "rel-pods");
+    // The SQLite store: no Deployment and no disruption budget (they come
+    // with database.postgres), no database or OTP key from a Secret.
+    for kind in ["Deployment", "PodDisruptionBudget"] {
+        assert!(objects.iter().all(|o| o["kind"] != kind), "a {kind}");
+    }
+    for name in [
+        "IDPLANE_DATABASE",
+        "IDPLANE_DATABASE_PASSWORD",
+        "IDPLANE_OTP_HASH_KEY",
+    ] {
+        assert!(variable(container(&objects), name).is_none(), "{name}");
+    }
     dry_run(&yaml);
+}
+
+/// Values that put the state on PostgreSQL: the URL and the password from
+/// Secrets, and the OTP hash key every replica shares.
+fn postgres_values() -> Value {
+    json!({
+        "database": {"postgres": {
+            "urlSecret": {"name": "idplane-db", "key": "url"},
+            "passwordSecret": {"name": "idplane-db-password", "key": "pw"},
+        }},
+        "otp": {"hashKeySecret": {"name": "idplane-otp", "key": "hash-key"}},
+    })
+}
+
+/// The Deployment's idplane container.
+fn deployment_container(objects: &[Value]) -> &Value {
+    pod_container(find(objects, "Deployment", "rel"))
+}
+
+/// A variable's Secret reference: `{name, key}`.
+fn secret_ref(container: &Value, name: &str) -> Value {
+    let variable = variable(container, name).unwrap_or_else(|| panic!("no {name}"));
+    assert!(
+        variable.get("value").is_none(),
+        "{name} in clear: {variable}"
+    );
+    variable["valueFrom"]["secretKeyRef"].clone()
+}
+
+#[test]
+fn postgres_values_give_a_deployment_of_two_spread_replicas_with_no_volume() {
+    let (yaml, objects) = render(postgres_values());
+    for kind in ["StatefulSet", "PersistentVolumeClaim"] {
+        assert!(objects.iter().all(|o| o["kind"] != kind), "a {kind}");
+    }
+    assert!(
+        objects.iter().all(|o| o["metadata"]["name"] != "rel-pods"),
+        "the headless Service is the StatefulSet's"
+    );
+    let deployment = find(&objects, "Deployment", "rel");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(
+        spec["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}),
+        "a rollout keeps every replica serving until its successor is ready"
+    );
+    let selector =
+        json!({"app.kubernetes.io/name": "idplane", "app.kubernetes.io/instance": "rel"});
+    assert_eq!(spec["selector"]["matchLabels"], selector);
+    let pod = &spec["template"]["spec"];
+    assert!(pod.get("volumes").is_none(), "{pod:#}");
+    assert!(pod["securityContext"].get("fsGroup").is_none());
+    assert_eq!(pod["terminationGracePeriodSeconds"], 35);
+    let spread = pod["topologySpreadConstraints"].as_array().unwrap();
+    let by_key = |key: &str| {
+        spread
+            .iter()
+            .find(|c| c["topologyKey"] == key)
+            .unwrap_or_else(|| panic!("no spread over {key}: {spread:#?}"))
+    };
+    let hosts = by_key("kubernetes.io/hostname");
+    assert_eq!(hosts["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(hosts["maxSkew"], 1);
+    assert_eq!(hosts["labelSelector"]["matchLabels"], selector);
+    assert_eq!(
+        by_key("topology.kubernetes.io/zone")["whenUnsatisfiable"],
+        "ScheduleAnyway"
+    );
+    let budget = find(&objects, "PodDisruptionBudget", "rel");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(budget["spec"]["selector"]["matchLabels"], selector);
+
+    let container = deployment_container(&objects);
+    assert!(container.get("volumeMounts").is_none(), "{container:#}");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        secret_ref(container, "IDPLANE_DATABASE"),
+        json!({"name": "idplane-db", "key": "url"})
+    );
+    assert_eq!(
+        secret_ref(container, "IDPLANE_DATABASE_PASSWORD"),
+        json!({"name": "idplane-db-password", "key": "pw"})
+    );
+    assert_eq!(
+        secret_ref(container, "IDPLANE_OTP_HASH_KEY"),
+        json!({"name": "idplane-otp", "key": "hash-key"}),
+        "one key for every replica"
+    );
+    let args = container_args(container);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--database")),
+        "the database from the Secret alone; no SQLite cap: {args:?}"
+    );
+    assert!(args.contains(&"--lease-name=rel-status-writer".to_string()));
+    flags_parse(&args);
+    // Without a password Secret (the URL carries it), and replicas and
+    // spread as given; 0 replicas is a count, not "unset".
+    let mut values = postgres_values();
+    values["database"]["postgres"]["passwordSecret"]["name"] = json!("");
+    values["database"]["postgres"]["spread"] = json!({"hostname": "ScheduleAnyway", "zone": ""});
+    values["replicas"] = json!(0);
+    let (_, objects) = render(values);
+    let deployment = find(&objects, "Deployment", "rel");
+    assert_eq!(deployment["spec"]["replicas"], 0);
+    let spread = &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"];
+    assert_eq!(spread.as_array().unwrap().len(), 1, "{spread:#}");
+    assert_eq!(spread[0]["whenUnsatisfiable"], "ScheduleAnyway");
+    assert!(variable(deployment_container(&objects), "IDPLANE_DATABASE_PASSWORD").is_none());
+    dry_run(&yaml);
+}
+
+#[test]
+fn an_otp_hash_key_secret_reaches_the_statefulset_too() {
+    let (_, objects) = render(json!({"otp": {"hashKeySecret": {"name": "idplane-otp"}}}));
+    assert_eq!(
+        secret_ref(container(&objects), "IDPLANE_OTP_HASH_KEY"),
+        json!({"name": "idplane-otp", "key": "hash-key"})
+    );
+    assert!(variable(container(&objects), "IDPLANE_DATABASE").is_none());
 }
 
 #[test]
@@ -300,7 +437,51 @@ fn values_idplane_would_refuse_at_start_fail_the_install_with_the_reason() {
 }
 
 #[test]
-fn helm_lint_finds_no_problem_with_the_default_or_the_email_values() {
+fn postgres_values_idplane_could_not_run_with_fail_the_install_with_the_reason() {
+    let refused = |change: &dyn Fn(&mut Value), reason: &str| {
+        let mut values = postgres_values();
+        change(&mut values);
+        let error = try_render(values.clone()).expect_err(reason);
+        assert!(error.contains(reason), "{values}: {error}");
+    };
+    refused(
+        &|v| v["otp"]["hashKeySecret"]["name"] = json!(""),
+        "database.postgres needs otp.hashKeySecret.name: every replica must hash passcodes with the same key",
+    );
+    refused(
+        &|v| v["database"]["postgres"]["urlSecret"]["name"] = json!(""),
+        "database.postgres.passwordSecret needs database.postgres.urlSecret.name",
+    );
+    refused(
+        &|v| v["database"]["postgres"]["urlSecret"]["key"] = json!(""),
+        "database.postgres.urlSecret.key is empty",
+    );
+    refused(
+        &|v| v["database"]["postgres"]["spread"]["zone"] = json!("Always"),
+        "database.postgres.spread.zone is DoNotSchedule, ScheduleAnyway or empty",
+    );
+    // idplane refuses --database-max-size on PostgreSQL; a --database in
+    // extraArgs would win over the Secret's URL.
+    for arg in ["--database-max-size=1Gi", "--database=/tmp/x.db"] {
+        refused(
+            &|v| v["extraArgs"] = json!([arg]),
+            "with database.postgres: the database comes from database.postgres",
+        );
+    }
+    // persistence is SQLite's: its defaults (a cap of 850Mi) do not reach
+    // the Deployment, whatever they are.
+    let mut values = postgres_values();
+    values["persistence"] = json!({"enabled": true, "databaseMaxSize": "2Gi"});
+    let (_, objects) = render(values);
+    let args = container_args(deployment_container(&objects));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--database")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn helm_lint_finds_no_problem_with_the_default_email_or_postgres_values() {
     let tmp = tempfile::tempdir().unwrap();
     let email = json!({"email": {
         "defaultSender": "Acme Mail <noreply@acme.example>",
@@ -310,7 +491,11 @@ fn helm_lint_finds_no_problem_with_the_default_or_the_email_values() {
             "passwordSecret": {"name": "smtp-relay", "key": "pw"},
         },
     }});
-    for (name, values) in [("defaults.json", json!({})), ("email.json", email)] {
+    for (name, values) in [
+        ("defaults.json", json!({})),
+        ("email.json", email),
+        ("postgres.json", postgres_values()),
+    ] {
         let report = helm_json(&["lint", &chart(), &values_file(tmp.path(), name, &values)]);
         assert_eq!(report["total_charts_linted"], 1, "{report:#}");
         assert_eq!(report["errors"], json!([]), "{report:#}");
@@ -620,7 +805,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     assert_eq!(set["spec"]["serviceName"], pods);
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], name);
-    let args = container_args(set_container(&set));
+    let args = container_args(pod_container(&set));
     for want in [
         "operator".to_string(),
         format!("--lease-name={name}-status-writer"),
@@ -630,7 +815,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
         assert!(args.contains(&want), "{want} not in {args:?}");
     }
     assert!(!args.iter().any(|a| a.starts_with("--email-")), "{args:?}");
-    let password = password_variable(set_container(&set));
+    let password = password_variable(pod_container(&set));
     assert_eq!(
         password["valueFrom"]["secretKeyRef"],
         json!({"name": "smtp-relay", "key": "pw"})
@@ -649,7 +834,7 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     assert_eq!(upgraded["revision"], 2);
     let set = release.stored("StatefulSet", name).unwrap();
     assert_eq!(set["spec"]["replicas"], 2);
-    let args = container_args(set_container(&set));
+    let args = container_args(pod_container(&set));
     for want in [
         "--email-default-sender=Acme Mail <noreply@acme.example>",
         "--email-concurrency=32",
@@ -694,4 +879,77 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
     assert_eq!(history.trim(), "", "Helm's release records are left");
     assert!(release.stored("Secret", "smtp-relay").is_some());
     assert_crds_established();
+}
+
+#[test]
+fn helm_upgrades_a_sqlite_release_to_postgres_and_scales_it_on_the_real_apiserver() {
+    let release = Release::new();
+    let (name, ns) = (release.name.as_str(), release.namespace.as_str());
+    for (secret, literal) in [
+        (
+            "idplane-db",
+            "url=postgres://idplane@db.example:5432/idplane",
+        ),
+        ("idplane-db-password", "pw=not-used"),
+        (
+            "idplane-otp",
+            "hash-key=not-used-not-used-not-used-not-used",
+        ),
+    ] {
+        let literal = format!("--from-literal={literal}");
+        kubectl_ok(&["create", "secret", "generic", secret, "-n", ns, &literal]);
+    }
+    install_crds();
+
+    // Revision 1: the default, SQLite in a StatefulSet.
+    let installed = release.deploy("install", &json!({}));
+    assert_eq!(installed["revision"], 1, "{installed:#}");
+    assert!(release.stored("StatefulSet", name).is_some());
+    assert!(release.stored("Deployment", name).is_none());
+
+    // Revision 2: PostgreSQL. The StatefulSet and its headless Service go,
+    // a Deployment and its disruption budget come; the Service stays.
+    let upgraded = release.deploy("upgrade", &postgres_values());
+    assert_eq!(upgraded["status"], "deployed", "{upgraded:#}");
+    assert_eq!(upgraded["revision"], 2);
+    let pods = format!("{name}-pods");
+    for (kind, object) in [("StatefulSet", name), ("Service", pods.as_str())] {
+        wait_for(
+            &format!("{kind} {object} to be deleted"),
+            Duration::from_secs(30),
+            || release.stored(kind, object).is_none().then_some(()),
+        );
+    }
+    let deployment = release.stored("Deployment", name).expect("the Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"],
+        json!({"maxUnavailable": 0, "maxSurge": 1})
+    );
+    let container = pod_container(&deployment);
+    assert_eq!(
+        secret_ref(container, "IDPLANE_DATABASE"),
+        json!({"name": "idplane-db", "key": "url"})
+    );
+    assert_eq!(
+        secret_ref(container, "IDPLANE_OTP_HASH_KEY"),
+        json!({"name": "idplane-otp", "key": "hash-key"})
+    );
+    let spread = &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"];
+    assert_eq!(spread.as_array().map(Vec::len), Some(2), "{spread:#}");
+    let budget = release
+        .stored("PodDisruptionBudget", name)
+        .expect("the PodDisruptionBudget");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert!(release.stored("Service", name).is_some());
+
+    // Revision 3: scaled out.
+    let mut values = postgres_values();
+    values["replicas"] = json!(3);
+    let scaled = release.deploy("upgrade", &values);
+    assert_eq!(scaled["revision"], 3, "{scaled:#}");
+    let deployment = release.stored("Deployment", name).unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let status = release.status().expect("the release");
+    assert_eq!(status["status"], "deployed");
 }

@@ -84,7 +84,14 @@ pub enum Command {
         /// a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`) shared by
         /// several processes; its password from --database-password-file or
         /// IDPLANE_DATABASE_PASSWORD.
-        #[arg(long, default_value = ".idplane/idplane.db", env = "IDPLANE_DATABASE")]
+        // `hide_env_values`: the URL may hold the password, and `--help`
+        // would print the variable's value.
+        #[arg(
+            long,
+            default_value = ".idplane/idplane.db",
+            env = "IDPLANE_DATABASE",
+            hide_env_values = true
+        )]
         database: String,
         /// Token file: `tokens: [{name, token, orgs: [org|*]}]`. Without it a
         /// development token for every org is written next to the database.
@@ -120,7 +127,8 @@ pub enum Command {
         #[arg(
             long,
             default_value = "/var/lib/idplane/idplane.db",
-            env = "IDPLANE_DATABASE"
+            env = "IDPLANE_DATABASE",
+            hide_env_values = true
         )]
         database: String,
         /// Namespace of the status-writer Lease.

@@ -23,11 +23,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Connection, Row};
 
 use crate::resources::ObjectKey;
 
@@ -119,6 +119,10 @@ const WAL_ROOM: u64 = 16 << 20;
 /// once rather than after sqlx's default of 30 s.
 const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the first connection at start may take (the TCP connect, TLS
+/// and authentication) before the start is tried again.
+const PG_START_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connections per replica to PostgreSQL: the two batched writers hold one
 /// each while they commit, reads and the listener take the rest.
 const PG_CONNECTIONS: u32 = 16;
@@ -155,19 +159,27 @@ impl Store {
             database: shown.to_string(),
             source,
         };
-        // The migrator holds a session-level advisory lock that it does not
-        // release when a migration fails: on a pool of its own, closed
-        // whatever the outcome, the lock goes with the connection.
-        let migrating = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(open)?;
+        // One connection of its own, not a pool: a pool retries a refused
+        // connection until its timeout and then says only that it timed
+        // out, where this says why (refused, unknown host, password
+        // authentication failed, …) for the log and `/readyz`. The
+        // migrator holds a session-level advisory lock that it does not
+        // release when a migration fails: closed whatever the outcome,
+        // the lock goes with the connection.
+        let mut migrating =
+            tokio::time::timeout(PG_START_TIMEOUT, PgConnection::connect_with(options))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", PG_START_TIMEOUT.as_secs()),
+                    )))
+                })
+                .map_err(open)?;
         let migrated = sqlx::migrate!("./migrations/postgres")
-            .run(&migrating)
+            .run(&mut migrating)
             .await;
-        migrating.close().await;
+        let _ = migrating.close().await;
         migrated?;
         let pool = PgPoolOptions::new()
             .max_connections(PG_CONNECTIONS)

@@ -26,6 +26,30 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// `url` without its password, and the password: for `--database` with
+/// `--database-password-file` or `IDPLANE_DATABASE_PASSWORD`.
+pub fn split_password(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (credentials, host) = rest.split_once('@').expect("a user in the URL");
+    let (user, password) = credentials.split_once(':').expect("a password in the URL");
+    (format!("{scheme}://{user}@{host}"), password.to_string())
+}
+
+/// The first column of the first row of `sql` run on the database at
+/// `url`, as an integer (a count).
+pub fn query_i64(url: &str, sql: &str) -> i64 {
+    block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("cannot reach the test database");
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    })
+}
+
 /// A new, empty database on the server at `url`; its URL.
 pub fn fresh_database_on(url: &str) -> String {
     use rand::Rng;
@@ -101,6 +125,29 @@ impl OwnServer {
             .status()
             .expect("scripts/test-postgres.sh restart");
         assert!(status.success(), "restart failed");
+    }
+
+    /// Stops the server (`fast` or `immediate`, as [`OwnServer::restart`])
+    /// until [`OwnServer::resume`]: its port and data are kept.
+    pub fn pause(&self, mode: &str) {
+        self.script_ok(&["pause", self.dir.to_str().unwrap(), mode]);
+    }
+
+    /// Starts the server [`OwnServer::pause`] stopped.
+    pub fn resume(&self) {
+        self.script_ok(&["resume", self.dir.to_str().unwrap()]);
+    }
+
+    fn script_ok(&self, args: &[&str]) {
+        let out = Command::new(script())
+            .args(args)
+            .output()
+            .expect("scripts/test-postgres.sh");
+        assert!(
+            out.status.success(),
+            "scripts/test-postgres.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs SQL as the admin over the server's socket; its output (`-At`).

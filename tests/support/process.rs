@@ -210,6 +210,35 @@ impl Idplane {
         )
     }
 
+    /// Waits until `/readyz` answers 200; panics with the log when the
+    /// process exits first or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "idplane exited ({status}) before it was ready; log:\n{}",
+                    self.log_text()
+                );
+            }
+            let (code, body) = http_get(&self.url("/readyz"), None);
+            if code == 200 {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "not ready after {timeout:?}: /readyz {code} {body}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
