@@ -16,7 +16,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // The long-running modes log warnings (a database out of reach, a
+    // failing batch) unless RUST_LOG says otherwise; one-shot commands
+    // print their own results and log errors only.
+    let serving = matches!(cli.command, Command::Run { .. } | Command::Operator { .. });
+    init_logs(cli.log_format, if serving { "warn" } else { "error" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -26,12 +30,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr, filtered by RUST_LOG. JSON lines carry the current
-/// span and the spans around it, so that each line says which unit of work
-/// (an OTP send, an email attempt, an index batch...) it belongs to.
-fn init_logs(format: LogFormat) {
+/// Logs go to stderr, filtered by RUST_LOG (`default` without it). JSON
+/// lines carry the current span and the spans around it, so that each line
+/// says which unit of work (an OTP send, an email attempt, an index
+/// batch...) it belongs to.
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder
