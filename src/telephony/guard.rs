@@ -451,4 +451,20 @@ mod tests {
         }
         assert_eq!(guard.tracked(), (0, 0));
     }
+
+    #[tokio::test]
+    async fn an_unreachable_shared_store_neither_admits_nor_refuses() {
+        let guard = shared(
+            crate::telephony::testing::unreachable(),
+            limit(5, 600),
+            limit(0, 1),
+        );
+        let Err(GuardError::Store(e)) = guard.admit("acme", "+1555", s(0)).await else {
+            panic!("admitted without a store");
+        };
+        assert!(matches!(
+            crate::telephony::TelephonyError::from_store(&e),
+            crate::telephony::TelephonyError::StoreUnavailable(_)
+        ));
+    }
 }

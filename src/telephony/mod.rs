@@ -407,6 +407,14 @@ pub(crate) mod testing {
         }
     }
 
+    /// A pool on a server that does not answer (nothing listens on port 1).
+    pub fn unreachable() -> PgPool {
+        PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(500))
+            .connect_lazy("postgres://idplane@127.0.0.1:1/idplane")
+            .unwrap()
+    }
+
     /// Another pool on the same database: a second replica.
     pub fn replica(pool: &PgPool) -> PgPool {
         PgPoolOptions::new()

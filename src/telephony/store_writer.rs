@@ -950,4 +950,28 @@ mod tests {
             VerifyResult::Locked
         );
     }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_unavailable_and_nothing_is_answered_as_done() {
+        let writer = StoreWriter::start(Backend::Postgres(testing::unreachable()), |_| {});
+        let issued = writer.issue(issued("tx1", "123456")).await;
+        assert!(
+            issued.as_ref().is_err_and(|e| e.is_unavailable()),
+            "{issued:?}"
+        );
+        let verified = writer
+            .verify("tx1", "acme", 10, check("tx1", "123456"))
+            .await;
+        assert!(
+            verified.as_ref().is_err_and(|e| e.is_unavailable()),
+            "{verified:?}"
+        );
+        let api = crate::http::ApiError::from(crate::telephony::TelephonyError::from(
+            verified.unwrap_err(),
+        ));
+        assert_eq!(
+            (api.status.as_u16(), api.code, api.retry_after),
+            (503, "store_unavailable", Some(2))
+        );
+    }
 }
