@@ -72,7 +72,8 @@ pub struct TelephonySettings {
     pub otp_max_attempts: u32,
     /// Key of the HMAC that stores codes (at least 32 characters). Without
     /// it a random key is drawn at start, and passcodes pending at a
-    /// restart can no longer be verified.
+    /// restart can no longer be verified. Required, the same on every
+    /// replica, with a PostgreSQL --database.
     #[arg(
         long = "otp-hash-key",
         env = "IDPLANE_OTP_HASH_KEY",
