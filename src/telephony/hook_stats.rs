@@ -1,6 +1,9 @@
 //! Per-hook execution numbers: daily buckets (UTC days) held in memory and
 //! persisted through the [`super::store_writer::StoreWriter`], and the rolling 30-day
 //! window that becomes a hook's `status.metrics`. Pure apart from the lock.
+//! On a shared store the memory is replaced by the stored totals every few
+//! seconds ([`HookStats::replace`]); between reloads this process's own
+//! executions are added to it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -114,6 +117,12 @@ impl HookStats {
         Self {
             hooks: Mutex::new(stored),
         }
+    }
+
+    /// Replaces every hook's numbers with `stored` (on a shared store,
+    /// the totals of every replica, reloaded periodically).
+    pub fn replace(&self, stored: HashMap<HookId, HookNumbers>) {
+        *self.hooks.lock().unwrap_or_else(|p| p.into_inner()) = stored;
     }
 
     pub fn record(&self, e: &ExecutionRecord) {

@@ -47,9 +47,20 @@ fn openapi_context() -> serde_json::Value {
         "requestId": nullable(json!({"type": "string", "description": "The caller's request id, passed to the hook"}))}})
 }
 
+/// The answer when the store cannot be reached: nothing was recorded
+/// (send, verify, and preview through the shared abuse guard).
+fn openapi_store(op: Operation) -> Operation {
+    op.error(
+        503,
+        "store_unavailable (Retry-After): the store cannot be reached now; nothing was recorded (a send's passcode is not valid, an attempt is not counted). Try again, on this replica or another",
+        &["store_unavailable"],
+    )
+    .retry_after(503, true)
+}
+
 /// A send's over-limit and refused-country answers (send and preview).
 fn openapi_guard(op: Operation) -> Operation {
-    op.error_with(
+    let op = op.error_with(
         403,
         "country_not_allowed: the number's country calling code is not in the org's --otp-allowed-country-codes",
         &["country_not_allowed"],
@@ -61,7 +72,8 @@ fn openapi_guard(op: Operation) -> Operation {
         &["phone_rate_limited", "org_rate_limited"],
         json!({"retryAfterSeconds": {"type": "integer", "minimum": 0}}),
     )
-    .retry_after(429, true)
+    .retry_after(429, true);
+    openapi_store(op)
 }
 
 fn otp_send_operation(route: &Endpoint) -> Operation {
@@ -114,7 +126,7 @@ fn otp_send_operation(route: &Endpoint) -> Operation {
 }
 
 fn otp_verify_operation(route: &Endpoint) -> Operation {
-    Operation::from_endpoint(route, "verifyOtp")
+    let op = Operation::from_endpoint(route, "verifyOtp")
         .body(json!({"type": "object", "required": ["transactionId", "code"], "additionalProperties": false,
             "properties": {
                 "transactionId": {"type": "string", "pattern": "^[0-9a-f]{32}$",
@@ -128,7 +140,8 @@ fn otp_verify_operation(route: &Endpoint) -> Operation {
                 "reason": {"type": "string", "enum": ["already_used", "too_many_attempts", "wrong_code"]},
                 "attemptsRemaining": {"type": "integer", "minimum": 0}}}))
         .error(400, "transactionId is not 1 to 128 characters, or code not 1 to 32", &["invalid_request"])
-        .error(404, "No passcode with this transactionId in this org (never delivered, or expired more than a day ago)", &["unknown_transaction"])
+        .error(404, "No passcode with this transactionId in this org (never delivered, or expired more than a day ago)", &["unknown_transaction"]);
+    openapi_store(op)
 }
 
 fn preview_operation(route: &Endpoint) -> Operation {

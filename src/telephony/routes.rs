@@ -35,6 +35,10 @@ fn router(sender: Arc<OtpSender>) -> Router {
         .layer(Extension(sender))
 }
 
+/// `Retry-After` of a 503 `store_unavailable`: a user is waiting for the
+/// passcode, and a replica reconnects within seconds.
+const STORE_RETRY_AFTER_SECS: u64 = 2;
+
 impl From<TelephonyError> for ApiError {
     fn from(e: TelephonyError) -> Self {
         let message = e.to_string();
@@ -67,6 +71,15 @@ impl From<TelephonyError> for ApiError {
                 .with_details(json!({"transactionId": transaction_id, "attempts": attempts})),
             TelephonyError::UnknownTransaction => {
                 ApiError::not_found("unknown_transaction", message)
+            }
+            TelephonyError::StoreUnavailable(_) => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    message,
+                );
+                error.retry_after = Some(STORE_RETRY_AFTER_SECS);
+                error
             }
             TelephonyError::Store(_) => ApiError::internal(message),
         }

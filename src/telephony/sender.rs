@@ -1,11 +1,19 @@
 //! [`OtpSender`]: the send, verify and preview operations behind the API.
 //! A send checks the number and the abuse guard, makes a code, executes the
 //! org's active hook and, when it fails, its fallback; every execution is
-//! counted, logged as an event and tallied for the hook's status; only a
-//! delivered code is stored (as a keyed hash).
+//! counted, logged as an event and tallied for the hook's status.
+//!
+//! The code (its keyed hash) is stored while the hooks are called, and the
+//! send answers once both are done: a `200` means the passcode is
+//! committed, so that any replica sharing the store can verify it at once,
+//! and the answer waits for the longer of the two rather than their sum.
+//! When no hook delivered, the row is deleted before the `502`: the code
+//! that went out is valid nowhere. When the store fails, the send answers
+//! `503 store_unavailable` (or 500) without a transaction id, whatever the
+//! hook did.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -21,7 +29,7 @@ use super::contract::{
     CallerContext, Channel, DeliveryStatus, HookRequest, RequestParts, RequestType, UserInfo,
     Verdict,
 };
-use super::guard::{AbuseGuard, Scope};
+use super::guard::{AbuseGuard, GuardError, Scope};
 use super::hook_stats::{ExecutionRecord, HookStats};
 use super::metrics::TelephonyMetrics;
 use super::phone::{CountryAllowList, PhoneNumber};
@@ -180,7 +188,7 @@ impl OtpSender {
     }
 
     /// Refuses numbers outside the org's allow-list and sends over a limit.
-    fn admit(&self, org: &str, phone: &PhoneNumber) -> Result<(), TelephonyError> {
+    async fn admit(&self, org: &str, phone: &PhoneNumber) -> Result<(), TelephonyError> {
         if !self.countries.allows(org, phone) {
             self.metrics.refusal(org, "country_not_allowed");
             return Err(TelephonyError::CountryNotAllowed {
@@ -188,16 +196,22 @@ impl OtpSender {
                 allowed: self.countries.codes(org).unwrap_or_default().to_vec(),
             });
         }
-        self.guard
-            .admit(org, phone.as_str(), Instant::now())
-            .map_err(|refusal| {
+        let now = Utc::now().timestamp_millis();
+        match self.guard.admit(org, phone.as_str(), now).await {
+            Ok(()) => Ok(()),
+            Err(GuardError::Refused(refusal)) => {
                 let reason = match refusal.scope {
                     Scope::Phone => "phone_rate_limit",
                     Scope::Org => "org_rate_limit",
                 };
                 self.metrics.refusal(org, reason);
-                TelephonyError::RateLimited(refusal)
-            })
+                Err(TelephonyError::RateLimited(refusal))
+            }
+            Err(GuardError::Store(e)) => {
+                self.metrics.refusal(org, "store_error");
+                Err(TelephonyError::from_store(&e))
+            }
+        }
     }
 
     /// Sends a passcode through the org's active hook, then its fallback.
@@ -227,7 +241,7 @@ impl OtpSender {
             self.metrics.send(org, "no_active_hook");
             return Err(TelephonyError::NoActiveHook(org.to_string()));
         };
-        self.admit(org, &phone)?;
+        self.admit(org, &phone).await?;
 
         let code = OtpCode::generate(self.policy.code_length);
         let transaction_id = random_id();
@@ -251,77 +265,103 @@ impl OtpSender {
         let chain =
             std::iter::once((active, Via::Primary)).chain(fallback.map(|f| (f, Via::Fallback)));
         let url_path = format!("/v1/orgs/{org}/otp/send");
-        let mut failures = Vec::new();
-        for (hook, via) in chain {
-            let event_id = random_uuid();
-            let event_time = rfc3339_millis(Utc::now());
-            let source = preview::source(org, &hook.name);
-            let body = HookRequest::new(&RequestParts {
-                event_id: &event_id,
-                event_time: &event_time,
-                source: &source,
-                url_path: &url_path,
-                request_type: req.request_type,
-                channel: req.channel,
-                phone_number: phone.as_str(),
-                code: code.expose(),
-                otp_expires: &expires_at,
-                message_template: &hook.message_template,
-                locale: req.locale.as_deref().unwrap_or(DEFAULT_LOCALE),
-                user: &req.user,
-                context: &req.context,
-            })
-            .to_bytes();
-            let span = tracing::info_span!("hook_call", hook = %hook.name, via = via.as_str());
-            let exchange = async {
-                let exchange = self.caller.call(hook, body, false).await;
-                self.executed(&ctx, hook, via, &exchange).await;
-                exchange
-            }
-            .instrument(span)
-            .await;
-            match exchange.verdict {
-                Verdict::Delivered(d) => {
-                    let issued = IssuedOtp {
-                        id: transaction_id.clone(),
-                        org: org.to_string(),
-                        hook: hook.name.clone(),
-                        code_hash: self.hasher.hash(&transaction_id, code.expose()),
-                        created_at_millis: now.timestamp_millis(),
-                        expires_at_millis: expires.timestamp_millis(),
-                        max_attempts: self.policy.max_attempts,
-                    };
-                    self.store_writer
-                        .issue(issued)
-                        .await
-                        .map_err(|e| TelephonyError::Store(e.to_string()))?;
-                    self.metrics.send(org, "delivered");
-                    return Ok(SendReceipt {
-                        transaction_id,
-                        status: d.status,
-                        provider: d.provider.map(|p| scrub(&p, code.expose())),
-                        provider_transaction_id: d.provider_transaction_id,
-                        via,
-                        hook: hook.name.clone(),
-                        expires_at,
-                    });
+        let issued = IssuedOtp {
+            id: transaction_id.clone(),
+            org: org.to_string(),
+            hook: active.name.clone(),
+            code_hash: self.hasher.hash(&transaction_id, code.expose()),
+            created_at_millis: now.timestamp_millis(),
+            expires_at_millis: expires.timestamp_millis(),
+            max_attempts: self.policy.max_attempts,
+        };
+        let stored = self.store_writer.issue(issued);
+        let delivery = async {
+            let mut failures = Vec::new();
+            for (hook, via) in chain {
+                let event_id = random_uuid();
+                let event_time = rfc3339_millis(Utc::now());
+                let source = preview::source(org, &hook.name);
+                let body = HookRequest::new(&RequestParts {
+                    event_id: &event_id,
+                    event_time: &event_time,
+                    source: &source,
+                    url_path: &url_path,
+                    request_type: req.request_type,
+                    channel: req.channel,
+                    phone_number: phone.as_str(),
+                    code: code.expose(),
+                    otp_expires: &expires_at,
+                    message_template: &hook.message_template,
+                    locale: req.locale.as_deref().unwrap_or(DEFAULT_LOCALE),
+                    user: &req.user,
+                    context: &req.context,
+                })
+                .to_bytes();
+                let span = tracing::info_span!("hook_call", hook = %hook.name, via = via.as_str());
+                let exchange = async {
+                    let exchange = self.caller.call(hook, body, false).await;
+                    self.executed(&ctx, hook, via, &exchange).await;
+                    exchange
                 }
-                Verdict::Failed(f) => failures.push(FailedAttempt {
-                    hook: hook.name.clone(),
-                    via,
-                    reason_code: f.kind.code(),
-                    reason: scrub(&f.reason(), code.expose()),
-                    requests: exchange.attempts,
-                    duration_millis: exchange.took.as_millis() as u64,
-                }),
+                .instrument(span)
+                .await;
+                match exchange.verdict {
+                    Verdict::Delivered(d) => {
+                        return Ok(SendReceipt {
+                            transaction_id: transaction_id.clone(),
+                            status: d.status,
+                            provider: d.provider.map(|p| scrub(&p, code.expose())),
+                            provider_transaction_id: d.provider_transaction_id,
+                            via,
+                            hook: hook.name.clone(),
+                            expires_at: expires_at.clone(),
+                        });
+                    }
+                    Verdict::Failed(f) => failures.push(FailedAttempt {
+                        hook: hook.name.clone(),
+                        via,
+                        reason_code: f.kind.code(),
+                        reason: scrub(&f.reason(), code.expose()),
+                        requests: exchange.attempts,
+                        duration_millis: exchange.took.as_millis() as u64,
+                    }),
+                }
+            }
+            Err(failures)
+        };
+        let (stored, delivery) = tokio::join!(stored, delivery);
+        if let Err(e) = stored {
+            // Whatever the hook did, no replica can verify this code: the
+            // caller hears of it, without the transaction id.
+            self.metrics.send(org, "store_error");
+            return Err(e.into());
+        }
+        match delivery {
+            Ok(receipt) => {
+                if receipt.via == Via::Fallback {
+                    // Informational (verification does not read it).
+                    let _ = self
+                        .store_writer
+                        .delivered_by(&transaction_id, &receipt.hook)
+                        .await;
+                }
+                self.metrics.send(org, "delivered");
+                Ok(receipt)
+            }
+            Err(attempts) => {
+                // The code that went out must be valid nowhere before the
+                // 502 names its transaction.
+                if let Err(e) = self.store_writer.withdraw(&transaction_id).await {
+                    self.metrics.send(org, "store_error");
+                    return Err(e.into());
+                }
+                self.metrics.send(org, "failed");
+                Err(TelephonyError::DeliveryFailed {
+                    transaction_id,
+                    attempts,
+                })
             }
         }
-        // Nothing was stored: the code that went out is valid nowhere.
-        self.metrics.send(org, "failed");
-        Err(TelephonyError::DeliveryFailed {
-            transaction_id,
-            attempts: failures,
-        })
     }
 
     /// Counts, tallies and logs one execution.
@@ -426,8 +466,7 @@ impl OtpSender {
                 Utc::now().timestamp_millis(),
                 matcher,
             )
-            .await
-            .map_err(|e| TelephonyError::Store(e.to_string()))?;
+            .await?;
         let Some(d) = decision else {
             self.metrics.verification(org, "unknown");
             return Err(TelephonyError::UnknownTransaction);
@@ -513,7 +552,7 @@ impl OtpSender {
             TelephonyError::InvalidRequest("request has no data.messageProfile.phoneNumber".into())
         })?;
         let phone = PhoneNumber::parse(phone).map_err(TelephonyError::InvalidPhone)?;
-        self.admit(org, &phone)?;
+        self.admit(org, &phone).await?;
         let outcome = preview::send(&self.caller, hook, &request).await;
         let success = matches!(outcome.exchange.verdict, Verdict::Delivered(_));
         self.metrics.preview(org, name, success);
