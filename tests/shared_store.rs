@@ -37,12 +37,14 @@ impl Workspace {
         self.dir.path().join(name)
     }
 
-    /// `idplane run` on `database` (a URL) with `extra` flags and `env`,
-    /// logging at info (the default is errors only), once it listens (it
-    /// may not be ready: see [`Idplane::wait_ready`]).
+    /// `idplane run` on `database` (a URL) with `extra` flags and `env`
+    /// and the passcode key every replica on PostgreSQL needs, logging at
+    /// info (the default is warnings), once it listens (it may not be
+    /// ready: see [`Idplane::wait_ready`]).
     fn start(&self, database: &str, extra: &[&str], env: &[(&str, &str)], log: &str) -> Idplane {
         let tokens = self.path("tokens.yaml");
         let mut args = run_args(&self.manifests, Path::new(database), &tokens);
+        args.extend(["--otp-hash-key", "shared-store-test-key-0123456789abcdef"]);
         args.extend_from_slice(extra);
         let mut env = env.to_vec();
         env.push(("RUST_LOG", "idplane=info"));

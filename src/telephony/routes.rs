@@ -73,11 +73,7 @@ impl From<TelephonyError> for ApiError {
                 ApiError::not_found("unknown_transaction", message)
             }
             TelephonyError::StoreUnavailable(_) => {
-                let mut error = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    message,
-                );
+                let mut error = ApiError::store_unavailable(message);
                 error.retry_after = Some(STORE_RETRY_AFTER_SECS);
                 error
             }
