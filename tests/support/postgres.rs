@@ -87,8 +87,9 @@ impl OwnServer {
     pub fn start() -> Self {
         let out = Command::new(script())
             .arg("start")
-            // Its own port, not the shared server's.
-            .env("PGT_PORT", "54400")
+            // A port of its own that no other test's server takes: one the
+            // kernel just handed out (the script goes up from it if taken).
+            .env("PGT_PORT", super::process::free_port().to_string())
             .env_remove("PGT_FSYNC")
             .output()
             .expect("scripts/test-postgres.sh start");
