@@ -232,11 +232,8 @@ pub async fn start(
     let resolver =
         dns::resolver(&settings.dns_nameservers, Duration::from_secs(5)).map_err(start_error)?;
 
-    let pool = ctx
-        .store
-        .sqlite()
-        .ok_or_else(|| start_error("email on PostgreSQL is not built yet"))?;
-    let (queue, committer) = queue::Queue::new(pool.clone(), ctx.store.accept_limit());
+    let (queue, committer) =
+        queue::Queue::new(ctx.store.backend().clone(), ctx.store.accept_limit());
     // The committer runs on its own thread: on the shared runtime each of
     // a batch's awaits waited behind request handlers, and every caller of
     // the batch with it.
