@@ -53,6 +53,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::message::Content;
 use crate::store::Backend;
@@ -250,6 +252,16 @@ impl Queue {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// Wakes `wake` whenever any replica commits new mail, until
+    /// `stopping`: on PostgreSQL through LISTEN (see `postgres/wake.rs`);
+    /// on SQLite, where this process is the only writer and wakes its
+    /// dispatcher itself, it returns at once.
+    pub async fn relay_commits(&self, wake: &Notify, stopping: &CancellationToken) {
+        if let Backend::Postgres(pool) = &self.backend {
+            postgres::relay_commits(pool, wake, stopping).await;
+        }
+    }
+
     pub async fn insert(&self, message: NewMessage) -> Result<Inserted, QueueError> {
         let content = serde_json::to_string(&message.content)
             .map_err(|e| QueueError::Sql(format!("cannot encode the message: {e}")))?;
@@ -329,6 +341,23 @@ impl Queue {
     /// The brand-domain rows of every org.
     pub async fn domains(&self) -> Result<Vec<DomainRow>, QueueError> {
         portable::domains(&self.backend).await
+    }
+
+    /// One brand-domain row, as stored.
+    pub async fn domain(&self, org: &str, name: &str) -> Result<Option<DomainRow>, QueueError> {
+        portable::domain(&self.backend, org, name).await
+    }
+
+    /// Stores a domain's new row unless another replica stored one for the
+    /// same domain first; the row as stored (see `portable::adopt_domain`).
+    pub async fn adopt_domain(&self, row: &DomainRow) -> Result<DomainRow, QueueError> {
+        portable::adopt_domain(&self.backend, row).await
+    }
+
+    /// Takes a domain's due DNS check for this replica: `false` when another
+    /// replica took it since `seen` was read.
+    pub async fn claim_domain_check(&self, seen: &DomainRow, now: i64) -> Result<bool, QueueError> {
+        portable::claim_domain_check(&self.backend, seen, now).await
     }
 
     /// Stores a brand-domain row (and, in the same transaction, a log entry).

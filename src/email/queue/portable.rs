@@ -286,6 +286,29 @@ pub(super) async fn log(backend: &Backend, log: &LogEntry) -> Result<(), QueueEr
 const DOMAIN_COLUMNS: &str = "org, name, domain, record_name, token, status, reason, message,
     polling_since, checked_at, verified_at";
 
+/// A brand-domain row as read by `SELECT {DOMAIN_COLUMNS}`.
+fn domain_row<R: Row>(r: &R) -> DomainRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    DomainRow {
+        org: r.get(0),
+        name: r.get(1),
+        domain: r.get(2),
+        record_name: r.get(3),
+        token: r.get(4),
+        status: r.get(5),
+        reason: r.get(6),
+        message: r.get(7),
+        polling_since: r.get(8),
+        checked_at: r.get(9),
+        verified_at: r.get(10),
+    }
+}
+
 /// The brand-domain rows of every org.
 pub(super) async fn domains(backend: &Backend) -> Result<Vec<DomainRow>, QueueError> {
     let sql = format!("SELECT {DOMAIN_COLUMNS} FROM email_domains");
@@ -294,20 +317,96 @@ pub(super) async fn domains(backend: &Backend) -> Result<Vec<DomainRow>, QueueEr
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|r| DomainRow {
-                org: r.get(0),
-                name: r.get(1),
-                domain: r.get(2),
-                record_name: r.get(3),
-                token: r.get(4),
-                status: r.get(5),
-                reason: r.get(6),
-                message: r.get(7),
-                polling_since: r.get(8),
-                checked_at: r.get(9),
-                verified_at: r.get(10),
-            })
+            .map(domain_row)
             .collect()
+    }))
+}
+
+/// One brand-domain row.
+pub(super) async fn domain(
+    backend: &Backend,
+    org: &str,
+    name: &str,
+) -> Result<Option<DomainRow>, QueueError> {
+    let sql = format!("SELECT {DOMAIN_COLUMNS} FROM email_domains WHERE org = $1 AND name = $2");
+    Ok(on_pool!(backend, |pool| {
+        sqlx::query(&sql)
+            .bind(org)
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(domain_row)
+    }))
+}
+
+/// Stores `row`, a domain's first row, unless the store has a row of the
+/// same domain and record already (another replica wrote it first); a
+/// changed domain keeps its stored token. Returns the row as stored, which
+/// every replica then shares.
+pub(super) async fn adopt_domain(
+    backend: &Backend,
+    row: &DomainRow,
+) -> Result<DomainRow, QueueError> {
+    const SQL: &str = "INSERT INTO email_domains (org, name, domain, record_name, token, status,
+            reason, message, polling_since, checked_at, verified_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (org, name) DO UPDATE SET domain = excluded.domain,
+            record_name = excluded.record_name, status = excluded.status,
+            reason = excluded.reason, message = excluded.message,
+            polling_since = excluded.polling_since, checked_at = excluded.checked_at,
+            verified_at = excluded.verified_at
+         WHERE email_domains.domain <> excluded.domain
+            OR email_domains.record_name <> excluded.record_name";
+    let read = format!("SELECT {DOMAIN_COLUMNS} FROM email_domains WHERE org = $1 AND name = $2");
+    let begin = begin_write(backend);
+    Ok(on_pool!(backend, |pool| {
+        let mut tx = pool.begin_with(begin).await?;
+        sqlx::query(SQL)
+            .bind(&row.org)
+            .bind(&row.name)
+            .bind(&row.domain)
+            .bind(&row.record_name)
+            .bind(&row.token)
+            .bind(&row.status)
+            .bind(&row.reason)
+            .bind(&row.message)
+            .bind(row.polling_since)
+            .bind(row.checked_at)
+            .bind(row.verified_at)
+            .execute(&mut *tx)
+            .await?;
+        let stored = sqlx::query(&read)
+            .bind(&row.org)
+            .bind(&row.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stored = domain_row(&stored);
+        tx.commit().await?;
+        stored
+    }))
+}
+
+/// Takes the next DNS check of a domain for this replica: marks it checked
+/// at `now` if it is still as `seen` (last checked then). `false` when
+/// another replica took it first, so that each check runs once.
+pub(super) async fn claim_domain_check(
+    backend: &Backend,
+    seen: &DomainRow,
+    now: i64,
+) -> Result<bool, QueueError> {
+    const SQL: &str = "UPDATE email_domains SET checked_at = $4
+         WHERE org = $1 AND name = $2 AND COALESCE(checked_at, -1) = COALESCE(CAST($3 AS BIGINT), -1)";
+    Ok(on_pool!(backend, |pool| {
+        sqlx::query(SQL)
+            .bind(&seen.org)
+            .bind(&seen.name)
+            .bind(seen.checked_at)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1
     }))
 }
 

@@ -6,7 +6,8 @@
 //! - `batch.rs`: a batch's statements, several in one transaction, rows
 //!   bound as arrays (`unnest`);
 //! - `writer.rs`: the committer's connection and transaction;
-//! - `unbatched.rs`: releasing claims at a stop, outside the committer.
+//! - `unbatched.rs`: releasing claims at a stop, outside the committer;
+//! - `wake.rs`: the LISTEN that hears the other replicas' new mail.
 //!
 //! Several replicas write one database at once, so each statement that
 //! takes work decides in the database, not in a read before it: claims
@@ -21,9 +22,11 @@
 
 mod batch;
 mod unbatched;
+mod wake;
 mod writer;
 
 pub(super) use unbatched::release;
+pub(super) use wake::relay_commits;
 pub(super) use writer::{PgWriter, WriteConnection};
 
 /// The channel on which a commit that makes mail due wakes every
