@@ -3,28 +3,34 @@
 //! of them says how the queue is stored.
 //!
 //! - here: [`Queue`], the handle: writes go through the committer, reads
-//!   straight to the store;
+//!   straight to the store; each call goes to the backend in use;
 //! - `committer.rs`: the one task that applies the writes in batches
 //!   (group commit), and writes a batch once more without its new mail when
 //!   the store is full; `ops.rs`: the operations it takes and what a batch
 //!   answers;
 //! - `admission.rs`: which new messages a batch may write under the store
-//!   cap (`--database-max-size`), and the room kept for unfinished mail;
+//!   cap (`--database-max-size`, SQLite only), and the room kept for
+//!   unfinished mail;
 //! - `idempotency.rs`: the window of an idempotency key;
-//! - `sqlite/`: everything SQLite-specific: the batch statements (one
-//!   statement list that inserts, finishes and claims together), the
-//!   writer's connection and transaction, the reads, the brand-domain rows,
-//!   and the page counts that measure the store;
+//! - `portable.rs`: the statements both backends run as they are (the
+//!   reads, the brand-domain rows, the purge, a log entry);
+//! - `sqlite/`: what is SQLite's own: the batch statements (one statement
+//!   list that inserts, finishes and claims together), the writer's
+//!   connection and transaction, the page counts that measure the store,
+//!   releasing claims;
+//! - `postgres/`: what is PostgreSQL's own: the batch as several
+//!   statements in one transaction, claims that skip the rows another
+//!   replica is taking, the NOTIFY that wakes the other replicas and the
+//!   LISTEN that hears them, releasing claims;
 //! - `tests.rs`: the queue's tests, through [`Queue`] as the delivery logic
-//!   uses it.
+//!   uses it, on both backends.
 //!
-//! A second SQL backend (PostgreSQL) is a directory beside `sqlite/` with
-//! the same functions: the writer's `connection`/`put_back`/`measure` and
-//! a batch's `write`, the reads, the domain rows and the unbatched writes.
-//! The rules above stay as they are.
+//! On PostgreSQL several replicas share the queue: any of them accepts,
+//! claims, finishes and reads any message; the rules below hold across
+//! them because each is decided in the database, under the rows' locks.
 //!
 //! What every backend keeps to, because it is decided inside the batch's
-//! statements (one round trip), not around them:
+//! statements, not around them:
 //!
 //! - a claim leases a message to one attempt until `lease_until`; an
 //!   attempt whose lease ran out is closed as interrupted before the next
@@ -166,7 +172,7 @@ impl Claimed {
     /// Attempts that count against `maxAttempts` of a message claimed with
     /// `attempts` started (this one included), `interrupted` of them cut
     /// short by a lease that ran out.
-    fn counted(attempts: i64, interrupted: i64) -> u32 {
+    fn counted_of(attempts: i64, interrupted: i64) -> u32 {
         (attempts - interrupted).max(1) as u32
     }
 }

@@ -38,6 +38,7 @@ on_both_backends!(
     retry_waits_until_due,
     the_latest_test_email_of_each_provider_is_found,
     bodies_go_and_attempt_rows_stay_four,
+    a_domain_row_is_stored_once_and_each_check_taken_once,
 );
 
 /// A queue on `store`, its committer spawned.
@@ -815,4 +816,41 @@ async fn a_commit_with_new_mail_wakes_every_replica() {
     assert_eq!(woken.unwrap().unwrap().channel(), postgres::WAKE_CHANNEL);
     let again = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
     assert!(again.is_err(), "one notification per batch");
+}
+
+/// The first row of a domain is stored once (a second replica's, with
+/// another token, takes the stored one); a check is taken by the first
+/// that asks since the row was read, and a changed domain keeps its token.
+async fn a_domain_row_is_stored_once_and_each_check_taken_once(q: Queue) {
+    let row = |token: &str| DomainRow {
+        org: "acme".into(),
+        name: "brand".into(),
+        domain: "acme.example".into(),
+        record_name: "_idplane.mail.acme.example".into(),
+        token: token.into(),
+        status: "POLLING".into(),
+        reason: "Polling".into(),
+        message: String::new(),
+        polling_since: 0,
+        checked_at: None,
+        verified_at: None,
+    };
+    let first = q.adopt_domain(&row("t1")).await.unwrap();
+    assert_eq!(first, row("t1"));
+    assert_eq!(q.adopt_domain(&row("t2")).await.unwrap().token, "t1");
+    assert!(q.claim_domain_check(&first, 10).await.unwrap());
+    assert!(!q.claim_domain_check(&first, 11).await.unwrap(), "taken");
+    let stored = q.domain("acme", "brand").await.unwrap().unwrap();
+    assert_eq!(stored.checked_at, Some(10));
+    assert!(q.claim_domain_check(&stored, 20).await.unwrap());
+    let moved = DomainRow {
+        domain: "other.example".into(),
+        ..row("t3")
+    };
+    let adopted = q.adopt_domain(&moved).await.unwrap();
+    assert_eq!(
+        (adopted.domain.as_str(), adopted.token.as_str()),
+        ("other.example", "t1")
+    );
+    assert_eq!(adopted.checked_at, None, "polling again");
 }

@@ -374,7 +374,7 @@ async fn claim(
             sender: r.try_get(3)?,
             content: read_content(&content),
             attempt: attempts as u32,
-            counted: Claimed::counted(attempts, interrupted),
+            counted: Claimed::counted_of(attempts, interrupted),
             created_at: r.try_get(7)?,
             started_at: now,
         };
