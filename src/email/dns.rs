@@ -4,6 +4,13 @@
 //! then checks again daily. Which sender a brand's mail gets is decided by
 //! [`DomainBook`] from the outcome. The state machine is pure
 //! ([`step`]); lookups and the loop are at the bottom.
+//!
+//! On a store that several replicas share, each check runs once, on the
+//! replica that takes it first (a conditional UPDATE of the row's
+//! `checked_at`, [`Queue::claim_domain_check`]); the others take its
+//! result from the store every few seconds, so that the Lease holder's
+//! status and every replica's choice of sender follow it. A domain's first
+//! row (its token) is likewise stored once and shared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -329,6 +336,14 @@ pub async fn lookup(resolver: &TokioResolver, row: &DomainRow) -> Lookup {
     }
 }
 
+/// On a store that several replicas share, how often a replica takes the
+/// rows the others checked (each check runs on one replica only).
+const SHARED_RELOAD: Duration = Duration::from_secs(10);
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn domain_key(org: &str, name: &str) -> ObjectKey {
     ObjectKey::new(Kind::EmailDomain, org, name)
 }
@@ -377,12 +392,18 @@ impl DomainWatch {
         for row in rows.values() {
             self.book.set(row);
         }
+        let shared = self.queue.is_shared();
+        let mut reloaded = now_millis();
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             if snapshot.synced {
                 self.reconcile(&snapshot, &mut rows).await;
             }
             let now = now_millis();
+            if shared && now - reloaded >= millis(SHARED_RELOAD) {
+                self.adopt_stored(&mut rows).await;
+                reloaded = now;
+            }
             let due: Vec<(String, String)> = rows
                 .iter()
                 .filter(|(_, r)| next_check(r, &self.timing) <= now)
@@ -394,9 +415,13 @@ impl DomainWatch {
             }
             let next = rows.values().map(|r| next_check(r, &self.timing)).min();
             let wait = next.map(|at| Duration::from_millis((at - now).max(0) as u64));
+            let mut wait = wait.unwrap_or(Duration::from_secs(3600));
+            if shared {
+                wait = wait.min(SHARED_RELOAD);
+            }
             tokio::select! {
                 r = snapshots.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -425,9 +450,15 @@ impl DomainWatch {
                     )),
                 };
                 if let Some(row) = fresh {
-                    if let Err(e) = self.queue.save_domain(&row, None).await {
-                        tracing::error!(error = %e, "cannot store a brand domain");
-                    }
+                    // Another replica may have stored this domain first:
+                    // its row (and token) is the one.
+                    let row = match self.queue.adopt_domain(&row).await {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot store a brand domain");
+                            row
+                        }
+                    };
                     rows.insert(key, row);
                 }
                 let row = &rows[&(org.clone(), d.name.clone())];
@@ -449,12 +480,76 @@ impl DomainWatch {
         }
     }
 
-    /// Looks up the due rows (concurrently) and stores what changed.
+    /// Takes the rows other replicas changed (their checks) from the
+    /// store, for the rows this replica has.
+    async fn adopt_stored(&self, rows: &mut BTreeMap<(String, String), DomainRow>) {
+        let stored = match self.queue.domains().await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the brand domains other replicas checked");
+                return;
+            }
+        };
+        for row in stored {
+            self.adopt(row, rows);
+        }
+    }
+
+    /// Takes `stored` in place of this replica's row of the same domain,
+    /// when it has one and they differ.
+    fn adopt(&self, stored: DomainRow, rows: &mut BTreeMap<(String, String), DomainRow>) {
+        let key = (stored.org.clone(), stored.name.clone());
+        match rows.get(&key) {
+            Some(mine) if *mine != stored && mine.domain == stored.domain => {
+                self.book.set(&stored);
+                publish(&self.module_fields, &stored);
+                rows.insert(key, stored);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes each due check for this replica: those another replica took
+    /// first are left to it (their rows as stored are taken instead). When
+    /// the store cannot say, the check is made here.
+    async fn claim_checks(
+        &self,
+        due: &[(String, String)],
+        rows: &mut BTreeMap<(String, String), DomainRow>,
+    ) -> Vec<(String, String)> {
+        let now = now_millis();
+        let mut mine = Vec::with_capacity(due.len());
+        for key in due {
+            let seen = rows[key].clone();
+            match self.queue.claim_domain_check(&seen, now).await {
+                Ok(false) => match self.queue.domain(&key.0, &key.1).await {
+                    Ok(Some(stored)) => self.adopt(stored, rows),
+                    // Gone, or unreadable now: not due again until the
+                    // next interval.
+                    _ => {
+                        if let Some(row) = rows.get_mut(key) {
+                            row.checked_at = Some(now);
+                        }
+                    }
+                },
+                Ok(true) => mine.push(key.clone()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take a brand-domain check; checking here");
+                    mine.push(key.clone());
+                }
+            }
+        }
+        mine
+    }
+
+    /// Looks up the due rows (concurrently) that this replica takes, and
+    /// stores what changed.
     async fn check(
         &self,
         due: &[(String, String)],
         rows: &mut BTreeMap<(String, String), DomainRow>,
     ) {
+        let due = self.claim_checks(due, rows).await;
         let lookups = futures::future::join_all(due.iter().map(|k| {
             let row = rows[k].clone();
             let resolver = self.resolver.clone();

@@ -232,11 +232,8 @@ pub async fn start(
     let resolver =
         dns::resolver(&settings.dns_nameservers, Duration::from_secs(5)).map_err(start_error)?;
 
-    let pool = ctx
-        .store
-        .sqlite()
-        .ok_or_else(|| start_error("email on PostgreSQL is not built yet"))?;
-    let (queue, committer) = queue::Queue::new(pool.clone(), ctx.store.accept_limit());
+    let (queue, committer) =
+        queue::Queue::new(ctx.store.backend().clone(), ctx.store.accept_limit());
     // The committer runs on its own thread: on the shared runtime each of
     // a batch's awaits waited behind request handlers, and every caller of
     // the batch with it.
@@ -266,20 +263,21 @@ pub async fn start(
         totals,
     ));
     // Each provider's last test email, as its status had it before.
-    let tests = queue
-        .last_tests()
+    restore_last_tests(&queue, &ctx.module_fields)
         .await
         .map_err(|e| start_error(e.to_string()))?;
-    for (org, name, log) in tests {
-        let key = ObjectKey::new(Kind::EmailProvider, org, name);
-        ctx.module_fields
-            .set(&key, "lastTest", routes::last_test_status(&log));
-    }
     tokio::spawn(
         stats
             .clone()
             .publish(ctx.snapshots.clone(), ctx.module_fields.clone()),
     );
+    if queue.is_shared() {
+        tokio::spawn(reload_shared(
+            queue.clone(),
+            stats.clone(),
+            ctx.module_fields.clone(),
+        ));
+    }
 
     let wake = Arc::new(Notify::new());
     let deliverer = Arc::new(worker::Deliverer {
@@ -329,6 +327,52 @@ pub async fn start(
         wake,
     });
     Ok(routes::routes(service))
+}
+
+/// How often a replica on a shared store reloads the delivery numbers and
+/// the last test emails of every replica.
+const SHARED_RELOAD: Duration = Duration::from_secs(5);
+
+/// Sets each provider's `status.lastTest` from its latest test email in
+/// the store.
+async fn restore_last_tests(
+    queue: &queue::Queue,
+    module_fields: &crate::controller::module_fields::ModuleFields,
+) -> Result<(), queue::QueueError> {
+    for (org, name, log) in queue.last_tests().await? {
+        let key = ObjectKey::new(Kind::EmailProvider, org, name);
+        module_fields.set(&key, "lastTest", routes::last_test_status(&log));
+    }
+    Ok(())
+}
+
+/// On a store that other replicas share: every [`SHARED_RELOAD`], the
+/// delivery numbers and the last test emails as the store holds them, so
+/// that the status the Lease holder writes counts every replica's mail.
+async fn reload_shared(
+    queue: queue::Queue,
+    stats: Arc<status_metrics::DeliveryStats>,
+    module_fields: Arc<crate::controller::module_fields::ModuleFields>,
+) {
+    loop {
+        tokio::time::sleep(SHARED_RELOAD).await;
+        let numbers = async {
+            Ok::<_, queue::QueueError>((
+                queue.pending_by_org().await?,
+                queue.provider_totals().await?,
+            ))
+        };
+        let reloaded = match numbers.await {
+            Ok((pending, totals)) => {
+                stats.reload(pending, totals);
+                restore_last_tests(&queue, &module_fields).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reloaded {
+            tracing::warn!(error = %e, "cannot reload the delivery numbers of every replica; status keeps the last ones");
+        }
+    }
 }
 
 /// Deletes finished messages past the retention, hourly.

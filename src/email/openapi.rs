@@ -124,6 +124,7 @@ fn openapi_show(route: &Endpoint) -> Operation {
                 "nextAttemptAt": time(),
                 "finishedAt": time()}}))
         .error(404, "The org has no email with this id", &["email_not_found"])
+        .error(503, "store_unavailable (Retry-After: 5): the database cannot be reached now", &["store_unavailable"])
 }
 
 fn openapi_test(route: &Endpoint) -> Operation {

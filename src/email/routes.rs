@@ -44,7 +44,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint {
             method: "post",
             path: "/v1/orgs/{org}/emails",
-            summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider, or the store is full)",
+            summary: "Accept an email for delivery; 202 with its id once it is committed (503 when the org has no provider, or the store is full or cannot be reached)",
         },
         Endpoint {
             method: "get",
@@ -73,6 +73,23 @@ fn store_error(e: QueueError) -> ApiError {
     );
     err.retry_after = Some(retry_after);
     err
+}
+
+/// A read that failed: 503 `store_unavailable` while the database cannot
+/// be reached (the caller tries again), else 500.
+fn read_error(e: QueueError) -> ApiError {
+    match e {
+        QueueError::Unavailable(_) => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("the email cannot be read now: {e}"),
+            );
+            err.retry_after = Some(5);
+            err
+        }
+        _ => ApiError::internal(e.to_string()),
+    }
 }
 
 fn no_provider(org: &str) -> ApiError {
@@ -174,12 +191,11 @@ async fn show(
     Extension(service): Extension<Arc<EmailService>>,
     Path((org, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let internal = |e: QueueError| ApiError::internal(e.to_string());
     let m = service
         .queue
         .get(&org, &id)
         .await
-        .map_err(internal)?
+        .map_err(read_error)?
         .ok_or_else(|| {
             ApiError::not_found("email_not_found", format!("org {org} has no email {id}"))
         })?;
@@ -187,7 +203,7 @@ async fn show(
         .queue
         .events_about(&org, &id)
         .await
-        .map_err(internal)?;
+        .map_err(read_error)?;
     let attempts: Vec<Value> = m
         .attempts
         .iter()

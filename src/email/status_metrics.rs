@@ -1,7 +1,10 @@
 //! Each org provider's `status.metrics` (sent, retried, failed, queued,
 //! average delivery time, the last delivery and failure), published at
 //! most once a second through the status module fields. The numbers start
-//! from what the store holds, so a restart does not reset them.
+//! from what the store holds, so a restart does not reset them; on a
+//! store that several replicas share they are reloaded from it every few
+//! seconds ([`DeliveryStats::reload`]), so that they are the totals of
+//! every replica, not of the one that holds the Lease and writes status.
 //! [`DeliveryStats`] is what the workers and the API report to: it keeps
 //! these numbers and feeds the Prometheus metrics (`metrics.rs`).
 
@@ -20,7 +23,7 @@ use crate::index::Snapshot;
 use crate::resources::{Kind, ObjectKey};
 use crate::telemetry::Metrics;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct ProviderNumbers {
     sent: u64,
     retried: u64,
@@ -59,30 +62,52 @@ impl DeliveryStats {
         totals: Vec<ProviderTotals>,
     ) -> Self {
         let prom = DeliveryMetrics::register(metrics, pending.values().sum::<u64>());
-        let mut inner = Inner {
-            pending,
-            ..Default::default()
+        let this = Self {
+            inner: Mutex::new(Inner::default()),
+            prom,
+            changed: Notify::new(),
         };
-        for t in totals {
-            let name = t.provider.trim_start_matches("EmailProvider/").to_string();
-            inner.dirty.insert(t.org.clone());
-            inner.providers.insert(
-                (t.org, name),
-                ProviderNumbers {
+        this.reload(pending, totals);
+        this
+    }
+
+    /// Takes the numbers the store holds (pending by org, each provider's
+    /// totals) in place of those counted so far: at start, and on a store
+    /// that other replicas share, periodically, so that status shows the
+    /// totals of every replica. Orgs whose numbers changed are published.
+    pub fn reload(&self, pending: HashMap<String, u64>, totals: Vec<ProviderTotals>) {
+        let providers: HashMap<(String, String), ProviderNumbers> = totals
+            .into_iter()
+            .map(|t| {
+                let name = t.provider.trim_start_matches("EmailProvider/").to_string();
+                let numbers = ProviderNumbers {
                     sent: t.sent,
                     retried: t.retried,
                     failed: t.failed,
                     delivery_millis: t.delivery_millis,
                     last_delivery: t.last_delivery,
                     last_failure: t.last_failure,
-                },
-            );
-        }
-        inner.dirty.extend(inner.pending.keys().cloned());
-        Self {
-            inner: Mutex::new(inner),
-            prom,
-            changed: Notify::new(),
+                };
+                ((t.org, name), numbers)
+            })
+            .collect();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let changed: HashSet<String> = (inner.pending.keys().chain(pending.keys()))
+            .filter(|org| inner.pending.get(*org) != pending.get(*org))
+            .cloned()
+            .chain(
+                (inner.providers.keys().chain(providers.keys()))
+                    .filter(|key| inner.providers.get(*key) != providers.get(*key))
+                    .map(|(org, _)| org.clone()),
+            )
+            .collect();
+        inner.pending = pending;
+        inner.providers = providers;
+        let any = !changed.is_empty();
+        inner.dirty.extend(changed);
+        drop(inner);
+        if any {
+            self.changed.notify_one();
         }
     }
 

@@ -1,6 +1,9 @@
 //! Delivery: the dispatcher takes due messages from the queue as soon as a
 //! commit or a finished attempt wakes it (or the next due time comes; there
-//! is no polling), and workers make the attempts through the provider each
+//! is no polling). On a store that several replicas share, each replica's
+//! commits of new mail wake every dispatcher (LISTEN/NOTIFY, see
+//! `Queue::relay_commits`), and a dispatcher also looks once a second, as a
+//! wake-up can be lost. Workers make the attempts through the provider each
 //! org has *now* (a worker takes a share of a backlog at once, which goes
 //! out chained on one connection), then record the outcomes the retry rule
 //! decides, each as soon as it is known.
@@ -122,6 +125,10 @@ const BUFFER_PER_WORKER: usize = 64;
 /// instead of two).
 const CHAIN: usize = 8;
 
+/// On a store other replicas share, the longest the dispatcher sleeps
+/// without looking at the queue: their wake-ups (NOTIFY) are only hints.
+const SHARED_FALLBACK: Duration = Duration::from_secs(1);
+
 /// An attempt made, its outcome not yet stored.
 struct AttemptDone {
     message: Claimed,
@@ -168,6 +175,15 @@ impl Deliverer {
         tokio::select! {
             synced = snapshots.wait_for(|s| s.synced) => if synced.is_err() { return },
             () = self.stop.requested.cancelled() => return,
+        }
+        // Other replicas' new mail wakes this dispatcher too (shared store).
+        if self.queue.is_shared() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.queue
+                    .relay_commits(&this.wake, &this.stop.requested)
+                    .await;
+            });
         }
         // `concurrency` workers, each with one SMTP attempt at a time, fed
         // through a buffer of as many claimed messages, so that claiming
@@ -228,15 +244,16 @@ impl Deliverer {
                     Some(now_millis() + 1000)
                 }
             };
-            match next {
-                Some(at) => {
-                    let wait = Duration::from_millis((at - now_millis()).max(0) as u64);
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                        () = stopping.cancelled() => return,
-                    }
-                }
+            // On a shared store a wake-up from another replica is a hint
+            // that can be lost: look at least every SHARED_FALLBACK.
+            let fallback = self.queue.is_shared().then_some(SHARED_FALLBACK);
+            let until_due = next.map(|at| Duration::from_millis((at - now_millis()).max(0) as u64));
+            match until_due.into_iter().chain(fallback).min() {
+                Some(wait) => tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    () = stopping.cancelled() => return,
+                },
                 None => tokio::select! {
                     _ = self.wake.notified() => {}
                     () = stopping.cancelled() => return,

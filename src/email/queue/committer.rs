@@ -11,14 +11,13 @@
 //! new mail must not also stop the outcomes of attempts and the claims that
 //! drain the queue (an outcome not stored means the message is sent again
 //! after its lease). What a batch writes, and how, is the backend's
-//! (`sqlite/`).
+//! (`sqlite/`, `postgres/`); [`Writer`] and [`WriteConnection`] hand each
+//! call to the one in use.
 
-use sqlx::sqlite::SqlitePool;
-
-use super::QueueError;
 use super::admission::{Admission, Admit};
 use super::ops::{Answers, Batch, Op};
-use super::sqlite::{SqliteWriter, WriteConnection};
+use super::{QueueError, postgres, sqlite};
+use crate::store::Backend;
 use crate::store::group_commit::{BatchWriter, Pending};
 
 /// Most operations applied in one transaction.
@@ -33,16 +32,70 @@ pub struct Committer {
 /// What the committer keeps between batches: the backend's writer and
 /// what it knows of the store's room.
 struct Batches {
-    writer: SqliteWriter,
+    writer: Writer,
     admission: Admission,
 }
 
+/// The backend's side of the committer.
+enum Writer {
+    Sqlite(sqlite::SqliteWriter),
+    Postgres(postgres::PgWriter),
+}
+
+/// A connection taken for one batch, of the backend in use.
+enum WriteConnection {
+    Sqlite(sqlite::WriteConnection),
+    Postgres(postgres::WriteConnection),
+}
+
+impl Writer {
+    /// Bytes in use and unfinished messages, when the committer starts.
+    async fn measure(&self) -> Result<(i64, i64), QueueError> {
+        match self {
+            Self::Sqlite(w) => w.measure().await,
+            Self::Postgres(w) => w.measure().await,
+        }
+    }
+
+    async fn connection(&mut self) -> Result<WriteConnection, QueueError> {
+        Ok(match self {
+            Self::Sqlite(w) => WriteConnection::Sqlite(w.connection().await?),
+            Self::Postgres(w) => WriteConnection::Postgres(w.connection().await?),
+        })
+    }
+
+    /// Hands the batch's connection back after a batch that `succeeded`
+    /// or not.
+    async fn put_back(&mut self, conn: WriteConnection, succeeded: bool) {
+        match (self, conn) {
+            (Self::Sqlite(w), WriteConnection::Sqlite(c)) => w.put_back(c, succeeded).await,
+            (Self::Postgres(w), WriteConnection::Postgres(c)) => w.put_back(c, succeeded).await,
+            // A connection of the other backend cannot have been taken.
+            _ => {}
+        }
+    }
+}
+
+impl WriteConnection {
+    /// The batch in one transaction, new messages written as `admit` says.
+    async fn write(&mut self, batch: &Batch, admit: &Admit) -> Result<Answers, QueueError> {
+        match self {
+            Self::Sqlite(c) => c.write(batch, admit).await,
+            Self::Postgres(c) => c.write(batch, admit).await,
+        }
+    }
+}
+
 impl Committer {
-    pub(super) fn new(pending: Pending<Op>, pool: SqlitePool, accept_limit: Option<i64>) -> Self {
+    pub(super) fn new(pending: Pending<Op>, backend: Backend, accept_limit: Option<i64>) -> Self {
+        let writer = match backend {
+            Backend::Sqlite(pool) => Writer::Sqlite(sqlite::SqliteWriter::new(pool)),
+            Backend::Postgres(pool) => Writer::Postgres(postgres::PgWriter::new(pool)),
+        };
         Self {
             pending,
             batches: Batches {
-                writer: SqliteWriter::new(pool),
+                writer,
                 admission: Admission::new(accept_limit),
             },
         }

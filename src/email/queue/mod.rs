@@ -3,28 +3,34 @@
 //! of them says how the queue is stored.
 //!
 //! - here: [`Queue`], the handle: writes go through the committer, reads
-//!   straight to the store;
+//!   straight to the store; each call goes to the backend in use;
 //! - `committer.rs`: the one task that applies the writes in batches
 //!   (group commit), and writes a batch once more without its new mail when
 //!   the store is full; `ops.rs`: the operations it takes and what a batch
 //!   answers;
 //! - `admission.rs`: which new messages a batch may write under the store
-//!   cap (`--database-max-size`), and the room kept for unfinished mail;
+//!   cap (`--database-max-size`, SQLite only), and the room kept for
+//!   unfinished mail;
 //! - `idempotency.rs`: the window of an idempotency key;
-//! - `sqlite/`: everything SQLite-specific: the batch statements (one
-//!   statement list that inserts, finishes and claims together), the
-//!   writer's connection and transaction, the reads, the brand-domain rows,
-//!   and the page counts that measure the store;
+//! - `portable.rs`: the statements both backends run as they are (the
+//!   reads, the brand-domain rows, the purge, a log entry);
+//! - `sqlite/`: what is SQLite's own: the batch statements (one statement
+//!   list that inserts, finishes and claims together), the writer's
+//!   connection and transaction, the page counts that measure the store,
+//!   releasing claims;
+//! - `postgres/`: what is PostgreSQL's own: the batch as several
+//!   statements in one transaction, claims that skip the rows another
+//!   replica is taking, the NOTIFY that wakes the other replicas and the
+//!   LISTEN that hears them, releasing claims;
 //! - `tests.rs`: the queue's tests, through [`Queue`] as the delivery logic
-//!   uses it.
+//!   uses it, on both backends.
 //!
-//! A second SQL backend (PostgreSQL) is a directory beside `sqlite/` with
-//! the same functions: the writer's `connection`/`put_back`/`measure` and
-//! a batch's `write`, the reads, the domain rows and the unbatched writes.
-//! The rules above stay as they are.
+//! On PostgreSQL several replicas share the queue: any of them accepts,
+//! claims, finishes and reads any message; the rules below hold across
+//! them because each is decided in the database, under the rows' locks.
 //!
 //! What every backend keeps to, because it is decided inside the batch's
-//! statements (one round trip), not around them:
+//! statements, not around them:
 //!
 //! - a claim leases a message to one attempt until `lease_until`; an
 //!   attempt whose lease ran out is closed as interrupted before the next
@@ -43,6 +49,8 @@ mod admission;
 mod committer;
 mod idempotency;
 mod ops;
+mod portable;
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -51,9 +59,11 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::sqlite::SqlitePool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::message::Content;
+use crate::store::Backend;
 use crate::store::group_commit::{self, Submitter};
 use ops::{Op, Prepared};
 
@@ -71,6 +81,10 @@ const WAITING_WRITES: usize = 8192;
 pub enum QueueError {
     #[error("the message store failed: {0}")]
     Sql(String),
+    /// The database cannot be reached now ([`crate::store::is_unavailable`]):
+    /// nothing was written; the caller tries again later.
+    #[error("the message store cannot be reached: {0}")]
+    Unavailable(String),
     #[error("the message store is shutting down")]
     Closed,
     /// SQLite's SQLITE_FULL (a full disk, or the `--database-max-size`
@@ -78,6 +92,21 @@ pub enum QueueError {
     /// while the queue's own outcomes can still be written.
     #[error("the message store is full: {0}")]
     Full(String),
+}
+
+/// A database that cannot be reached is [`QueueError::Unavailable`], a
+/// full one (SQLite's SQLITE_FULL, PostgreSQL's disk_full)
+/// [`QueueError::Full`]; every other failure is [`QueueError::Sql`].
+impl From<sqlx::Error> for QueueError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&e) {
+            return Self::Unavailable(e.to_string());
+        }
+        if sqlite::is_full(&e) || postgres::is_full(&e) {
+            return Self::Full(e.to_string());
+        }
+        Self::Sql(e.to_string())
+    }
 }
 
 /// A message to enqueue.
@@ -112,6 +141,18 @@ fn read_content(stored: &str) -> StoredContent {
     serde_json::from_str(stored).map_err(|e| format!("the stored message cannot be read: {e}"))
 }
 
+/// A sent or failed message's stored content without its bodies (`text`,
+/// `html`): mail from an identity platform carries reset links and
+/// passcodes, which should not outlive their delivery by the retention
+/// period. `None` when the content is not a JSON object (a damaged row
+/// keeps what it has).
+fn without_bodies(stored: &str) -> Option<String> {
+    let mut content: serde_json::Map<String, Value> = serde_json::from_str(stored).ok()?;
+    content.remove("text");
+    content.remove("html");
+    serde_json::to_string(&content).ok()
+}
+
 /// A message taken for one delivery attempt.
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -125,6 +166,15 @@ pub struct Claimed {
     pub counted: u32,
     pub created_at: i64,
     pub started_at: i64,
+}
+
+impl Claimed {
+    /// Attempts that count against `maxAttempts` of a message claimed with
+    /// `attempts` started (this one included), `interrupted` of them cut
+    /// short by a lease that ran out.
+    fn counted_of(attempts: i64, interrupted: i64) -> u32 {
+        (attempts - interrupted).max(1) as u32
+    }
 }
 
 /// How an attempt ended, as stored.
@@ -179,17 +229,43 @@ pub type Applied = bool;
 #[derive(Clone)]
 pub struct Queue {
     ops: Submitter<Op>,
-    pool: SqlitePool,
+    backend: Backend,
+}
+
+/// Runs `$f` of the backend's own SQL (`sqlite::$f` or `postgres::$f`)
+/// with the pool first: for the few statements that differ by backend.
+macro_rules! per_backend {
+    ($backend:expr, $f:ident($($arg:expr),*)) => {
+        match $backend {
+            Backend::Sqlite(pool) => sqlite::$f(pool, $($arg),*).await,
+            Backend::Postgres(pool) => postgres::$f(pool, $($arg),*).await,
+        }
+    };
 }
 
 impl Queue {
-    /// A queue over `pool` and its committer, which the caller spawns;
-    /// with `accept_limit`, new messages are refused once the database's
-    /// pages in use hold that many bytes.
-    pub fn new(pool: SqlitePool, accept_limit: Option<i64>) -> (Self, Committer) {
+    /// A queue on `backend` and its committer, which the caller spawns;
+    /// with `accept_limit` (SQLite), new messages are refused once the
+    /// database's pages in use hold that many bytes.
+    pub fn new(backend: Backend, accept_limit: Option<i64>) -> (Self, Committer) {
         let (ops, pending) = group_commit::channel(WAITING_WRITES);
-        let committer = Committer::new(pending, pool.clone(), accept_limit);
-        (Self { ops, pool }, committer)
+        let committer = Committer::new(pending, backend.clone(), accept_limit);
+        (Self { ops, backend }, committer)
+    }
+
+    /// Whether other replicas share this queue (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Wakes `wake` whenever any replica commits new mail, until
+    /// `stopping`: on PostgreSQL through LISTEN (see `postgres/wake.rs`);
+    /// on SQLite, where this process is the only writer and wakes its
+    /// dispatcher itself, it returns at once.
+    pub async fn relay_commits(&self, wake: &Notify, stopping: &CancellationToken) {
+        if let Backend::Postgres(pool) = &self.backend {
+            postgres::relay_commits(pool, wake, stopping).await;
+        }
     }
 
     pub async fn insert(&self, message: NewMessage) -> Result<Inserted, QueueError> {
@@ -234,43 +310,60 @@ impl Queue {
     /// Written on a connection of its own: it waits for the committer's
     /// transaction, which is fine when stopping.
     pub async fn release(&self, claims: &[(String, u32)], now: i64) -> Result<u64, QueueError> {
-        sqlite::release(&self.pool, claims, now).await
+        per_backend!(&self.backend, release(claims, now))
     }
 
     /// The earliest time something becomes due: a queued or retrying
     /// message, or a lease running out.
     pub async fn next_due(&self) -> Result<Option<i64>, QueueError> {
-        sqlite::next_due(&self.pool).await
+        portable::next_due(&self.backend).await
     }
 
     /// One message of an org with its attempts.
     pub async fn get(&self, org: &str, id: &str) -> Result<Option<StoredMessage>, QueueError> {
-        sqlite::get(&self.pool, org, id).await
+        portable::get(&self.backend, org, id).await
     }
 
     /// The system-log events about one subject (a message id).
     pub async fn events_about(&self, org: &str, subject: &str) -> Result<Vec<Value>, QueueError> {
-        sqlite::events_about(&self.pool, org, subject).await
+        portable::events_about(&self.backend, org, subject).await
     }
 
     /// Messages not yet sent or failed, by org.
     pub async fn pending_by_org(&self) -> Result<HashMap<String, u64>, QueueError> {
-        sqlite::pending_by_org(&self.pool).await
+        portable::pending_by_org(&self.backend).await
     }
 
     /// Delivery totals by (org, provider) for providers named `EmailProvider/…`.
     pub async fn provider_totals(&self) -> Result<Vec<ProviderTotals>, QueueError> {
-        sqlite::provider_totals(&self.pool).await
+        portable::provider_totals(&self.backend).await
     }
 
     /// Deletes sent and failed messages (and their attempts) finished before `before`.
     pub async fn purge_finished(&self, before: i64) -> Result<u64, QueueError> {
-        sqlite::purge_finished(&self.pool, before).await
+        portable::purge_finished(&self.backend, before).await
     }
 
     /// The brand-domain rows of every org.
     pub async fn domains(&self) -> Result<Vec<DomainRow>, QueueError> {
-        sqlite::domains(&self.pool).await
+        portable::domains(&self.backend).await
+    }
+
+    /// One brand-domain row, as stored.
+    pub async fn domain(&self, org: &str, name: &str) -> Result<Option<DomainRow>, QueueError> {
+        portable::domain(&self.backend, org, name).await
+    }
+
+    /// Stores a domain's new row unless another replica stored one for the
+    /// same domain first; the row as stored (see `portable::adopt_domain`).
+    pub async fn adopt_domain(&self, row: &DomainRow) -> Result<DomainRow, QueueError> {
+        portable::adopt_domain(&self.backend, row).await
+    }
+
+    /// Takes a domain's due DNS check for this replica: `false` when another
+    /// replica took it since `seen` was read.
+    pub async fn claim_domain_check(&self, seen: &DomainRow, now: i64) -> Result<bool, QueueError> {
+        portable::claim_domain_check(&self.backend, seen, now).await
     }
 
     /// Stores a brand-domain row (and, in the same transaction, a log entry).
@@ -279,24 +372,24 @@ impl Queue {
         row: &DomainRow,
         log: Option<&LogEntry>,
     ) -> Result<(), QueueError> {
-        sqlite::save_domain(&self.pool, row, log).await
+        portable::save_domain(&self.backend, row, log).await
     }
 
     /// Forgets the brand-domain rows of objects that are gone.
     pub async fn delete_domain(&self, org: &str, name: &str) -> Result<(), QueueError> {
-        sqlite::delete_domain(&self.pool, org, name).await
+        portable::delete_domain(&self.backend, org, name).await
     }
 
     /// Appends one entry to the org's system log.
     pub async fn log(&self, log: &LogEntry) -> Result<(), QueueError> {
-        sqlite::log(&self.pool, log).await
+        portable::log(&self.backend, log).await
     }
 
     /// The latest test email of each org provider, from the system log:
     /// (org, provider name, its log entry), so that `status.lastTest`
     /// survives a restart.
     pub async fn last_tests(&self) -> Result<Vec<(String, String, LogEntry)>, QueueError> {
-        sqlite::last_tests(&self.pool).await
+        portable::last_tests(&self.backend).await
     }
 }
 

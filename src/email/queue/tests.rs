@@ -1,9 +1,59 @@
-//! The queue's tests: through [`Queue`] as the delivery logic uses it,
-//! on an in-memory store or a file under a cap, and the batch statements'
-//! answers read by position.
+//! The queue's tests: through [`Queue`] as the delivery logic uses it.
+//! The rules run on both backends (each such test twice: `…::sqlite` on an
+//! in-memory store, `…::postgres` on a fresh PostgreSQL database); the
+//! store cap and the batch statements' answers read by position are
+//! SQLite's; two queues on one PostgreSQL database stand for two replicas.
 
 use super::sqlite::{BatchInput, run_batch};
 use super::*;
+use crate::store::{Store, on_pool};
+
+/// Runs the test body `$body` (an `async fn(Queue)`) on each backend, as
+/// the tests `$body::sqlite` and `$body::postgres`.
+macro_rules! on_both_backends {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            #[tokio::test]
+            async fn sqlite() {
+                let store = crate::store::Store::memory().await.unwrap();
+                super::$body(super::queue_on(&store)).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let store = crate::store::testing::postgres().await;
+                super::$body(super::queue_on(&store)).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    idempotency_window,
+    claim_lease_expiry_and_stale_finish,
+    a_released_claim_is_due_again_as_before,
+    one_batch_keys_finishes_and_claim,
+    failed_batch_is_rolled_back_and_the_queue_goes_on,
+    an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing,
+    retry_waits_until_due,
+    the_latest_test_email_of_each_provider_is_found,
+    bodies_go_and_attempt_rows_stay_four,
+    a_domain_row_is_stored_once_and_each_check_taken_once,
+);
+
+/// A queue on `store`, its committer spawned.
+fn queue_on(store: &Store) -> Queue {
+    let (queue, committer) = Queue::new(store.backend().clone(), None);
+    tokio::spawn(committer.run());
+    queue
+}
+
+/// Runs one statement on the queue's database, as a hand edit would.
+async fn edit(q: &Queue, sql: &str) {
+    on_pool!(&q.backend, |pool| {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    });
+}
 
 fn message(id: &str, key: Option<&str>, now: i64) -> NewMessage {
     NewMessage {
@@ -24,16 +74,7 @@ fn message(id: &str, key: Option<&str>, now: i64) -> NewMessage {
     }
 }
 
-async fn queue() -> Queue {
-    let store = crate::store::Store::memory().await.unwrap();
-    let (queue, committer) = Queue::new(store.sqlite().unwrap().clone(), None);
-    tokio::spawn(committer.run());
-    queue
-}
-
-#[tokio::test]
-async fn idempotency_window() {
-    let q = queue().await;
+async fn idempotency_window(q: Queue) {
     let day = IDEMPOTENCY_WINDOW_MILLIS;
     assert_eq!(
         q.insert(message("m1", Some("k"), 0)).await.unwrap(),
@@ -92,11 +133,14 @@ fn sent(id: &str, attempt: u32) -> Finished {
 
 /// The stored content of a message, as the queue keeps it.
 async fn stored_content(q: &Queue, id: &str) -> Value {
-    let text: String = sqlx::query_scalar("SELECT content FROM email_messages WHERE id = ?")
-        .bind(id)
-        .fetch_one(&q.pool)
-        .await
-        .unwrap();
+    const SQL: &str = "SELECT CAST(content AS TEXT) FROM email_messages WHERE id = $1";
+    let text: String = on_pool!(&q.backend, |pool| {
+        sqlx::query_scalar(SQL)
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    });
     serde_json::from_str(&text).unwrap()
 }
 
@@ -111,7 +155,7 @@ async fn fill_then_deliver(body: usize) -> QueueError {
     let store = crate::store::Store::open(&dir.path().join("q.db"), Some(cap))
         .await
         .unwrap();
-    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
+    let (q, committer) = Queue::new(store.backend().clone(), store.accept_limit());
     tokio::spawn(committer.run());
     let mut accepted = Vec::new();
     let refusal = loop {
@@ -208,7 +252,7 @@ async fn a_store_reopened_full_refuses_new_mail_before_any_write() {
     let cap = crate::store::MIN_MAX_SIZE;
     {
         let store = crate::store::Store::open(&path, Some(cap)).await.unwrap();
-        let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
+        let (q, committer) = Queue::new(store.backend().clone(), store.accept_limit());
         let committer = tokio::spawn(committer.run());
         let mut n = 0;
         while q.insert(big(&format!("m{n}"), 4096)).await.is_ok() {
@@ -219,7 +263,7 @@ async fn a_store_reopened_full_refuses_new_mail_before_any_write() {
         store.sqlite().unwrap().close().await;
     }
     let store = crate::store::Store::open(&path, Some(cap)).await.unwrap();
-    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), store.accept_limit());
+    let (q, committer) = Queue::new(store.backend().clone(), store.accept_limit());
     tokio::spawn(committer.run());
     let err = q.insert(big("after", 4096)).await.unwrap_err();
     assert!(
@@ -236,7 +280,7 @@ async fn new_mail_that_fills_the_disk_does_not_take_the_batch_outcomes_with_it()
     let store = crate::store::Store::open(&dir.path().join("q.db"), Some(1024 * 1024))
         .await
         .unwrap();
-    let (q, committer) = Queue::new(store.sqlite().unwrap().clone(), None);
+    let (q, committer) = Queue::new(store.backend().clone(), None);
     tokio::spawn(committer.run());
     q.insert(message("small", None, 0)).await.unwrap();
     let c = q.claim(0, 1_000, 1).await.unwrap();
@@ -255,9 +299,7 @@ async fn new_mail_that_fills_the_disk_does_not_take_the_batch_outcomes_with_it()
     assert!(q.get("acme", "huge").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn claim_lease_expiry_and_stale_finish() {
-    let q = queue().await;
+async fn claim_lease_expiry_and_stale_finish(q: Queue) {
     q.insert(message("m1", None, 100)).await.unwrap();
     assert!(
         q.claim(99, 1_000, 10).await.unwrap().is_empty(),
@@ -326,9 +368,7 @@ async fn claim_lease_expiry_and_stale_finish() {
     assert_eq!(q.next_due().await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn a_released_claim_is_due_again_as_before() {
-    let q = queue().await;
+async fn a_released_claim_is_due_again_as_before(q: Queue) {
     q.insert(message("m1", None, 100)).await.unwrap();
     q.insert(message("m2", None, 100)).await.unwrap();
     assert_eq!(q.claim(200, 10_000, 10).await.unwrap().len(), 2);
@@ -367,9 +407,7 @@ async fn a_released_claim_is_due_again_as_before() {
     assert_eq!(q.claim(410, 10_000, 10).await.unwrap()[0].attempt, 2);
 }
 
-#[tokio::test]
-async fn one_batch_keys_finishes_and_claim() {
-    let q = queue().await;
+async fn one_batch_keys_finishes_and_claim(q: Queue) {
     // Both inserts reach the committer before it runs: one batch, in
     // which the second use of the key answers with the first id.
     let (a, b, c) = tokio::join!(
@@ -412,9 +450,7 @@ async fn one_batch_keys_finishes_and_claim() {
     assert_eq!(q.pending_by_org().await.unwrap().get("acme"), Some(&1));
 }
 
-#[tokio::test]
-async fn failed_batch_is_rolled_back_and_the_queue_goes_on() {
-    let q = queue().await;
+async fn failed_batch_is_rolled_back_and_the_queue_goes_on(q: Queue) {
     q.insert(message("m1", None, 0)).await.unwrap();
     // One batch (both reach the committer before it runs) with an id
     // that is taken: the batch fails as a whole, m2 included.
@@ -439,15 +475,14 @@ async fn failed_batch_is_rolled_back_and_the_queue_goes_on() {
 /// version, or edited by hand) is claimed with the reason instead of
 /// failing the batch: before, every claim's batch failed on it, and
 /// the accepts and outcomes in those batches with it, for good.
-#[tokio::test]
-async fn an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing() {
-    let q = queue().await;
+async fn an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing(q: Queue) {
     q.insert(message("m1", None, 0)).await.unwrap();
     q.insert(message("m2", None, 1)).await.unwrap();
-    sqlx::query("UPDATE email_messages SET content = '{\"recipients\":[]}' WHERE id = 'm1'")
-        .execute(&q.pool)
-        .await
-        .unwrap();
+    edit(
+        &q,
+        "UPDATE email_messages SET content = '{\"recipients\":[]}' WHERE id = 'm1'",
+    )
+    .await;
     // The claim and a new message in one batch.
     let (claimed, m3) = tokio::join!(q.claim(10, 1_000, 10), q.insert(message("m3", None, 2)));
     assert_eq!(m3.unwrap(), Inserted::New("m3".into()));
@@ -471,10 +506,11 @@ async fn an_unreadable_row_is_claimed_with_the_reason_and_stops_nothing() {
     // Not JSON at all: claimed the same way, and its failure is stored
     // (the finish leaves such content as it is) beside new mail.
     q.insert(message("m4", None, 3)).await.unwrap();
-    sqlx::query("UPDATE email_messages SET content = 'not json {' WHERE id = 'm4'")
-        .execute(&q.pool)
-        .await
-        .unwrap();
+    edit(
+        &q,
+        "UPDATE email_messages SET content = 'not json {' WHERE id = 'm4'",
+    )
+    .await;
     let claimed = q.claim(20, 1_000, 10).await.unwrap();
     let m4 = claimed.iter().find(|c| c.id == "m4").unwrap();
     let reason = m4.content.as_ref().unwrap_err();
@@ -533,9 +569,7 @@ async fn batch_rows_other_than_two_are_an_error() {
     assert_eq!(rows.used_bytes, 4096);
 }
 
-#[tokio::test]
-async fn retry_waits_until_due() {
-    let q = queue().await;
+async fn retry_waits_until_due(q: Queue) {
     q.insert(message("m1", None, 0)).await.unwrap();
     q.claim(0, 10_000, 1).await.unwrap();
     let f = Finished {
@@ -576,9 +610,7 @@ async fn retry_waits_until_due() {
     assert_eq!(t.last_failure, Some((520, "451 still later".into())));
 }
 
-#[tokio::test]
-async fn the_latest_test_email_of_each_provider_is_found() {
-    let q = queue().await;
+async fn the_latest_test_email_of_each_provider_is_found(q: Queue) {
     let test = |org: &str, subject: &str, outcome: &str, time: &str| LogEntry {
         org: org.into(),
         type_: "email.test".into(),
@@ -612,4 +644,213 @@ async fn the_latest_test_email_of_each_provider_is_found() {
         .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
         .collect();
     assert_eq!(found, want);
+}
+
+/// A message tried six times keeps four attempt rows (the first three and
+/// the latest), and loses its bodies once sent, not while it retries.
+async fn bodies_go_and_attempt_rows_stay_four(q: Queue) {
+    q.insert(message("m1", None, 0)).await.unwrap();
+    for round in 0..6 {
+        let now = round * 100;
+        let claimed = q.claim(now, now + 50, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "round {round}");
+        let mut f = sent("m1", claimed[0].attempt);
+        (f.started_at, f.finished_at) = (now, now + 1);
+        if round < 5 {
+            (f.outcome, f.next, f.log) = (Outcome::Transient, Next::Retry(now + 100), None);
+        }
+        assert!(q.finish(f).await.unwrap(), "round {round}");
+        let text = &stored_content(&q, "m1").await["text"];
+        assert_eq!(text.is_null(), round == 5, "round {round}: {text}");
+    }
+    let m = q.get("acme", "m1").await.unwrap().unwrap();
+    let numbers: Vec<u32> = m.attempts.iter().map(|a| a.number).collect();
+    assert_eq!((m.state.as_str(), numbers), ("sent", vec![1, 2, 3, 6]));
+    assert_eq!(m.content.unwrap().subject, "s", "what GET shows is kept");
+    assert_eq!(q.events_about("acme", "m1").await.unwrap().len(), 1);
+    let totals = q.provider_totals().await.unwrap();
+    assert!(totals.is_empty(), "the default provider has no totals");
+}
+
+/// Two queues on one PostgreSQL database, as two replicas: each with its
+/// own pool and committer.
+async fn two_replicas() -> (Queue, Queue) {
+    let store = crate::store::testing::postgres().await;
+    let Backend::Postgres(pool) = store.backend() else {
+        unreachable!("a PostgreSQL store")
+    };
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    (queue_on(&store), {
+        let (q, committer) = Queue::new(Backend::Postgres(other), None);
+        tokio::spawn(committer.run());
+        q
+    })
+}
+
+/// Claims on `q` at `now` until a claim comes back empty; the ids taken.
+async fn claim_all(q: Queue, now: i64) -> Vec<(String, u32)> {
+    let mut taken = Vec::new();
+    loop {
+        let claimed = q.claim(now, now + 10_000, 7).await.unwrap();
+        if claimed.is_empty() {
+            return taken;
+        }
+        taken.extend(claimed.into_iter().map(|c| (c.id, c.attempt)));
+    }
+}
+
+/// Asserts every id of `ids` is among the claims exactly once, each as
+/// `attempt`.
+fn each_once(a: &[(String, u32)], b: &[(String, u32)], ids: &[String], attempt: u32) {
+    let mut all: Vec<&(String, u32)> = a.iter().chain(b).collect();
+    all.sort();
+    let want: Vec<(String, u32)> = ids.iter().map(|id| (id.clone(), attempt)).collect();
+    assert_eq!(all, want.iter().collect::<Vec<_>>());
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both replicas took some ({} and {})",
+        a.len(),
+        b.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_claim_every_message_exactly_once() {
+    let (q1, q2) = two_replicas().await;
+    let mut ids: Vec<String> = (0..200).map(|i| format!("m{i:03}")).collect();
+    let inserts = ids.iter().map(|id| q1.insert(message(id, None, 0)));
+    for r in futures::future::join_all(inserts).await {
+        r.unwrap();
+    }
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(q1.clone(), 10)),
+        tokio::spawn(claim_all(q2.clone(), 10))
+    );
+    ids.sort();
+    each_once(&a.unwrap(), &b.unwrap(), &ids, 1);
+
+    // Every lease runs out (the replica holding them was killed): both
+    // take them over at once; each message once, each attempt closed as
+    // interrupted once.
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim_all(q1.clone(), 20_000)),
+        tokio::spawn(claim_all(q2.clone(), 20_000))
+    );
+    each_once(&a.unwrap(), &b.unwrap(), &ids, 2);
+    for id in ids.iter().step_by(37) {
+        let m = q2.get("acme", id).await.unwrap().unwrap();
+        let attempts: Vec<(u32, Option<&str>)> = m
+            .attempts
+            .iter()
+            .map(|a| (a.number, a.outcome.as_deref()))
+            .collect();
+        assert_eq!(attempts, [(1, Some("interrupted")), (2, None)], "{id}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_by_the_other_replica() {
+    let (q1, q2) = two_replicas().await;
+    q1.insert(message("m1", None, 0)).await.unwrap();
+    let first = q1.claim(100, 1_000, 10).await.unwrap();
+    assert_eq!(first[0].attempt, 1);
+    assert!(q2.claim(999, 2_000, 10).await.unwrap().is_empty(), "leased");
+    let second = q2.claim(1_000, 2_000, 10).await.unwrap();
+    assert_eq!((second[0].attempt, second[0].counted), (2, 1));
+    // The first replica comes back with its outcome: too late.
+    assert!(!q1.finish(sent("m1", 1)).await.unwrap());
+    assert!(q2.finish(sent("m1", 2)).await.unwrap());
+    let m = q1.get("acme", "m1").await.unwrap().unwrap();
+    assert_eq!(m.state, "sent");
+    assert_eq!(q1.events_about("acme", "m1").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_sent_to_two_replicas_at_once_is_one_message() {
+    let (q1, q2) = two_replicas().await;
+    for k in 0..20 {
+        let key = format!("k{k}");
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let (q, key) = (q1.clone(), key.clone());
+                async move { q.insert(message(&format!("a{k}"), Some(&key), 0)).await }
+            }),
+            tokio::spawn({
+                let (q, key) = (q2.clone(), key.clone());
+                async move { q.insert(message(&format!("b{k}"), Some(&key), 0)).await }
+            })
+        );
+        let id = |r: Inserted| match r {
+            Inserted::New(id) | Inserted::Existing(id) => id,
+        };
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        let new = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Inserted::New(_)))
+            .count();
+        assert_eq!(new, 1, "{key}: {a:?} {b:?}");
+        assert_eq!(id(a), id(b), "{key}");
+    }
+    assert_eq!(q1.pending_by_org().await.unwrap()["acme"], 20);
+}
+
+#[tokio::test]
+async fn a_commit_with_new_mail_wakes_every_replica() {
+    let (q1, q2) = two_replicas().await;
+    let Backend::Postgres(pool) = &q1.backend else {
+        unreachable!()
+    };
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+        .await
+        .unwrap();
+    listener.listen(postgres::WAKE_CHANNEL).await.unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    // A batch without new mail wakes no one.
+    q2.claim(0, 100, 10).await.unwrap();
+    q2.insert(message("m1", None, 0)).await.unwrap();
+    let woken = tokio::time::timeout(wait, listener.recv()).await;
+    assert_eq!(woken.unwrap().unwrap().channel(), postgres::WAKE_CHANNEL);
+    let again = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
+    assert!(again.is_err(), "one notification per batch");
+}
+
+/// The first row of a domain is stored once (a second replica's, with
+/// another token, takes the stored one); a check is taken by the first
+/// that asks since the row was read, and a changed domain keeps its token.
+async fn a_domain_row_is_stored_once_and_each_check_taken_once(q: Queue) {
+    let row = |token: &str| DomainRow {
+        org: "acme".into(),
+        name: "brand".into(),
+        domain: "acme.example".into(),
+        record_name: "_idplane.mail.acme.example".into(),
+        token: token.into(),
+        status: "POLLING".into(),
+        reason: "Polling".into(),
+        message: String::new(),
+        polling_since: 0,
+        checked_at: None,
+        verified_at: None,
+    };
+    let first = q.adopt_domain(&row("t1")).await.unwrap();
+    assert_eq!(first, row("t1"));
+    assert_eq!(q.adopt_domain(&row("t2")).await.unwrap().token, "t1");
+    assert!(q.claim_domain_check(&first, 10).await.unwrap());
+    assert!(!q.claim_domain_check(&first, 11).await.unwrap(), "taken");
+    let stored = q.domain("acme", "brand").await.unwrap().unwrap();
+    assert_eq!(stored.checked_at, Some(10));
+    assert!(q.claim_domain_check(&stored, 20).await.unwrap());
+    let moved = DomainRow {
+        domain: "other.example".into(),
+        ..row("t3")
+    };
+    let adopted = q.adopt_domain(&moved).await.unwrap();
+    assert_eq!(
+        (adopted.domain.as_str(), adopted.token.as_str()),
+        ("other.example", "t1")
+    );
+    assert_eq!(adopted.checked_at, None, "polling again");
 }

@@ -320,7 +320,7 @@ fn claimed(r: ClaimedRow, now: i64) -> Claimed {
         sender,
         content: read_content(&content),
         attempt: attempts as u32,
-        counted: (attempts - interrupted).max(1) as u32,
+        counted: Claimed::counted_of(attempts, interrupted),
         created_at,
         started_at: now,
     }

@@ -1,16 +1,13 @@
-//! The queue in SQLite: all of the queue's SQL. The rules it serves
-//! (batching, admission, idempotency, retries) are in the files above
-//! this directory and in `email::retry`; what is here is how SQLite stores
-//! them.
+//! The queue's SQL that is SQLite's own. The rules it serves (batching,
+//! admission, idempotency, retries) are in the files above this directory
+//! and in `email::retry`; the statements both backends run alike are in
+//! `../portable.rs`; what is here is how SQLite writes the queue.
 //!
 //! - `batch.rs`: the batch statements, one statement list that inserts,
 //!   finishes and claims together in one round trip;
 //! - `writer.rs`: the committer's connection and transaction, the
 //!   idempotency-key lookup, the size measurement;
-//! - `reads.rs`: the reads, straight from the pool;
-//! - `domains.rs`: the brand-domain rows;
-//! - `unbatched.rs`: the writes outside the committer (release, purge, a
-//!   log entry).
+//! - `unbatched.rs`: releasing claims at a stop, outside the committer.
 //!
 //! A batch is one run of one multi-statement query (`BEGIN`, the
 //! statements, `COMMIT`) over the batch as JSON, so a batch of 300 costs
@@ -33,34 +30,24 @@ macro_rules! used_bytes_sql {
 }
 
 mod batch;
-mod domains;
-mod reads;
 mod unbatched;
 mod writer;
 
 #[cfg(test)]
 pub(super) use batch::{BatchInput, run_batch};
-pub(super) use domains::{delete_domain, domains, save_domain};
-pub(super) use reads::{events_about, get, last_tests, next_due, pending_by_org, provider_totals};
-pub(super) use unbatched::{log, purge_finished, release};
+pub(super) use unbatched::release;
 pub(super) use writer::{SqliteWriter, WriteConnection};
 
 /// SQLite's result code for "database or disk is full".
 const SQLITE_FULL: &str = "13";
 
-/// SQLITE_FULL (a full disk, or the `--database-max-size` cap) is
-/// [`QueueError::Full`]; every other failure is [`QueueError::Sql`].
-impl From<sqlx::Error> for QueueError {
-    fn from(e: sqlx::Error) -> Self {
-        let full = e
-            .as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|c| c == SQLITE_FULL);
-        if full {
-            return Self::Full(e.to_string());
-        }
-        Self::Sql(e.to_string())
-    }
+/// Whether `e` is SQLITE_FULL (a full disk, or the `--database-max-size`
+/// cap).
+pub(super) fn is_full(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .filter(|d| d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some())
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == SQLITE_FULL)
 }
 
 /// Rows as one JSON array, bound as a single parameter and read with

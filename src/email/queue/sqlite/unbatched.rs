@@ -1,14 +1,12 @@
-//! The queue's writes in SQLite that do not go through the committer:
-//! releasing claims at a stop, the retention purge, and a system-log entry
-//! of its own (a test email). Each is a transaction of its own on a pooled
-//! connection, waiting for the committer's batch when one is open.
+//! Releasing claims at a stop, in SQLite: outside the committer, a
+//! transaction of its own on a pooled connection, waiting for the
+//! committer's batch when one is open.
 
 use sqlx::Connection;
 use sqlx::sqlite::SqlitePool;
 
 use super::rows_json;
-use crate::email::queue::{LogEntry, QueueError};
-use crate::store::AppendLog;
+use crate::email::queue::QueueError;
 
 /// Undoes the claims of messages not tried (a stop came first): each
 /// is due again at once, as it was before, unless its attempt
@@ -41,32 +39,4 @@ pub(crate) async fn release(
     .rows_affected();
     tx.commit().await?;
     Ok(done)
-}
-
-/// Deletes sent and failed messages (and their attempts) finished before `before`.
-pub(crate) async fn purge_finished(pool: &SqlitePool, before: i64) -> Result<u64, QueueError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(
-        "DELETE FROM email_attempts WHERE message_id IN (
-            SELECT id FROM email_messages WHERE state IN ('sent', 'failed') AND finished_at < ?)",
-    )
-    .bind(before)
-    .execute(&mut *tx)
-    .await?;
-    let n = sqlx::query(
-        "DELETE FROM email_messages WHERE state IN ('sent', 'failed') AND finished_at < ?",
-    )
-    .bind(before)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    Ok(n)
-}
-
-/// Appends one entry to the org's system log.
-pub(crate) async fn log(pool: &SqlitePool, log: &LogEntry) -> Result<(), QueueError> {
-    let mut conn = pool.acquire().await?;
-    conn.append_log(std::slice::from_ref(log)).await?;
-    Ok(())
 }
