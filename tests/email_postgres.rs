@@ -19,6 +19,7 @@ const T: Duration = Duration::from_secs(30);
 /// `idplane run` on the database at `url`, loopback allowed.
 fn start_on(tmp: &Path, manifests: &Path, url: &str, log: &str) -> Idplane {
     let mut flags = ALLOW_LOOPBACK.to_vec();
+    flags.extend(support::postgres::OTP_HASH_KEY);
     flags.extend([
         "--smtp-timeout",
         "5s",

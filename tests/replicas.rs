@@ -22,13 +22,10 @@ use serde_json::json;
 use support::postgres::{OwnServer, fresh_database, fresh_database_on};
 use support::{ALLOW_LOOPBACK, Idplane, wait_for};
 
-/// Both replicas verify each other's codes: one key.
-const HASH_KEY: &str = "replicas-test-hash-key-0123456789abcdef";
-
 /// `idplane run` on `manifests` with the database at `url`; ready.
 fn replica(dir: &Path, manifests: &Path, url: &str, log: &str, extra: &[&str]) -> Idplane {
     let mut flags = ALLOW_LOOPBACK.to_vec();
-    flags.extend(["--otp-hash-key", HASH_KEY]);
+    flags.extend(support::postgres::OTP_HASH_KEY);
     flags.extend_from_slice(extra);
     Idplane::run_manifests(
         manifests,
@@ -207,16 +204,24 @@ mod email {
         counts
     }
 
-    /// Sends `total` messages from `clients` threads, each through the
-    /// replica `pick(i)` names (skipping one that is down); returns the
-    /// ids answered 202. Refusals (503, connection refused) are sent again.
+    /// What a burst saw: the ids answered 202, and how many sends were
+    /// answered 503 `store_unavailable` (each then sent again).
+    struct Burst {
+        ids: Vec<String>,
+        store_unavailable: usize,
+    }
+
+    /// Sends `total` messages from `clients` threads, spread over the
+    /// replicas that are up; refusals (503 `store_unavailable`, a replica
+    /// down) are sent again. `on_accepted` hears the count of 202s so far.
     fn burst(
         replicas: &Mutex<Vec<Option<String>>>,
         total: usize,
         clients: usize,
         on_accepted: impl Fn(usize) + Sync,
-    ) -> Vec<String> {
+    ) -> Burst {
         let accepted = Mutex::new(Vec::new());
+        let unavailable = std::sync::atomic::AtomicUsize::new(0);
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..clients {
@@ -245,9 +250,12 @@ mod email {
                                 break;
                             }
                             assert!(
-                                code == 503 || code == 0,
+                                (code == 503 && answer["code"] == "store_unavailable") || code == 0,
                                 "only store_unavailable or a replica down may refuse: {code} {answer}"
                             );
+                            if code == 503 {
+                                unavailable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
                             assert!(Instant::now() < deadline, "not accepted within 60 s: {code} {answer}");
                             std::thread::sleep(Duration::from_millis(50));
                         }
@@ -255,7 +263,10 @@ mod email {
                 });
             }
         });
-        accepted.into_inner().unwrap()
+        Burst {
+            ids: accepted.into_inner().unwrap(),
+            store_unavailable: unavailable.into_inner(),
+        }
     }
 
     fn base(run: &Idplane) -> String {
@@ -296,7 +307,8 @@ mod email {
                     .status();
                 assert!(kill.unwrap().success(), "SIGKILL replica B");
             }
-        });
+        })
+        .ids;
         b.child.wait().unwrap();
         assert_eq!(ids.len(), TOTAL);
         let unique: HashSet<&String> = ids.iter().collect();
@@ -304,6 +316,7 @@ mod email {
         // B again, on the same database: it takes part once more.
         let b = replica(tmp.path(), &manifests, &url, "b2.log", &flags(&port));
         let duplicates = wait_all_delivered(&sink, &ids);
+        eprintln!("{TOTAL} accepted, all delivered; {duplicates} delivered twice");
         // Duplicates come only from attempts the kill cut short, which show
         // as interrupted attempts: no more than B had in flight.
         if duplicates > 0 {
@@ -353,7 +366,7 @@ mod email {
         let replicas = Mutex::new(vec![Some(base(&a)), Some(base(&b))]);
         const TOTAL: usize = 1000;
         let restarted = std::sync::atomic::AtomicBool::new(false);
-        let ids = burst(&replicas, TOTAL, 8, |accepted| {
+        let seen = burst(&replicas, TOTAL, 8, |accepted| {
             if accepted >= TOTAL / 3 && !restarted.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 // Down for 3 s: the clients meet 503 store_unavailable and
                 // send again; idplane is not restarted.
@@ -361,6 +374,11 @@ mod email {
             }
         });
         assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(
+            seen.store_unavailable > 0,
+            "the outage was seen as 503 store_unavailable"
+        );
+        let ids = seen.ids;
         assert_eq!(ids.len(), TOTAL);
         wait_all_delivered(&sink, &ids);
         for run in [&a, &b] {

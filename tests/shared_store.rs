@@ -44,7 +44,7 @@ impl Workspace {
     fn start(&self, database: &str, extra: &[&str], env: &[(&str, &str)], log: &str) -> Idplane {
         let tokens = self.path("tokens.yaml");
         let mut args = run_args(&self.manifests, Path::new(database), &tokens);
-        args.extend(["--otp-hash-key", "shared-store-test-key-0123456789abcdef"]);
+        args.extend(support::postgres::OTP_HASH_KEY);
         args.extend_from_slice(extra);
         let mut env = env.to_vec();
         env.push(("RUST_LOG", "idplane=info"));

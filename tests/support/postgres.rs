@@ -7,6 +7,10 @@ use std::process::Command;
 
 use super::process::block_on;
 
+/// The passcode key of every test replica on PostgreSQL: replicas verify
+/// each other's codes, so idplane refuses to start there without one.
+pub const OTP_HASH_KEY: [&str; 2] = ["--otp-hash-key", "test-replicas-share-this-key-0123456789"];
+
 /// The variable `scripts/test.sh` sets to its PostgreSQL server's URL.
 pub const URL_VAR: &str = "IDPLANE_TEST_DATABASE_URL";
 
