@@ -74,6 +74,10 @@ fn start_idplane(dir: &Path, smtp_port: u16, database: &str) -> (Killed, String)
         &[
             "--database",
             database,
+            // Replicas on PostgreSQL share the passcode key; idplane
+            // refuses to start there without one.
+            "--otp-hash-key",
+            "bench-passcode-key-0123456789abcdefgh",
             "--smtp-host",
             "127.0.0.1",
             "--smtp-port",

@@ -80,6 +80,10 @@ fn start_idplane(dir: &Path, database: &str) -> (Killed, String) {
         &[
             "--database",
             database,
+            // Replicas on PostgreSQL share the passcode key; idplane
+            // refuses to start there without one.
+            "--otp-hash-key",
+            "bench-passcode-key-0123456789abcdefgh",
             "--otp-phone-limit",
             "0",
             "--otp-org-limit",

@@ -62,30 +62,28 @@ pub fn endpoints() -> Vec<Endpoint> {
 /// A 503 with the reason; a full store says so, and asks for a longer
 /// wait (space comes back as queued mail is sent).
 fn store_error(e: QueueError) -> ApiError {
-    let (code, retry_after) = match e {
-        QueueError::Full(_) => ("store_full", 30),
-        _ => ("store_unavailable", 5),
+    let message = format!("the email was not accepted: {e}");
+    let (mut err, retry_after) = match e {
+        QueueError::Full(_) => (
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_full", message),
+            30,
+        ),
+        _ => (ApiError::store_unavailable(message), STORE_RETRY_AFTER_SECS),
     };
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        code,
-        format!("the email was not accepted: {e}"),
-    );
     err.retry_after = Some(retry_after);
     err
 }
+
+/// `Retry-After` of a 503 `store_unavailable`.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
 
 /// A read that failed: 503 `store_unavailable` while the database cannot
 /// be reached (the caller tries again), else 500.
 fn read_error(e: QueueError) -> ApiError {
     match e {
         QueueError::Unavailable(_) => {
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the email cannot be read now: {e}"),
-            );
-            err.retry_after = Some(5);
+            let mut err = ApiError::store_unavailable(format!("the email cannot be read now: {e}"));
+            err.retry_after = Some(STORE_RETRY_AFTER_SECS);
             err
         }
         _ => ApiError::internal(e.to_string()),
