@@ -396,6 +396,7 @@ async fn paced(client: &reqwest::Client, base: &str, done: usize) -> (Vec<f64>, 
 /// ms. A flush that stalls holds every accept waiting behind it.
 fn disk_flushes(dir: &Path, count: usize) -> Vec<f64> {
     use std::io::{Seek, SeekFrom, Write};
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("disk-probe.bin");
     let mut file = std::fs::File::create(&path).unwrap();
     let page = [0x5au8; 4096];
