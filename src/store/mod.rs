@@ -309,8 +309,9 @@ impl Store {
         &self.backend
     }
 
-    /// The SQLite pool; `None` on PostgreSQL. For the modules whose
-    /// PostgreSQL side is still being written (issue 17).
+    /// The SQLite pool; `None` on PostgreSQL. For tests of what only
+    /// SQLite has (the file's size cap, a locked file).
+    #[cfg(test)]
     pub fn sqlite(&self) -> Option<&SqlitePool> {
         match &self.backend {
             Backend::Sqlite(pool) => Some(pool),
