@@ -596,19 +596,11 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let backends: Vec<String> = std::env::var("IDPLANE_BENCH_BACKENDS")
-        .unwrap_or_else(|_| "sqlite,postgres".into())
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
+    let backends = support::backends();
     let sink = test_tool("IDPLANE_SMTP_SINK");
     let (_sink, smtp_port) = start_sink(&sink);
     let dir = tempfile::tempdir().unwrap();
-    let postgres = backends
-        .iter()
-        .any(|b| b == "postgres")
-        .then(OwnServer::start);
+    let postgres = support::postgres_for(&backends);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

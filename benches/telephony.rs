@@ -27,7 +27,7 @@ use axum::routing::post;
 use serde_json::json;
 
 mod support;
-use support::{Killed, OwnServer, fresh_database_on, run_idplane};
+use support::{Killed, fresh_database_on, run_idplane};
 
 const TOKEN: &str = "bench-api-token-0123456789";
 const HOOK_SECRET: &str = "bench-hook-secret";
@@ -217,16 +217,8 @@ fn main() {
         &tmp.path().join("m"),
         &[(orgs[0], urls[0].as_str()), (orgs[1], urls[1].as_str())],
     );
-    let backends: Vec<String> = std::env::var("IDPLANE_BENCH_BACKENDS")
-        .unwrap_or_else(|_| "sqlite,postgres".into())
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
-    let postgres = backends
-        .iter()
-        .any(|b| b == "postgres")
-        .then(OwnServer::start);
+    let backends = support::backends();
+    let postgres = support::postgres_for(&backends);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency * 2)
         .timeout(Duration::from_secs(30))

@@ -41,31 +41,6 @@ mod otp {
     use super::*;
     use support::telephony::*;
 
-    fn sent(run: &Idplane, hook: &HookServer, phone: &str) -> (String, String) {
-        let (status, receipt) = send(run, "acme", phone);
-        assert_eq!(status, 200, "{receipt}");
-        let code = hook
-            .seen()
-            .into_iter()
-            .rev()
-            .find(|s| s.body["data"]["messageProfile"]["phoneNumber"] == phone)
-            .expect("the hook got the send")
-            .code();
-        (receipt["transactionId"].as_str().unwrap().to_string(), code)
-    }
-
-    fn wrong(code: &str) -> String {
-        code.chars()
-            .map(|c| {
-                if c == '9' {
-                    '0'
-                } else {
-                    char::from(c as u8 + 1)
-                }
-            })
-            .collect()
-    }
-
     #[test]
     fn an_otp_sent_on_one_replica_is_verified_once_on_either() {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -81,7 +56,7 @@ mod otp {
         let mut sends = (0u64, 0u64);
 
         // Sent on A, verified on B; reused on A.
-        let (tx, code) = sent(&a, &hook, "+14155550001");
+        let (tx, code) = sent(&a, &hook, "acme", "+14155550001");
         sends.0 += 1;
         let (status, answer) = verify(&b, "acme", &tx, &code);
         assert_eq!(
@@ -97,10 +72,10 @@ mod otp {
             let phone = format!("+1415555010{i}");
             let (tx, code) = if i % 2 == 0 {
                 sends.0 += 1;
-                sent(&a, &hook, &phone)
+                sent(&a, &hook, "acme", &phone)
             } else {
                 sends.1 += 1;
-                sent(&b, &hook, &phone)
+                sent(&b, &hook, "acme", &phone)
             };
             let barrier = Arc::new(Barrier::new(2));
             let results: Vec<String> = std::thread::scope(|s| {
@@ -124,7 +99,7 @@ mod otp {
 
         // Wrong codes alternating between the replicas lock the passcode
         // after five attempts in all.
-        let (tx, code) = sent(&b, &hook, "+14155550200");
+        let (tx, code) = sent(&b, &hook, "acme", "+14155550200");
         sends.1 += 1;
         let results: Vec<String> = (0..5)
             .map(|i| {

@@ -9,26 +9,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::telephony::*;
 
-fn sent(run: &support::Idplane, hook: &HookServer, org: &str, phone: &str) -> (String, String) {
-    let (status, receipt) = send(run, org, phone);
-    assert_eq!(status, 200, "{receipt}");
-    let code = hook.seen().last().unwrap().code();
-    (receipt["transactionId"].as_str().unwrap().to_string(), code)
-}
-
-/// A wrong code of the same length.
-fn wrong(code: &str) -> String {
-    code.chars()
-        .map(|c| {
-            if c == '9' {
-                '0'
-            } else {
-                char::from(c as u8 + 1)
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn right_wrong_expired_reused_locked() {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -20,6 +20,25 @@ pub use tests_support::postgres::{OwnServer, fresh_database_on};
 #[allow(unused_imports)]
 pub use tests_support::{Killed, free_port, kubeconfig, kubectl_ok, root, test_tool};
 
+/// The store backends a benchmark measures, in order:
+/// IDPLANE_BENCH_BACKENDS (`sqlite,postgres` by default).
+pub fn backends() -> Vec<String> {
+    std::env::var("IDPLANE_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// A PostgreSQL server of the benchmark's own when `backends` has one.
+pub fn postgres_for(backends: &[String]) -> Option<OwnServer> {
+    backends
+        .iter()
+        .any(|b| b == "postgres")
+        .then(OwnServer::start)
+}
+
 /// Writes `tokens.yaml` in `dir` granting `token` every org, starts
 /// `idplane run --manifests MANIFESTS --listen 127.0.0.1:0 --tokens …
 /// --egress-allow 127.0.0.0/8`

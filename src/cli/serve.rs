@@ -309,6 +309,20 @@ async fn bind_early(
     }
 }
 
+/// The store, and the API already bound when the store is PostgreSQL
+/// (see [`bind_early`]); `None` when a stop came first.
+async fn open_store(
+    database: &Database,
+    listen: SocketAddr,
+    modules: &ModuleSettings,
+    stop: &Stop,
+) -> anyhow::Result<Option<(Store, Option<Serving>)>> {
+    let early = bind_early(database, listen, &modules.http, stop).await?;
+    let swap = early.as_ref().map(|e| &e.swap);
+    let store = connect_store(database, modules.database_max_size, stop, swap).await?;
+    Ok(store.map(|store| (store, early)))
+}
+
 /// Serves the full API, with the modules' routes: on the listener bound
 /// early, or on one bound now.
 async fn serve_api(
@@ -354,10 +368,14 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
     let http = &settings.modules.http;
-    let early = bind_early(&settings.database, settings.listen, http, &stop).await?;
-    let max_size = settings.modules.database_max_size;
-    let swap = early.as_ref().map(|e| &e.swap);
-    let Some(store) = connect_store(&settings.database, max_size, &stop, swap).await? else {
+    let Some((store, early)) = open_store(
+        &settings.database,
+        settings.listen,
+        &settings.modules,
+        &stop,
+    )
+    .await?
+    else {
         return Ok(());
     };
     let ctx = start_core(Options::default(), store, stop).await?;
@@ -462,10 +480,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     stop_on_signals(&stop)?;
     let auth = standalone_auth(settings.tokens.as_deref(), &settings.database)?;
     let http = &settings.modules.http;
-    let early = bind_early(&settings.database, settings.listen, http, &stop).await?;
-    let max_size = settings.modules.database_max_size;
-    let swap = early.as_ref().map(|e| &e.swap);
-    let Some(store) = connect_store(&settings.database, max_size, &stop, swap).await? else {
+    let Some((store, early)) = open_store(
+        &settings.database,
+        settings.listen,
+        &settings.modules,
+        &stop,
+    )
+    .await?
+    else {
         return Ok(());
     };
     let ctx = start_core(settings.options.clone(), store, stop).await?;

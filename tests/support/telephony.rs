@@ -362,3 +362,31 @@ pub fn wait_configured(run: &Idplane, org: &str) {
         },
     );
 }
+
+/// Sends an OTP to `phone` through `run` (200 asserted); the transaction
+/// id and the code the hook received for that phone.
+pub fn sent(run: &Idplane, hook: &HookServer, org: &str, phone: &str) -> (String, String) {
+    let (status, receipt) = send(run, org, phone);
+    assert_eq!(status, 200, "{receipt}");
+    let code = hook
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.body["data"]["messageProfile"]["phoneNumber"] == phone)
+        .expect("the hook got the send")
+        .code();
+    (receipt["transactionId"].as_str().unwrap().to_string(), code)
+}
+
+/// A wrong code of the same length as `code`.
+pub fn wrong(code: &str) -> String {
+    code.chars()
+        .map(|c| {
+            if c == '9' {
+                '0'
+            } else {
+                char::from(c as u8 + 1)
+            }
+        })
+        .collect()
+}

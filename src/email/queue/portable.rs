@@ -283,6 +283,25 @@ pub(super) async fn log(backend: &Backend, log: &LogEntry) -> Result<(), QueueEr
     Ok(())
 }
 
+/// A domain row's eleven columns, in the order of [`DOMAIN_COLUMNS`], bound
+/// as `$1`…`$11` (one list for every statement that writes a row).
+macro_rules! bind_domain {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind(&$row.org)
+            .bind(&$row.name)
+            .bind(&$row.domain)
+            .bind(&$row.record_name)
+            .bind(&$row.token)
+            .bind(&$row.status)
+            .bind(&$row.reason)
+            .bind(&$row.message)
+            .bind($row.polling_since)
+            .bind($row.checked_at)
+            .bind($row.verified_at)
+    };
+}
+
 const DOMAIN_COLUMNS: &str = "org, name, domain, record_name, token, status, reason, message,
     polling_since, checked_at, verified_at";
 
@@ -362,18 +381,7 @@ pub(super) async fn adopt_domain(
     let begin = begin_write(backend);
     Ok(on_pool!(backend, |pool| {
         let mut tx = pool.begin_with(begin).await?;
-        sqlx::query(SQL)
-            .bind(&row.org)
-            .bind(&row.name)
-            .bind(&row.domain)
-            .bind(&row.record_name)
-            .bind(&row.token)
-            .bind(&row.status)
-            .bind(&row.reason)
-            .bind(&row.message)
-            .bind(row.polling_since)
-            .bind(row.checked_at)
-            .bind(row.verified_at)
+        bind_domain!(sqlx::query(SQL), row)
             .execute(&mut *tx)
             .await?;
         let stored = sqlx::query(&read)
@@ -428,18 +436,7 @@ pub(super) async fn save_domain(
     let logs = log.map(std::slice::from_ref).unwrap_or_default();
     on_pool!(backend, |pool| {
         let mut tx = pool.begin_with(begin).await?;
-        sqlx::query(SQL)
-            .bind(&row.org)
-            .bind(&row.name)
-            .bind(&row.domain)
-            .bind(&row.record_name)
-            .bind(&row.token)
-            .bind(&row.status)
-            .bind(&row.reason)
-            .bind(&row.message)
-            .bind(row.polling_since)
-            .bind(row.checked_at)
-            .bind(row.verified_at)
+        bind_domain!(sqlx::query(SQL), row)
             .execute(&mut *tx)
             .await?;
         if !logs.is_empty() {
