@@ -32,6 +32,11 @@ pub use auth::Authenticator;
 pub struct ApiState {
     pub ctx: Context,
     pub auth: Authenticator,
+    /// `run` mode on PostgreSQL: status is stored in the database by
+    /// whichever process holds the lock (`store::leader`), so `/status`
+    /// reads it there. In a cluster status lives on the objects, and this
+    /// process's own view is served without touching the database.
+    pub status_in_store: bool,
 }
 
 type SharedState = Arc<ApiState>;
@@ -218,7 +223,7 @@ async fn org_status(
     let snapshot = state.snapshot();
     // Processes sharing a PostgreSQL database in `run` mode: one writes
     // status (see `store::leader`); every one shows what it wrote.
-    let stored: HashMap<ObjectKey, Value> = if state.ctx.store.is_shared() {
+    let stored: HashMap<ObjectKey, Value> = if state.status_in_store {
         state
             .ctx
             .store
@@ -365,6 +370,7 @@ mod tests {
         let state = ApiState {
             ctx,
             auth: Authenticator::Tokens(auth::TokenFile { tokens: vec![] }),
+            status_in_store: false,
         };
         let orgless = Routes {
             router: Router::new().route("/v1/orgless", get(|| async { "open" })),

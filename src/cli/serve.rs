@@ -324,10 +324,11 @@ async fn open_store(
 }
 
 /// Serves the full API, with the modules' routes: on the listener bound
-/// early, or on one bound now.
+/// early, or on one bound now. `status_in_store`: see [`ApiState`].
 async fn serve_api(
     ctx: &Context,
     auth: Authenticator,
+    status_in_store: bool,
     modules: Vec<Routes>,
     early: Option<Serving>,
     listen: SocketAddr,
@@ -336,6 +337,7 @@ async fn serve_api(
     let state = ApiState {
         ctx: ctx.clone(),
         auth,
+        status_in_store,
     };
     let full = crate::api::router(state, modules);
     Ok(match early {
@@ -409,7 +411,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
     let auth = Authenticator::kube(client);
-    let server = serve_api(&ctx, auth, routes, early, settings.listen, http).await?;
+    let server = serve_api(&ctx, auth, false, routes, early, settings.listen, http).await?;
     serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await
 }
 
@@ -519,7 +521,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         ctx.metrics.clone(),
     ));
     let routes = start_modules(&ctx, &settings.modules).await?;
-    let server = serve_api(&ctx, auth, routes, early, settings.listen, http).await?;
+    let shared = ctx.store.is_shared();
+    let server = serve_api(&ctx, auth, shared, routes, early, settings.listen, http).await?;
     // Keep the leader channel's sender alive for the life of the process.
     let _keep = leader_tx;
     serve_until_stopped(&ctx.stop, server, settings.modules.shutdown_grace).await

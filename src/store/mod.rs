@@ -474,10 +474,14 @@ mod tests {
             panic!("connected to nothing");
         };
         assert!(is_unavailable(&source), "{source}");
-        assert!(matches!(
-            Store::connect(&database, Some(MIN_MAX_SIZE)).await,
-            Err(StoreError::MaxSizeOnPostgres)
-        ));
+        let capped = Store::connect(&database, Some(MIN_MAX_SIZE)).await;
+        let Err(e @ StoreError::MaxSizeOnPostgres) = capped else {
+            panic!("a size cap on PostgreSQL was accepted");
+        };
+        assert_eq!(
+            e.to_string(),
+            "--database-max-size caps a SQLite file; a PostgreSQL database is sized by its server"
+        );
     }
 
     /// Two replicas' transactions commit out of id order: a reader paging
