@@ -6,3 +6,4 @@ pub mod conditions;
 pub mod lease;
 pub mod module_fields;
 pub mod status_writer;
+pub mod webhook;
