@@ -18,14 +18,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    for f in [
-        "10-secrets.yaml",
-        "20-telephony-hooks.yaml",
-        "30-enrollment-policies.yaml",
-        "40-email.yaml",
-    ] {
-        std::fs::copy(root().join("examples/org").join(f), manifests.join(f)).unwrap();
-    }
+    copy_example_org(&manifests, &[]);
     std::fs::write(
         tmp.path().join("tokens.yaml"),
         format!("tokens:\n  - {{name: acme-idp, token: {ACME}, orgs: [acme]}}\n  - {{name: other-idp, token: {OTHER}, orgs: [other]}}\n  - {{name: all-idp, token: {ALL}, orgs: [\"*\"]}}\n"),
