@@ -35,7 +35,7 @@ use crate::cli::validate::load;
 use crate::diff::{Comparable, Entry, LineKind, Tally};
 use crate::resources::{API_VERSION, Kind, ObjectKey};
 use crate::source::located::{locate, report_tally};
-use crate::validate::{Options, Typed};
+use crate::validate::{Options, Report, Typed};
 
 /// How long one call to the apiserver or to idplane may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -372,49 +372,9 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-
-    // The documents compared: idplane's kinds and Secrets.
-    let mut compared = Vec::new();
-    let mut skipped = BTreeSet::new();
-    for (i, checked) in report.checked.iter().enumerate() {
-        let ours = checked.key.owned_kind().is_some() && checked.typed.is_some();
-        if ours || matches!(checked.typed, Some(Typed::Secret(_))) {
-            compared.push(i);
-        } else {
-            skipped.insert(checked.key.kind.clone());
-        }
-    }
-    if !skipped.is_empty() {
-        let kinds: Vec<String> = skipped.into_iter().collect();
-        eprintln!(
-            "not compared: {} objects of other kinds ({}); idplane diff compares idplane's kinds and Secrets, kubectl diff the rest",
-            report.checked.len() - compared.len(),
-            kinds.join(", ")
-        );
-    }
-
-    let mut by_namespace: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
-    for &i in &compared {
-        let key = &report.checked[i].key;
-        by_namespace.entry(&key.namespace).or_default().push(key);
-    }
-    if by_namespace.is_empty() {
-        by_namespace.insert(&namespace, Vec::new());
-    }
-    if args.prune
-        || compared
-            .iter()
-            .any(|&i| report.checked[i].key.owned_kind().is_some())
-    {
-        live.check().await?;
-    }
-    let mut salts = BTreeMap::new();
-    let mut live_objects = BTreeMap::new();
-    for (ns, keys) in &by_namespace {
-        let set = live.read(ns, keys, args.prune).await?;
-        salts.insert(ns.to_string(), set.salt);
-        live_objects.extend(set.objects);
-    }
+    let compared = compared_documents(&report);
+    let keys: Vec<&ObjectKey> = compared.iter().map(|&i| &report.checked[i].key).collect();
+    let (salts, live_objects) = read_live(&live, &keys, &namespace, args.prune).await?;
     let manifests: Vec<Comparable> = compared
         .iter()
         .map(|&i| {
@@ -445,6 +405,58 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The documents compared (idplane's kinds and Secrets), by their index in
+/// the report; the others are counted in one line on stderr.
+fn compared_documents(report: &Report) -> Vec<usize> {
+    let mut compared = Vec::new();
+    let mut skipped = BTreeSet::new();
+    for (i, checked) in report.checked.iter().enumerate() {
+        let ours = checked.key.owned_kind().is_some() && checked.typed.is_some();
+        if ours || matches!(checked.typed, Some(Typed::Secret(_))) {
+            compared.push(i);
+        } else {
+            skipped.insert(checked.key.kind.as_str());
+        }
+    }
+    if !skipped.is_empty() {
+        let kinds: Vec<&str> = skipped.into_iter().collect();
+        eprintln!(
+            "not compared: {} objects of other kinds ({}); idplane diff compares idplane's kinds and Secrets, kubectl diff the rest",
+            report.checked.len() - compared.len(),
+            kinds.join(", ")
+        );
+    }
+    compared
+}
+
+/// The live objects of the namespaces of `keys` (of `namespace` when there
+/// are none), and the salt each namespace's Secrets are digested with.
+async fn read_live(
+    live: &Live,
+    keys: &[&ObjectKey],
+    namespace: &str,
+    prune: bool,
+) -> anyhow::Result<(BTreeMap<String, Vec<u8>>, BTreeMap<ObjectKey, Comparable>)> {
+    let mut by_namespace: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for key in keys {
+        by_namespace.entry(&key.namespace).or_default().push(key);
+    }
+    if by_namespace.is_empty() {
+        by_namespace.insert(namespace, Vec::new());
+    }
+    if prune || keys.iter().any(|k| k.owned_kind().is_some()) {
+        live.check().await?;
+    }
+    let mut salts = BTreeMap::new();
+    let mut objects = BTreeMap::new();
+    for (ns, keys) in &by_namespace {
+        let set = live.read(ns, keys, prune).await?;
+        salts.insert(ns.to_string(), set.salt);
+        objects.extend(set.objects);
+    }
+    Ok((salts, objects))
 }
 
 /// Prints each entry's diff to stdout; a reader that goes away (`| head`)
