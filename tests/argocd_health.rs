@@ -42,8 +42,7 @@ fn kind_dir(kind: Kind) -> PathBuf {
 
 fn read_tests(dir: &Path) -> HealthTests {
     let path = dir.join("health_test.yaml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -52,8 +51,8 @@ fn mismatches(script: &str, dir: &Path, tests: &HealthTests) -> Vec<String> {
     let mut wrong = Vec::new();
     for t in &tests.tests {
         let path = dir.join(&t.input_path);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let obj: Value =
             serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let want = ArgoHealth {
@@ -119,7 +118,10 @@ fn a_wrong_expectation_is_caught() {
     assert_eq!(wrong.len(), tests.tests.len(), "{wrong:?}");
     // A script that breaks is caught too.
     let broken = script.replace("return hs", "return nil");
-    assert_eq!(mismatches(&broken, &dir, &read_tests(&dir)).len(), tests.tests.len());
+    assert_eq!(
+        mismatches(&broken, &dir, &read_tests(&dir)).len(),
+        tests.tests.len()
+    );
 }
 
 #[test]

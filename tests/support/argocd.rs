@@ -34,9 +34,7 @@ pub fn run_health(script: &str, obj: &Value) -> Result<ArgoHealth, String> {
     let options = mlua::serde::SerializeOptions::new()
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false);
-    let value = lua
-        .to_value_with(obj, options)
-        .map_err(|e| e.to_string())?;
+    let value = lua.to_value_with(obj, options).map_err(|e| e.to_string())?;
     lua.globals().set("obj", value).map_err(|e| e.to_string())?;
     let hs: Table = lua
         .load(script)
