@@ -75,7 +75,7 @@ fi
 threads="${IDPLANE_TEST_THREADS:-2}"
 if [ -n "$oldest_env" ]; then
   log "cargo test, cluster tests against Kubernetes $oldest (the oldest supported)"
-  (eval "$oldest_env" && cargo test --test cluster_crds --test cluster_operator --test chart \
+  (eval "$oldest_env" && cargo test --test cluster_crds --test cluster_operator --test chart --test health \
     -- --test-threads "$threads")
 fi
 
