@@ -51,17 +51,14 @@ if generation ~= nil and observed ~= generation then
   return hs
 end
 
-local stalled = condition("Stalled")
-if holds(stalled) then
-  hs.status = "Degraded"
-  hs.message = told(stalled)
-  return hs
-end
-local reconciling = condition("Reconciling")
-if holds(reconciling) then
-  hs.status = "Progressing"
-  hs.message = told(reconciling)
-  return hs
+-- Stalled first: an object that is stuck is not shown as making progress.
+for _, abnormal in ipairs({{"Stalled", "Degraded"}, {"Reconciling", "Progressing"}}) do
+  local c = condition(abnormal[1])
+  if holds(c) then
+    hs.status = abnormal[2]
+    hs.message = told(c)
+    return hs
+  end
 end
 local ready = condition("Ready")
 if ready == nil then
