@@ -159,6 +159,8 @@ struct Anchor {
 /// The serving certificate as read back.
 #[derive(Clone, Debug)]
 struct ServingCert {
+    /// The serial number in hex, to tell certificates apart in logs.
+    serial: String,
     span: Span,
     names: Names,
     issued_by_ca: bool,
@@ -218,6 +220,11 @@ impl Held {
             .map(|a| a.der.as_slice())
     }
 
+    /// The serving certificate's serial number (hex), when it is usable.
+    pub fn serving_serial(&self) -> Option<&str> {
+        self.serving.as_ref().map(|s| s.serial.as_str())
+    }
+
     /// What [`decide`] needs to know, for a certificate wanted for `names`.
     pub fn summary(&self, names: &Names) -> Summary {
         Summary {
@@ -275,6 +282,7 @@ fn serving_cert(material: &Material, ca: Option<&X509Certificate<'_>>) -> Option
     }
     let issued_by_ca = ca.is_some_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok());
     Some(ServingCert {
+        serial: cert.raw_serial_as_string().replace(':', ""),
         span: Span::of(&cert),
         names,
         issued_by_ca,

@@ -483,7 +483,10 @@ fn serve(held: &Held, slot: &CertSlot, served: &mut Option<(String, String)>) {
         Ok(key) => {
             slot.send_replace(Some(key));
             *served = Some((m.tls_crt.clone(), m.tls_key.clone()));
-            tracing::info!("webhook certificate: serving the Secret's certificate");
+            tracing::info!(
+                serial = %held.serving_serial().unwrap_or_default(),
+                "webhook certificate: serving the Secret's certificate"
+            );
         }
         Err(e) => {
             tracing::warn!(error = %e, "webhook certificate: the Secret's tls.crt and tls.key are not usable; renewing");
