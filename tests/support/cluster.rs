@@ -266,3 +266,46 @@ impl Drop for TestWebhookConfiguration {
         ]);
     }
 }
+
+/// A real token for a ServiceAccount, from the TokenRequest API (valid an
+/// hour).
+pub fn serviceaccount_token(namespace: &str, serviceaccount: &str) -> String {
+    let body = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600},
+    });
+    let out = kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{serviceaccount}/token"),
+            "-f",
+            "-",
+        ],
+        &body.to_string(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["status"]["token"].as_str().unwrap().to_string()
+}
+
+/// A kubeconfig file in `dir` for the test cluster as the ServiceAccount:
+/// a process given it has exactly the RBAC the account is granted.
+pub fn serviceaccount_kubeconfig(namespace: &str, serviceaccount: &str, dir: &Path) -> PathBuf {
+    let config = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]);
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["users"][0]["user"] =
+        serde_json::json!({"token": serviceaccount_token(namespace, serviceaccount)});
+    let path = dir.join(format!("kubeconfig-{serviceaccount}"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
