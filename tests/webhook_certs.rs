@@ -151,17 +151,19 @@ fn assert_no_key_in_log(idplane: &Idplane, secret: &Value) {
     }
 }
 
-#[test]
-fn the_operator_creates_its_secret_and_writes_the_ca_into_every_webhook() {
+/// A fresh namespace, a directory, and a webhook configuration of the
+/// test's own with the webhooks `names` (aimed at a loopback port).
+fn setup(names: &[&str]) -> (String, tempfile::TempDir, TestWebhookConfiguration) {
     install_crds();
     let ns = temp_namespace("whcert");
-    let tmp = tempfile::tempdir().unwrap();
     let url = format!("https://127.0.0.1:{}/validate", free_port());
-    let configuration = TestWebhookConfiguration::create(
-        &ns,
-        &url,
-        &["validate.idplane.dev", "second.idplane.dev"],
-    );
+    let configuration = TestWebhookConfiguration::create(&ns, &url, names);
+    (ns, tempfile::tempdir().unwrap(), configuration)
+}
+
+#[test]
+fn the_operator_creates_its_secret_and_writes_the_ca_into_every_webhook() {
+    let (ns, tmp, configuration) = setup(&["validate.idplane.dev", "second.idplane.dev"]);
     assert_eq!(bundles(&configuration.get()), ["", ""]);
     let mut idplane = operator(&ns, tmp.path(), "a", &configuration.name, &[]);
 
@@ -244,11 +246,7 @@ fn the_operator_creates_its_secret_and_writes_the_ca_into_every_webhook() {
 
 #[test]
 fn two_operators_started_at_once_serve_one_secret() {
-    install_crds();
-    let ns = temp_namespace("whcert");
-    let tmp = tempfile::tempdir().unwrap();
-    let url = format!("https://127.0.0.1:{}/validate", free_port());
-    let configuration = TestWebhookConfiguration::create(&ns, &url, &["validate.idplane.dev"]);
+    let (ns, tmp, configuration) = setup(&["validate.idplane.dev"]);
     let (a, b) = std::thread::scope(|s| {
         let start = |identity: &'static str| {
             let (ns, tmp, name) = (&ns, tmp.path(), &configuration.name);
@@ -299,11 +297,7 @@ fn trusted_and_served(ns: &str, configuration: &str) -> (String, BTreeMap<String
 
 #[test]
 fn short_lived_certificates_rotate_and_stay_trusted_throughout() {
-    install_crds();
-    let ns = temp_namespace("whcert");
-    let tmp = tempfile::tempdir().unwrap();
-    let url = format!("https://127.0.0.1:{}/validate", free_port());
-    let configuration = TestWebhookConfiguration::create(&ns, &url, &["validate.idplane.dev"]);
+    let (ns, tmp, configuration) = setup(&["validate.idplane.dev"]);
     // The serving certificate is renewed about every 25 s, the CA after
     // about 80 s; the serving certificate moves to the new CA 4 s after
     // the configuration trusts it.

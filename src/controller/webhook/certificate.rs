@@ -619,37 +619,68 @@ mod tests {
         }
     }
 
+    /// [`healthy`] with another serving certificate (None: unusable).
+    fn serving_is(serving: Option<Serving>) -> Observed {
+        let mut o = healthy();
+        o.secret.as_mut().unwrap().serving = serving;
+        o
+    }
+
+    /// [`healthy`] with no usable CA.
+    fn ca_lost() -> Observed {
+        let mut o = healthy();
+        o.secret.as_mut().unwrap().ca = None;
+        o
+    }
+
+    /// A serving certificate signed by the CA before the current one,
+    /// the current one trusted since `day` (None: not trusted).
+    fn from_old_ca(trusted_since: Option<i64>) -> Observed {
+        let mut old = serving(0, 90);
+        old.issued_by_ca = false;
+        let mut o = serving_is(Some(old));
+        o.trusted_since = trusted_since.map(at);
+        o
+    }
+
+    fn bundle(bundle: Bundle, trusted_since: Option<i64>) -> Observed {
+        let mut o = healthy();
+        o.bundle = bundle;
+        o.trusted_since = trusted_since.map(at);
+        o
+    }
+
     #[test]
     fn decisions() {
         let settle = Duration::from_secs(30);
-        let with = |change: &dyn Fn(&mut Observed)| {
-            let mut o = healthy();
-            change(&mut o);
-            o
+        let renamed = Serving {
+            names_match: false,
+            ..serving(0, 90)
+        };
+        let nothing = Observed {
+            secret: Some(Summary {
+                ca: None,
+                serving: None,
+            }),
+            ..healthy()
+        };
+        let no_secret = Observed {
+            secret: None,
+            ..healthy()
         };
         let cases: Vec<(&str, i64, Observed, Action)> = vec![
-            ("no Secret", 10, with(&|o| o.secret = None), Action::Create),
-            (
-                "nothing usable",
-                10,
-                with(&|o| {
-                    o.secret = Some(Summary {
-                        ca: None,
-                        serving: None,
-                    })
-                }),
-                Action::Create,
-            ),
+            ("no Secret", 10, no_secret, Action::Create),
+            ("nothing usable", 10, nothing, Action::Create),
             (
                 "the CA key is lost but the serving certificate still serves",
                 10,
-                with(&|o| o.secret.as_mut().unwrap().ca = None),
+                ca_lost(),
                 Action::RenewCa,
             ),
             (
                 "the CA key is lost and the serving certificate expired",
                 95,
-                with(&|o| o.secret.as_mut().unwrap().ca = None),
+                ca_lost(),
                 Action::Create,
             ),
             (
@@ -673,85 +704,56 @@ mod tests {
             (
                 "serving certificate not yet valid here",
                 10,
-                with(&|o| o.secret.as_mut().unwrap().serving = Some(serving(20, 110))),
+                serving_is(Some(serving(20, 110))),
                 Action::RenewServing,
             ),
             (
                 "serving certificate unusable",
                 10,
-                with(&|o| o.secret.as_mut().unwrap().serving = None),
+                serving_is(None),
                 Action::RenewServing,
             ),
             (
                 "names changed",
                 10,
-                with(&|o| {
-                    o.secret
-                        .as_mut()
-                        .unwrap()
-                        .serving
-                        .as_mut()
-                        .unwrap()
-                        .names_match = false
-                }),
+                serving_is(Some(renamed)),
                 Action::RenewServing,
             ),
             (
                 "a third of the CA validity left, before the serving one",
                 200,
-                with(&|o| o.secret.as_mut().unwrap().serving = Some(serving(190, 280))),
+                serving_is(Some(serving(190, 280))),
                 Action::RenewCa,
             ),
             ("the CA expired", 400, healthy(), Action::RenewCa),
             (
                 "the configuration's bundle is stale",
                 10,
-                with(&|o| o.bundle = Bundle::Stale),
+                bundle(Bundle::Stale, Some(0)),
                 Action::PatchBundle,
             ),
             (
                 "CA renewal comes before the bundle",
                 250,
-                with(&|o| o.bundle = Bundle::Stale),
+                bundle(Bundle::Stale, Some(0)),
                 Action::RenewCa,
             ),
             (
                 "a configuration that does not exist is not waited for when all is current",
                 10,
-                with(&|o| {
-                    o.bundle = Bundle::Missing;
-                    o.trusted_since = None;
-                }),
+                bundle(Bundle::Missing, None),
                 Action::Wait { until: at(60) },
             ),
             (
                 "new CA not yet trusted: the old serving certificate stays until it expires",
                 10,
-                with(&|o| {
-                    o.secret
-                        .as_mut()
-                        .unwrap()
-                        .serving
-                        .as_mut()
-                        .unwrap()
-                        .issued_by_ca = false;
-                    o.trusted_since = None;
-                }),
+                from_old_ca(None),
                 Action::Wait { until: at(90) },
             ),
             (
                 "new CA trusted, but not for long enough",
                 10,
-                with(&|o| {
-                    o.secret
-                        .as_mut()
-                        .unwrap()
-                        .serving
-                        .as_mut()
-                        .unwrap()
-                        .issued_by_ca = false;
-                    o.trusted_since = Some(at(10));
-                }),
+                from_old_ca(Some(10)),
                 Action::Wait {
                     until: at(10) + settle,
                 },
@@ -759,31 +761,13 @@ mod tests {
             (
                 "new CA trusted for long enough",
                 11,
-                with(&|o| {
-                    o.secret
-                        .as_mut()
-                        .unwrap()
-                        .serving
-                        .as_mut()
-                        .unwrap()
-                        .issued_by_ca = false;
-                    o.trusted_since = Some(at(10));
-                }),
+                from_old_ca(Some(10)),
                 Action::RenewServing,
             ),
             (
                 "new CA never trusted: the expired serving certificate is renewed anyway",
                 91,
-                with(&|o| {
-                    o.secret
-                        .as_mut()
-                        .unwrap()
-                        .serving
-                        .as_mut()
-                        .unwrap()
-                        .issued_by_ca = false;
-                    o.trusted_since = None;
-                }),
+                from_old_ca(None),
                 Action::RenewServing,
             ),
         ];
