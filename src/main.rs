@@ -160,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_writes_per_second,
             status_concurrency,
             modules,
+            webhook_certificates,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 let host =
@@ -183,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 modules,
+                webhook_certificates,
             };
             serve(idplane::cli::serve::operator(settings))
         }

@@ -556,8 +556,14 @@ impl Release {
     }
 
     /// Installs or upgrades (`action`) the chart with `values`: the release.
+    /// Its webhook selects only namespaces labelled for this test (none:
+    /// the release's own is left out), so that the shared cluster's other
+    /// tests never call a webhook that no pod serves here.
     fn deploy(&self, action: &str, values: &Value) -> Value {
-        let values = values_file(self.dir.path(), &format!("{action}.json"), values);
+        let mut values = values.clone();
+        values["webhook"]["namespaceSelector"]["matchLabels"][TestWebhookConfiguration::LABEL] =
+            json!(self.namespace);
+        let values = values_file(self.dir.path(), &format!("{action}.json"), &values);
         let out = self.helm(action, &[&chart(), &values]);
         assert!(
             out.status.success(),
@@ -732,6 +738,11 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
         .collect();
     let pods = format!("{name}-pods");
     let delegator = format!("{name}-auth-delegator");
+    let (webhook, certificate, configuration) = (
+        format!("{name}-webhook"),
+        format!("{name}-webhook-certificate"),
+        format!("{name}-webhook-configuration"),
+    );
     for want in [
         ("ServiceAccount", name),
         ("ClusterRole", name),
@@ -740,6 +751,12 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
         ("StatefulSet", name),
         ("Service", name),
         ("Service", pods.as_str()),
+        ("ValidatingWebhookConfiguration", name),
+        ("Service", webhook.as_str()),
+        ("Role", certificate.as_str()),
+        ("RoleBinding", certificate.as_str()),
+        ("ClusterRole", configuration.as_str()),
+        ("ClusterRoleBinding", configuration.as_str()),
     ] {
         assert!(
             kinds.contains(&want),
@@ -761,7 +778,15 @@ fn helm_installs_upgrades_and_uninstalls_a_release_on_the_real_apiserver() {
         );
         assert_eq!(meta["annotations"]["meta.helm.sh/release-name"], name);
         assert_eq!(meta["annotations"]["meta.helm.sh/release-namespace"], ns);
-        if kind == "ServiceAccount" || kind == "StatefulSet" || kind == "Service" {
+        if [
+            "ServiceAccount",
+            "StatefulSet",
+            "Service",
+            "Role",
+            "RoleBinding",
+        ]
+        .contains(&kind)
+        {
             assert_eq!(meta["namespace"], ns, "{kind} {object_name}");
         }
         let args = |o: &Value| o["spec"]["template"]["spec"]["containers"][0]["args"].clone();
@@ -952,4 +977,371 @@ fn helm_upgrades_a_sqlite_release_to_postgres_and_scales_it_on_the_real_apiserve
     assert_eq!(deployment["spec"]["replicas"], 3);
     let status = release.status().expect("the release");
     assert_eq!(status["status"], "deployed");
+}
+
+// The admission webhook and its certificate (issue 18).
+
+/// The rendered objects of `kind`.
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// The apiserver accepts every object but cert-manager's (its CRDs are
+/// not installed in the test cluster): server-side dry run.
+fn dry_run_without_cert_manager(objects: &[Value]) {
+    let items: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["apiVersion"] != "cert-manager.io/v1")
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    dry_run(&list.to_string());
+}
+
+/// The one webhook of the release's configuration.
+fn the_webhook(objects: &[Value]) -> &Value {
+    let configuration = find(objects, "ValidatingWebhookConfiguration", "rel");
+    let webhooks = configuration["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 1, "{configuration:#}");
+    &webhooks[0]
+}
+
+#[test]
+fn the_webhook_is_installed_with_its_own_service_and_a_self_managed_certificate() {
+    let (yaml, objects) = render(json!({}));
+    let webhook = the_webhook(&objects);
+    assert_eq!(webhook["name"], "validate.idplane.dev");
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(
+        webhook["sideEffects"], "None",
+        "kubectl diff and --dry-run=server"
+    );
+    assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(webhook["timeoutSeconds"], 5);
+    assert_eq!(
+        webhook["rules"][0]["resources"],
+        json!([
+            "telephonyhooks",
+            "enrollmentpolicies",
+            "emailproviders",
+            "emaildomains"
+        ])
+    );
+    assert_eq!(webhook["rules"][0]["apiGroups"], json!(["idplane.dev"]));
+    assert_eq!(
+        webhook["rules"][0]["operations"],
+        json!(["CREATE", "UPDATE"])
+    );
+    assert_eq!(
+        webhook["namespaceSelector"],
+        json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["idplane-system"],
+        }]}),
+        "idplane's own namespace left out"
+    );
+    assert_eq!(
+        webhook["clientConfig"],
+        json!({"service": {"name": "rel-webhook", "namespace": "idplane-system", "path": "/validate", "port": 443}}),
+        "no caBundle: idplane writes it, and Helm leaves it alone"
+    );
+    let configuration = find(&objects, "ValidatingWebhookConfiguration", "rel");
+    assert!(configuration["metadata"].get("annotations").is_none());
+    let service = find(&objects, "Service", "rel-webhook");
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "webhook", "port": 443, "targetPort": "webhook"}])
+    );
+    assert_eq!(
+        service["spec"]["selector"],
+        find(&objects, "Service", "rel")["spec"]["selector"]
+    );
+    let ports = &container(&objects)["ports"];
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "webhook", "containerPort": 9443})),
+        "{ports}"
+    );
+    let args = args(&objects);
+    for want in [
+        "--webhook-listen=0.0.0.0:9443",
+        "--webhook-secret=rel-webhook-tls",
+        "--webhook-service=rel-webhook",
+        "--webhook-configuration=rel",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} not in {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--webhook-cert-dir")),
+        "{args:?}"
+    );
+    flags_parse(&args);
+    // RBAC for the one Secret (create cannot name it) and the one
+    // configuration.
+    let role = find(&objects, "Role", "rel-webhook-certificate");
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["rel-webhook-tls"], "verbs": ["get", "list", "watch", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        ])
+    );
+    let binding = find(&objects, "RoleBinding", "rel-webhook-certificate");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "rel", "namespace": "idplane-system"}])
+    );
+    let cluster_role = find(&objects, "ClusterRole", "rel-webhook-configuration");
+    assert_eq!(
+        cluster_role["rules"],
+        json!([{
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingwebhookconfigurations"],
+            "resourceNames": ["rel"],
+            "verbs": ["get", "list", "watch", "patch"],
+        }])
+    );
+    find(&objects, "ClusterRoleBinding", "rel-webhook-configuration");
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["apiVersion"] != "cert-manager.io/v1"),
+        "no cert-manager object without webhook.certManager"
+    );
+    dry_run(&yaml);
+
+    // The Deployment (PostgreSQL) runs the same webhook.
+    let (_, objects) = render(postgres_values());
+    let args = container_args(deployment_container(&objects));
+    assert!(args.contains(&"--webhook-secret=rel-webhook-tls".to_string()));
+    the_webhook(&objects);
+}
+
+#[test]
+fn webhook_values_exclude_namespaces_select_more_or_turn_it_off() {
+    let (yaml, objects) = render(json!({"webhook": {
+        "timeoutSeconds": 10,
+        "excludeNamespaces": ["kube-system", "idplane-system"],
+        "namespaceSelector": {
+            "matchLabels": {"idplane.dev/webhook": "enabled"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["sandbox"]}],
+        },
+    }}));
+    let webhook = the_webhook(&objects);
+    assert_eq!(webhook["timeoutSeconds"], 10);
+    assert_eq!(
+        webhook["namespaceSelector"],
+        json!({
+            "matchLabels": {"idplane.dev/webhook": "enabled"},
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["idplane-system", "kube-system"]},
+                {"key": "tier", "operator": "NotIn", "values": ["sandbox"]},
+            ],
+        })
+    );
+    dry_run(&yaml);
+
+    let (yaml, objects) = render(json!({"webhook": {"enabled": false}}));
+    for kind in ["ValidatingWebhookConfiguration", "Role", "RoleBinding"] {
+        assert!(of_kind(&objects, kind).is_empty(), "a {kind}");
+    }
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["metadata"]["name"] != "rel-webhook")
+    );
+    let args = args(&objects);
+    assert!(!args.iter().any(|a| a.starts_with("--webhook")), "{args:?}");
+    let ports = container(&objects)["ports"].as_array().unwrap().clone();
+    assert_eq!(ports, [json!({"name": "http", "containerPort": 8080})]);
+    flags_parse(&args);
+    dry_run(&yaml);
+}
+
+#[test]
+fn with_cert_manager_a_certificate_is_mounted_and_its_ca_injected() {
+    // cert-manager's CRDs are not in the test cluster: its objects are
+    // checked as rendered; the others go to the apiserver's dry run.
+    let (_, objects) = render(json!({"webhook": {"certManager": {"enabled": true}}}));
+    let configuration = find(&objects, "ValidatingWebhookConfiguration", "rel");
+    assert_eq!(
+        configuration["metadata"]["annotations"],
+        json!({"cert-manager.io/inject-ca-from": "idplane-system/rel-webhook"})
+    );
+    assert!(
+        the_webhook(&objects)["clientConfig"]
+            .get("caBundle")
+            .is_none()
+    );
+    let certificate = find(&objects, "Certificate", "rel-webhook");
+    assert_eq!(certificate["spec"]["secretName"], "rel-webhook-tls");
+    assert_eq!(
+        certificate["spec"]["dnsNames"],
+        json!([
+            "rel-webhook",
+            "rel-webhook.idplane-system",
+            "rel-webhook.idplane-system.svc",
+            "rel-webhook.idplane-system.svc.cluster.local",
+        ])
+    );
+    assert_eq!(certificate["spec"]["duration"], "2160h");
+    assert_eq!(certificate["spec"]["renewBefore"], "720h");
+    assert_eq!(
+        certificate["spec"]["privateKey"]["rotationPolicy"],
+        "Always"
+    );
+    // Without issuerRef: a CA of the release's own signs it.
+    assert_eq!(
+        certificate["spec"]["issuerRef"],
+        json!({"name": "rel-webhook-ca", "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    let ca = find(&objects, "Certificate", "rel-webhook-ca");
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(
+        ca["spec"]["issuerRef"],
+        json!({"name": "rel-webhook-selfsigned", "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(
+        find(&objects, "Issuer", "rel-webhook-selfsigned")["spec"],
+        json!({"selfSigned": {}})
+    );
+    assert_eq!(
+        find(&objects, "Issuer", "rel-webhook-ca")["spec"],
+        json!({"ca": {"secretName": "rel-webhook-ca"}})
+    );
+    // The pod mounts the Secret and reads it from the directory; idplane
+    // writes nothing itself, so no RBAC for Secrets or the configuration.
+    let args = args(&objects);
+    assert!(args.contains(&"--webhook-cert-dir=/etc/idplane/webhook-tls".to_string()));
+    assert!(args.contains(&"--webhook-listen=0.0.0.0:9443".to_string()));
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--webhook-secret") || a.starts_with("--webhook-configuration")),
+        "{args:?}"
+    );
+    flags_parse(&args);
+    assert!(
+        container(&objects)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "webhook-tls", "mountPath": "/etc/idplane/webhook-tls", "readOnly": true}))
+    );
+    let set = find(&objects, "StatefulSet", "rel");
+    assert_eq!(
+        set["spec"]["template"]["spec"]["volumes"],
+        json!([{"name": "webhook-tls", "secret": {"secretName": "rel-webhook-tls"}}])
+    );
+    for kind in ["Role", "RoleBinding"] {
+        assert!(of_kind(&objects, kind).is_empty(), "a {kind}");
+    }
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["metadata"]["name"] != "rel-webhook-configuration")
+    );
+    dry_run_without_cert_manager(&objects);
+
+    // An issuer of the user's: no Issuer of the chart; on PostgreSQL the
+    // Deployment mounts the Secret, without persistence an emptyDir too.
+    let mut values = postgres_values();
+    values["webhook"] = json!({"certManager": {
+        "enabled": true,
+        "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+        "duration": "720h",
+        "renewBefore": "240h",
+    }});
+    let (_, objects) = render(values);
+    assert!(of_kind(&objects, "Issuer").is_empty());
+    let certificate = find(&objects, "Certificate", "rel-webhook");
+    assert_eq!(
+        certificate["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(certificate["spec"]["duration"], "720h");
+    assert_eq!(of_kind(&objects, "Certificate").len(), 1);
+    let deployment = find(&objects, "Deployment", "rel");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["volumes"],
+        json!([{"name": "webhook-tls", "secret": {"secretName": "rel-webhook-tls"}}])
+    );
+    dry_run_without_cert_manager(&objects);
+    let (_, objects) = render(json!({
+        "webhook": {"certManager": {"enabled": true}},
+        "persistence": {"enabled": false},
+    }));
+    let volumes = &find(&objects, "StatefulSet", "rel")["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes,
+        &json!([
+            {"name": "state", "emptyDir": {}},
+            {"name": "webhook-tls", "secret": {"secretName": "rel-webhook-tls"}},
+        ])
+    );
+}
+
+/// `idplane operator` as the release's ServiceAccount (a real token),
+/// with the webhook flags of the stored StatefulSet: the chart's RBAC
+/// must let it create its Secret, watch it, and write the caBundle of the
+/// release's webhook configuration.
+#[test]
+fn the_charts_rbac_lets_idplane_manage_its_webhook_certificate() {
+    let release = Release::new();
+    let (name, ns) = (release.name.as_str(), release.namespace.as_str());
+    install_crds();
+    let installed = release.deploy("install", &json!({}));
+    assert_eq!(installed["status"], "deployed", "{installed:#}");
+    let set = release.stored("StatefulSet", name).unwrap();
+    let mut args: Vec<String> = container_args(pod_container(&set))
+        .into_iter()
+        .filter(|a| a.starts_with("--webhook-") && !a.starts_with("--webhook-listen"))
+        .collect();
+    assert_eq!(args.len(), 3, "{args:?}");
+    args.push(format!("--webhook-listen=127.0.0.1:{}", free_port()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kubeconfig = serviceaccount_kubeconfig(ns, name, release.dir.path());
+    let idplane = Idplane::operator(
+        ns,
+        &release.dir.path().join("idplane.db"),
+        &release.dir.path().join("idplane.log"),
+        &args,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAMESPACE", ns),
+            ("RUST_LOG", "idplane=info"),
+        ],
+    );
+    let secret = format!("{name}-webhook-tls");
+    let ca = wait_for(
+        "the Secret, created as the ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let stored = release.stored("Secret", &secret)?;
+            stored["data"]["ca.crt"].as_str().map(str::to_string)
+        },
+    );
+    wait_for(
+        "the caBundle, written as the ServiceAccount",
+        Duration::from_secs(60),
+        || {
+            let configuration = release.stored("ValidatingWebhookConfiguration", name)?;
+            (configuration["webhooks"][0]["clientConfig"]["caBundle"] == ca.as_str()).then_some(())
+        },
+    );
+    let log = idplane.log_text();
+    assert!(!log.contains("forbidden"), "{log}");
+    drop(idplane);
+    // Helm upgrades leave idplane's caBundle be: the chart renders none.
+    let upgraded = release.deploy("upgrade", &json!({"webhook": {"timeoutSeconds": 7}}));
+    assert_eq!(upgraded["status"], "deployed", "{upgraded:#}");
+    let configuration = release
+        .stored("ValidatingWebhookConfiguration", name)
+        .unwrap();
+    assert_eq!(configuration["webhooks"][0]["timeoutSeconds"], 7);
+    assert_eq!(
+        configuration["webhooks"][0]["clientConfig"]["caBundle"],
+        ca.as_str()
+    );
 }

@@ -433,8 +433,8 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
     wait_for("ready", T, || {
         (http_get(&op.url("/readyz"), None).0 == 200).then_some(())
     });
-    let allowed = sa_token(&ns, "allowed");
-    let denied = sa_token(&ns, "denied");
+    let allowed = serviceaccount_token(&ns, "allowed");
+    let denied = serviceaccount_token(&ns, "denied");
     let url = op.url(&format!("/v1/orgs/{ns}/config"));
     let (code, body) = http_get(&url, None);
     assert_eq!(code, 401, "{body}");
@@ -466,22 +466,4 @@ fn runtime_api_checks_real_serviceaccount_tokens() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-}
-
-/// A real token for a ServiceAccount, from the TokenRequest API.
-fn sa_token(ns: &str, sa: &str) -> String {
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}});
-    let out = kubectl_stdin(
-        &[
-            "create",
-            "--raw",
-            &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
-            "-f",
-            "-",
-        ],
-        &body.to_string(),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["status"]["token"].as_str().unwrap().to_string()
 }

@@ -156,5 +156,8 @@ pub enum Command {
         status_concurrency: usize,
         #[command(flatten)]
         modules: serve::ModuleSettings,
+        // The webhook's certificate managed in a Secret (issue 18).
+        #[command(flatten)]
+        webhook_certificates: crate::controller::webhook::self_managed::SelfManagedSettings,
     },
 }

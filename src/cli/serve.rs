@@ -357,6 +357,8 @@ pub struct OperatorSettings {
     pub lease: LeaseSettings,
     pub writer: WriterSettings,
     pub modules: ModuleSettings,
+    /// The webhook's certificate managed in a Secret (`--webhook-secret`).
+    pub webhook_certificates: crate::controller::webhook::self_managed::SelfManagedSettings,
 }
 
 /// Runs the operator until stopped (SIGTERM, SIGINT).
@@ -366,9 +368,22 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     // effect once the API is up.
     let stop = Stop::default();
     stop_on_signals(&stop)?;
+    let self_managed = settings.webhook_certificates.resolve()?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
+    // The webhook's certificate from a Secret idplane manages itself: every
+    // replica keeps it current and serves it from the slot.
+    let _webhook_certificate = self_managed.map(|managed| {
+        let (slot, certificate) = crate::controller::webhook::tls::cert_slot();
+        tokio::spawn(crate::controller::webhook::self_managed::run(
+            client.clone(),
+            managed,
+            slot,
+            stop.requested.clone(),
+        ));
+        certificate
+    });
     let http = &settings.modules.http;
     let Some((store, early)) = open_store(
         &settings.database,

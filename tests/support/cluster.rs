@@ -173,3 +173,127 @@ impl Idplane {
         Idplane::start(&args, &vars, log)
     }
 }
+
+/// A ValidatingWebhookConfiguration of one test: its webhooks (`names`)
+/// call `url` (on loopback) about idplane's four kinds, for the objects
+/// of `namespace` alone (a label only that namespace carries), with an
+/// empty `caBundle`. The shared cluster's other namespaces never meet it;
+/// it is deleted when dropped, however the test ends.
+pub struct TestWebhookConfiguration {
+    pub name: String,
+}
+
+impl TestWebhookConfiguration {
+    /// The label that selects the test's namespace.
+    pub const LABEL: &'static str = "idplane.dev/test-webhook";
+
+    pub fn create(namespace: &str, url: &str, names: &[&str]) -> TestWebhookConfiguration {
+        kubectl_ok(&[
+            "label",
+            "namespace",
+            namespace,
+            &format!("{}={namespace}", Self::LABEL),
+        ]);
+        let guard = TestWebhookConfiguration {
+            name: format!("idplane-test-{namespace}"),
+        };
+        let webhooks: Vec<serde_json::Value> = names
+            .iter()
+            .map(|name| {
+                serde_json::json!({
+                    "name": name,
+                    "clientConfig": {"url": url},
+                    "rules": [{
+                        "apiGroups": ["idplane.dev"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["telephonyhooks", "enrollmentpolicies", "emailproviders", "emaildomains"],
+                    }],
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 5,
+                    "namespaceSelector": {"matchLabels": {Self::LABEL: namespace}},
+                })
+            })
+            .collect();
+        let object = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": guard.name},
+            "webhooks": webhooks,
+        });
+        let out = kubectl_stdin(&["create", "-f", "-"], &object.to_string());
+        assert!(
+            out.status.success(),
+            "creating {}: {}",
+            guard.name,
+            text(&out.stderr)
+        );
+        guard
+    }
+
+    /// The configuration as stored.
+    pub fn get(&self) -> serde_json::Value {
+        get_json(
+            "default",
+            &format!("validatingwebhookconfiguration/{}", self.name),
+        )
+        .expect("the webhook configuration")
+    }
+}
+
+impl Drop for TestWebhookConfiguration {
+    fn drop(&mut self) {
+        let _ = kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration",
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A real token for a ServiceAccount, from the TokenRequest API (valid an
+/// hour).
+pub fn serviceaccount_token(namespace: &str, serviceaccount: &str) -> String {
+    let body = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600},
+    });
+    let out = kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{serviceaccount}/token"),
+            "-f",
+            "-",
+        ],
+        &body.to_string(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["status"]["token"].as_str().unwrap().to_string()
+}
+
+/// A kubeconfig file in `dir` for the test cluster as the ServiceAccount:
+/// a process given it has exactly the RBAC the account is granted.
+pub fn serviceaccount_kubeconfig(namespace: &str, serviceaccount: &str, dir: &Path) -> PathBuf {
+    let config = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]);
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["users"][0]["user"] =
+        serde_json::json!({"token": serviceaccount_token(namespace, serviceaccount)});
+    let path = dir.join(format!("kubeconfig-{serviceaccount}"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}

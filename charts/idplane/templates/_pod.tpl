@@ -145,6 +145,20 @@ spec:
         - {{ printf "--egress-deny=%s" (join "," .) | quote }}
         {{- end }}
         {{- end }}
+        {{- with .Values.webhook }}
+        {{- if .enabled }}
+        # The admission webhook (webhook.yaml): its TLS from cert-manager's
+        # Secret, mounted, or from the Secret idplane manages itself.
+        - --webhook-listen=0.0.0.0:{{ int .port }}
+        {{- if .certManager.enabled }}
+        - --webhook-cert-dir=/etc/idplane/webhook-tls
+        {{- else }}
+        - --webhook-secret={{ $.Release.Name }}-webhook-tls
+        - --webhook-service={{ $.Release.Name }}-webhook
+        - --webhook-configuration={{ $.Release.Name }}
+        {{- end }}
+        {{- end }}
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -194,21 +208,39 @@ spec:
       {{- end }}
       ports:
         - {name: http, containerPort: 8080}
+        {{- if .Values.webhook.enabled }}
+        - {name: webhook, containerPort: {{ int .Values.webhook.port }}}
+        {{- end }}
       readinessProbe:
         httpGet: {path: /readyz, port: http}
       livenessProbe:
         httpGet: {path: /healthz, port: http}
       securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
       resources: {{- toYaml .Values.resources | nindent 8 }}
-      {{- if not $postgres }}
+      {{- $certManager := and .Values.webhook.enabled .Values.webhook.certManager.enabled }}
+      {{- if or (not $postgres) $certManager }}
       volumeMounts:
+        {{- if not $postgres }}
         - {name: state, mountPath: /var/lib/idplane}
+        {{- end }}
+        {{- if $certManager }}
+        - {name: webhook-tls, mountPath: /etc/idplane/webhook-tls, readOnly: true}
+        {{- end }}
       {{- end }}
-  {{- if and (not $postgres) (not .Values.persistence.enabled) }}
-  # No persistence: the state (queued mail included) is lost when the
-  # pod is replaced. For trying idplane out only.
+  {{- $emptyState := and (not $postgres) (not .Values.persistence.enabled) }}
+  {{- if or $emptyState $certManager }}
   volumes:
+    {{- if $emptyState }}
+    # No persistence: the state (queued mail included) is lost when the
+    # pod is replaced. For trying idplane out only.
     - name: state
       emptyDir: {}
+    {{- end }}
+    {{- if $certManager }}
+    # cert-manager's Secret (webhook.yaml); the kubelet updates the files
+    # when it is renewed.
+    - name: webhook-tls
+      secret: {secretName: {{ .Release.Name }}-webhook-tls}
+    {{- end }}
   {{- end }}
 {{- end }}
