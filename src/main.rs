@@ -166,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_writes_per_second,
             status_concurrency,
             modules,
+            webhook,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 let host =
@@ -189,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 modules,
+                webhook,
             };
             serve(idplane::cli::serve::operator(settings))
         }

@@ -151,5 +151,8 @@ pub enum Command {
         status_concurrency: usize,
         #[command(flatten)]
         modules: serve::ModuleSettings,
+        /// The admission webhook (served when a certificate source is given).
+        #[command(flatten)]
+        webhook: crate::controller::webhook::WebhookSettings,
     },
 }

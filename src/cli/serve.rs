@@ -357,6 +357,32 @@ pub struct OperatorSettings {
     pub lease: LeaseSettings,
     pub writer: WriterSettings,
     pub modules: ModuleSettings,
+    pub webhook: crate::controller::webhook::WebhookSettings,
+}
+
+/// Starts the admission webhook when a certificate source is given: it
+/// answers from the index's snapshots, on its own port.
+async fn start_webhook(
+    ctx: &Context,
+    client: &kube::Client,
+    settings: &OperatorSettings,
+) -> anyhow::Result<()> {
+    use crate::controller::webhook::{cert_files, server, tls};
+    let Some(dir) = &settings.webhook.webhook_cert_dir else {
+        return Ok(());
+    };
+    let (slot, cert) = tls::cert_slot();
+    let poll = cert_files::watch(dir.clone(), settings.webhook.webhook_cert_poll, slot)
+        .context("--webhook-cert-dir")?;
+    tokio::spawn(poll);
+    let webhook = server::Webhook {
+        snapshots: ctx.snapshots.clone(),
+        namespaces: settings.namespaces.clone(),
+        client: Some(client.clone()),
+        metrics: server::WebhookMetrics::register(&ctx.metrics),
+    };
+    server::start(settings.webhook.webhook_listen, webhook, cert).await?;
+    Ok(())
 }
 
 /// Runs the operator until stopped (SIGTERM, SIGINT).
@@ -409,6 +435,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         ctx.written.clone(),
         ctx.metrics.clone(),
     ));
+    start_webhook(&ctx, &client, &settings).await?;
     let routes = start_modules(&ctx, &settings.modules).await?;
     let auth = Authenticator::kube(client);
     let server = serve_api(&ctx, auth, false, routes, early, settings.listen, http).await?;
