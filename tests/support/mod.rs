@@ -13,6 +13,9 @@
 //! - [`fixtures`]: the invalid manifests under `tests/fixtures/invalid`.
 //! - [`postgres`]: a fresh PostgreSQL database per test, or a server of
 //!   the test's own to restart.
+//! - [`admission`]: the admission webhook's certificate directory, an
+//!   operator serving it, and a ValidatingWebhookConfiguration of the
+//!   test's own (used by its module path).
 //! - [`email`] and [`telephony`]: the servers, manifests and API calls of
 //!   the email and telephony tests.
 //!
@@ -23,6 +26,7 @@
 // Each test file uses part of the tree: the rest is unused there.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod email;

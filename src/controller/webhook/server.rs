@@ -54,6 +54,11 @@ pub const PATH: &str = "/validate-or-kubectl-delete-validatingwebhookconfigurati
 /// apiserver's error names it when idplane does not answer.
 pub const WEBHOOK_NAME: &str = "idplane-must-be-running.idplane.dev";
 
+/// The name of the second webhook, for deletes: `failurePolicy: Ignore`
+/// (a delete is never refused, so an idplane that is down must not block
+/// one, nor a namespace's deletion); it only adds warnings.
+pub const DELETE_WEBHOOK_NAME: &str = "delete-warnings.idplane.dev";
+
 /// Largest review accepted: two objects (new and old) of at most 1.5 MiB
 /// each in etcd, in JSON, with room to spare.
 pub const BODY_LIMIT: usize = 8 << 20;
