@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use idplane::controller::webhook::server::{PATH, WEBHOOK_NAME};
 use serde_json::{Value, json};
-use support::admission::{WebhookConfiguration, cert_dir, operator_with_webhook};
+use support::admission::{
+    WebhookConfiguration, cert_dir, client_trusting, operator_with_webhook, server_without_cluster,
+};
 use support::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -290,43 +292,6 @@ fn a_stopped_idplane_blocks_applies_with_a_message_that_says_how_to_recover() {
     assert!(ok, "{err}");
 }
 
-/// The webhook's server on a free port, without a cluster, serving the
-/// certificate files in `dir` (looked at every 50 ms) and answering from
-/// `snapshot`.
-async fn server_without_cluster(
-    dir: &std::path::Path,
-    snapshot: idplane::index::Snapshot,
-) -> (
-    u16,
-    tokio::sync::watch::Sender<Arc<idplane::index::Snapshot>>,
-) {
-    use idplane::controller::webhook::{cert_files, server, tls};
-    let (slot, cert) = tls::cert_slot();
-    let poll = cert_files::watch(dir.to_path_buf(), Duration::from_millis(50), slot).unwrap();
-    tokio::spawn(poll);
-    let (snapshots_tx, snapshots) = tokio::sync::watch::channel(Arc::new(snapshot));
-    let webhook = server::Webhook {
-        snapshots,
-        namespaces: Vec::new(),
-        client: None,
-        metrics: server::WebhookMetrics::register(&idplane::telemetry::Metrics::new()),
-    };
-    let port = free_port();
-    server::start(format!("127.0.0.1:{port}").parse().unwrap(), webhook, cert)
-        .await
-        .unwrap();
-    (port, snapshots_tx)
-}
-
-fn client_trusting(ca: &std::path::Path) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn certificate_files_are_reloaded_and_a_pair_that_does_not_fit_is_not_served() {
     let tmp = tempfile::tempdir().unwrap();
@@ -340,7 +305,7 @@ fn certificate_files_are_reloaded_and_a_pair_that_does_not_fit_is_not_served() {
     put(&a.dir, "tls.crt");
     put(&a.dir, "tls.key");
     block_on(async {
-        let (port, _keep) = server_without_cluster(&serving, Default::default()).await;
+        let (port, _keep, _) = server_without_cluster(&serving, Default::default()).await;
         let url = format!("https://127.0.0.1:{port}/healthz");
         let works = |ca: &std::path::Path| {
             let client = client_trusting(ca);
@@ -382,7 +347,7 @@ fn reviews_on_the_wire_fail_closed_until_the_index_has_synced() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = cert_dir(tmp.path(), "certs");
     block_on(async {
-        let (port, snapshots) = server_without_cluster(&certs.dir, Default::default()).await;
+        let (port, snapshots, _) = server_without_cluster(&certs.dir, Default::default()).await;
         let client = client_trusting(&certs.ca);
         let url = format!("https://127.0.0.1:{port}{PATH}?timeout=5s");
         let review = json!({
@@ -434,4 +399,56 @@ fn reviews_on_the_wire_fail_closed_until_the_index_has_synced() {
         let r = client.post(&url).body("{}").send().await.unwrap();
         assert_eq!(r.status(), 400);
     });
+}
+
+/// While idplane is starting, a write is refused with 503 and a
+/// Retry-After, which kubectl honours by itself: the apply passes once the
+/// index has synced, without the user doing anything.
+#[test]
+fn an_apply_while_idplane_starts_is_retried_by_kubectl_until_it_passes() {
+    install_crds();
+    let ns = temp_namespace("admission-starting");
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = cert_dir(tmp.path(), "certs");
+    let synced = || {
+        Arc::new(idplane::index::Snapshot {
+            synced: true,
+            ..Default::default()
+        })
+    };
+    block_on(async {
+        let (port, snapshots, metrics) =
+            server_without_cluster(&certs.dir, (*synced()).clone()).await;
+        let webhook = Arc::new(WebhookConfiguration::create(port, &certs.ca));
+        webhook.select(&ns);
+        let (probe, probe_ns) = (webhook.clone(), ns.clone());
+        tokio::task::spawn_blocking(move || probe.wait_effective(&probe_ns))
+            .await
+            .unwrap();
+
+        snapshots.send_replace(Arc::new(idplane::index::Snapshot::default()));
+        let apply_ns = ns.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            apply(&apply_ns, &hook("primary", true, "sms"), &[])
+        });
+        let refused_while_starting = || {
+            metrics.encode().lines().any(|l| {
+                l.starts_with("idplane_admission_reviews_total{")
+                    && l.contains("outcome=\"starting\"")
+                    && !l.ends_with(" 0")
+            })
+        };
+        let deadline = tokio::time::Instant::now() + T;
+        while !refused_while_starting() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no review while starting"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        snapshots.send_replace(synced());
+        let (ok, out, err) = applied.await.unwrap();
+        assert!(ok, "{out}{err}");
+    });
+    assert!(get_json(&ns, "telephonyhook/primary").is_some());
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 mod tests_support;
 
 #[allow(unused_imports)]
+pub use tests_support::admission;
+#[allow(unused_imports)]
 pub use tests_support::postgres::{OwnServer, fresh_database_on};
 #[allow(unused_imports)]
 pub use tests_support::{Killed, free_port, kubeconfig, kubectl_ok, root, test_tool};

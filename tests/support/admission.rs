@@ -5,6 +5,7 @@
 //! shared), deleted when dropped, however the test ends.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use idplane::controller::webhook::server::{DELETE_WEBHOOK_NAME, PATH, WEBHOOK_NAME};
@@ -12,7 +13,7 @@ use serde_json::json;
 
 use super::cluster::{kubeconfig, kubectl, kubectl_ok, kubectl_stdin};
 use super::email::certs;
-use super::process::{Idplane, text, wait_for};
+use super::process::{Idplane, free_port, text, wait_for};
 
 /// The label whose value selects a test's namespaces.
 pub const LABEL: &str = "admission-test.idplane.dev/run";
@@ -184,4 +185,45 @@ impl Drop for WebhookConfiguration {
             "--ignore-not-found",
         ]);
     }
+}
+
+/// The webhook's server on a free port, without a cluster, serving the
+/// certificate files in `dir` (looked at every 50 ms) and answering from
+/// `snapshot`: its port, the sender of its snapshots, and the metrics it
+/// counts reviews in.
+pub async fn server_without_cluster(
+    dir: &Path,
+    snapshot: idplane::index::Snapshot,
+) -> (
+    u16,
+    tokio::sync::watch::Sender<Arc<idplane::index::Snapshot>>,
+    Arc<idplane::telemetry::Metrics>,
+) {
+    use idplane::controller::webhook::{cert_files, server, tls};
+    let (slot, cert) = tls::cert_slot();
+    let poll = cert_files::watch(dir.to_path_buf(), Duration::from_millis(50), slot).unwrap();
+    tokio::spawn(poll);
+    let (snapshots_tx, snapshots) = tokio::sync::watch::channel(Arc::new(snapshot));
+    let metrics = Arc::new(idplane::telemetry::Metrics::new());
+    let webhook = server::Webhook {
+        snapshots,
+        namespaces: Vec::new(),
+        client: None,
+        metrics: server::WebhookMetrics::register(&metrics),
+    };
+    let port = free_port();
+    server::start(format!("127.0.0.1:{port}").parse().unwrap(), webhook, cert)
+        .await
+        .unwrap();
+    (port, snapshots_tx, metrics)
+}
+
+/// An HTTPS client that trusts only the CA in `ca`.
+pub fn client_trusting(ca: &Path) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
