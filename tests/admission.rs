@@ -138,10 +138,21 @@ fn hook(name: &str, active: bool, secret: &str) -> String {
 
 const DEFAULT_POLICY: &str = "apiVersion: idplane.dev/v1alpha1\nkind: EnrollmentPolicy\nmetadata:\n  name: everyone\nspec:\n  priority: 100\n  default: true\n";
 
-#[test]
-fn applies_dry_runs_diffs_and_deletes_with_the_webhook_on() {
+/// A fresh namespace under the webhook of an `idplane operator` of the
+/// test's own, the webhook already reviewing it.
+struct WebhookOn {
+    ns: String,
+    tmp: tempfile::TempDir,
+    certs: support::admission::CertDir,
+    port: u16,
+    op: Idplane,
+    /// Dropped last: the configuration goes when the test ends.
+    _webhook: WebhookConfiguration,
+}
+
+fn webhook_on(prefix: &str) -> WebhookOn {
     install_crds();
-    let ns = temp_namespace("admission");
+    let ns = temp_namespace(prefix);
     let tmp = tempfile::tempdir().unwrap();
     let certs = cert_dir(tmp.path(), "certs");
     let port = free_port();
@@ -150,11 +161,26 @@ fn applies_dry_runs_diffs_and_deletes_with_the_webhook_on() {
         port,
         &certs.dir,
         tmp.path(),
-        "operator",
+        "first",
     );
     let webhook = WebhookConfiguration::create(port, &certs.ca);
     webhook.select(&ns);
     webhook.wait_effective(&ns);
+    WebhookOn {
+        ns,
+        tmp,
+        certs,
+        port,
+        op,
+        _webhook: webhook,
+    }
+}
+
+#[test]
+fn applies_dry_runs_diffs_and_deletes_with_the_webhook_on() {
+    let WebhookOn {
+        ns, op, _webhook, ..
+    } = webhook_on("admission");
 
     // A valid apply passes without a warning: the Secret, applied first,
     // is looked up although no object referenced it before.
@@ -250,16 +276,14 @@ fn applies_dry_runs_diffs_and_deletes_with_the_webhook_on() {
 
 #[test]
 fn a_stopped_idplane_blocks_applies_with_a_message_that_says_how_to_recover() {
-    install_crds();
-    let ns = temp_namespace("admission-down");
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = cert_dir(tmp.path(), "certs");
-    let port = free_port();
-    let namespaces = std::slice::from_ref(&ns);
-    let mut op = operator_with_webhook(namespaces, port, &certs.dir, tmp.path(), "first");
-    let webhook = WebhookConfiguration::create(port, &certs.ca);
-    webhook.select(&ns);
-    webhook.wait_effective(&ns);
+    let WebhookOn {
+        ns,
+        tmp,
+        certs,
+        port,
+        mut op,
+        _webhook,
+    } = webhook_on("admission-down");
     let (ok, _, err) = apply(&ns, &hook("primary", true, "sms"), &[]);
     assert!(ok, "{err}");
 
@@ -287,7 +311,13 @@ fn a_stopped_idplane_blocks_applies_with_a_message_that_says_how_to_recover() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // idplane back: applies pass again.
-    let _op = operator_with_webhook(namespaces, port, &certs.dir, tmp.path(), "second");
+    let _op = operator_with_webhook(
+        std::slice::from_ref(&ns),
+        port,
+        &certs.dir,
+        tmp.path(),
+        "second",
+    );
     let (ok, _, err) = apply(&ns, &hook("standby", false, "sms"), &[]);
     assert!(ok, "{err}");
 }

@@ -448,6 +448,19 @@ mod tests {
             view.state.message
         );
         assert_eq!(view.generation, Some(2));
+        // What the admission webhook reads: the object as the build used
+        // it, and the Secrets' key names, never their values.
+        let sources = &s.sources["acme"];
+        match &sources.objects[..] {
+            [only] => match &only.typed {
+                Some(Typed::TelephonyHook(h)) => assert_eq!(h.spec.url, "https://one.example"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sources.secret_keys["s"], BTreeSet::from(["k".to_string()]));
+        w.apply(Change::Delete(key("a")));
+        assert!(!w.publish().sources.contains_key("acme"));
     }
 
     #[test]
@@ -473,40 +486,6 @@ mod tests {
         let s = w.publish();
         assert_eq!(s.orgs["acme"].active_hook.as_deref(), Some("new"));
         assert_eq!(s.objects[&key("new")].state.reason, "Activated");
-    }
-
-    /// What the admission webhook reads: each org's objects as the build
-    /// used them (an invalid new version as its last valid one) and the
-    /// key names of the Secrets, never their values.
-    #[test]
-    fn sources_hold_the_objects_as_built_and_secret_key_names() {
-        let mut w = IndexWriter::new(Options::default());
-        w.apply(secret());
-        w.apply(Change::Upsert(hook(
-            "a",
-            1,
-            "https://one.example",
-            "2024-01-01T00:00:00Z",
-        )));
-        w.apply(Change::Upsert(hook(
-            "a",
-            2,
-            "ftp://bad",
-            "2024-01-01T00:00:00Z",
-        )));
-        let s = w.publish();
-        let sources = &s.sources["acme"];
-        assert_eq!(sources.objects.len(), 1);
-        match &sources.objects[0].typed {
-            Some(Typed::TelephonyHook(h)) => assert_eq!(h.spec.url, "https://one.example"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            sources.secret_keys["s"],
-            std::collections::BTreeSet::from(["k".to_string()])
-        );
-        w.apply(Change::Delete(key("a")));
-        assert!(!w.publish().sources.contains_key("acme"));
     }
 
     #[test]

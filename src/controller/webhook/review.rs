@@ -344,12 +344,12 @@ fn refuse(causes: Vec<Cause>) -> Decision {
 }
 
 /// The org's objects as the index holds them, but the one with `except`'s key.
-fn live_objects(org: Option<&OrgSources>, except: Option<&ObjectKey>) -> Vec<Checked> {
+fn live_objects<'a>(org: Option<&'a OrgSources>, except: Option<&ObjectKey>) -> Vec<&'a Checked> {
     org.map(|o| {
         o.objects
             .iter()
+            .map(|c| c.as_ref())
             .filter(|c| Some(&c.key) != except)
-            .map(|c| (**c).clone())
             .collect()
     })
     .unwrap_or_default()
@@ -385,21 +385,25 @@ fn secret_objects(namespace: &str, live: &Live<'_>) -> Vec<Checked> {
 }
 
 /// The cross-object findings over `objects`, the candidate (if any) and
-/// the Secrets.
-struct CrossReport {
-    checked: Vec<Checked>,
+/// the Secrets; the objects are borrowed, not copied.
+struct CrossReport<'a> {
+    checked: Vec<&'a Checked>,
     findings: Vec<Finding>,
 }
 
-fn cross(objects: &[Checked], candidate: Option<&Checked>, secrets: &[Checked]) -> CrossReport {
-    let mut checked: Vec<Checked> = objects.to_vec();
-    checked.extend(candidate.cloned());
-    checked.extend(secrets.iter().cloned());
+fn cross<'a>(
+    objects: &[&'a Checked],
+    candidate: Option<&'a Checked>,
+    secrets: &'a [Checked],
+) -> CrossReport<'a> {
+    let mut checked: Vec<&Checked> = objects.to_vec();
+    checked.extend(candidate);
+    checked.extend(secrets);
     let findings = validate::cross::check(&checked);
     CrossReport { checked, findings }
 }
 
-impl CrossReport {
+impl CrossReport<'_> {
     fn findings_of(&self, key: &ObjectKey) -> Vec<&Finding> {
         self.findings.iter().filter(|f| f.object == *key).collect()
     }
@@ -432,7 +436,11 @@ impl CrossReport {
 
 /// What a change does to the rest of the org: findings on other objects
 /// that it brings, and the org's active hook or provider that it takes away.
-fn consequences(before: &CrossReport, after: &CrossReport, changed: &ObjectKey) -> Vec<String> {
+fn consequences(
+    before: &CrossReport<'_>,
+    after: &CrossReport<'_>,
+    changed: &ObjectKey,
+) -> Vec<String> {
     let had: BTreeSet<(&ObjectKey, &str, &str)> = before
         .findings
         .iter()
