@@ -76,6 +76,7 @@ threads="${IDPLANE_TEST_THREADS:-2}"
 if [ -n "$oldest_env" ]; then
   log "cargo test, cluster tests against Kubernetes $oldest (the oldest supported)"
   (eval "$oldest_env" && cargo test --test cluster_crds --test cluster_operator --test chart \
+    --test diff --test health \
     -- --test-threads "$threads")
 fi
 

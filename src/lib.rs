@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod diff;
 pub mod egress;
 pub mod email;
 pub mod enrollment;

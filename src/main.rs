@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Parser;
 use idplane::cli::validate::load;
 use idplane::cli::{Cli, Command, LogFormat, OutputFormat};
-use idplane::source::located::{locate, tally};
-use idplane::validate::{Options, Severity};
+use idplane::source::located::{locate, report_tally};
+use idplane::validate::Options;
 
 /// jemalloc returns memory to the system under the churn of many watch
 /// events far better than glibc's allocator with many threads.
@@ -100,14 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .iter()
                         .filter(|c| c.typed.is_some() || c.key.owned_kind().is_some())
                         .count();
-                    let warnings = located
-                        .iter()
-                        .filter(|l| l.finding.severity == Severity::Warning)
-                        .count();
-                    eprintln!(
-                        "{checked} objects checked, {}",
-                        tally(located.len() - warnings, warnings)
-                    );
+                    eprintln!("{checked} objects checked, {}", report_tally(&report));
                 }
                 OutputFormat::Json => {
                     println!(
@@ -152,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             serve(idplane::cli::serve::run(settings))
         }
+        Command::Diff(args) => tokio_runtime()?.block_on(idplane::cli::diff::run(args)),
         Command::Preview(args) => tokio_runtime()?.block_on(idplane::cli::preview::run(args)),
         Command::TestEmail(args) => tokio_runtime()?.block_on(idplane::cli::test_email::run(args)),
         Command::Explain { what } => tokio_runtime()?.block_on(idplane::cli::explain::run(what)),

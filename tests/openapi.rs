@@ -92,16 +92,7 @@ fn workspace() -> tempfile::TempDir {
         ("40-email.yaml", "host: smtp.example.com", "host: 127.0.0.1"),
         ("40-email.yaml", "port: 587", "port: 1"),
     ];
-    for entry in std::fs::read_dir(root().join("examples/org")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        for (file, from, to) in changes.iter().filter(|c| c.0 == name) {
-            assert!(text.contains(from), "{file} no longer has {from}");
-            text = text.replacen(from, to, 1);
-        }
-        std::fs::write(manifests.join(name), text).unwrap();
-    }
+    copy_example_org(&manifests, &changes);
     tmp
 }
 

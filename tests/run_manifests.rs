@@ -18,14 +18,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let manifests = tmp.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
-    for f in [
-        "10-secrets.yaml",
-        "20-telephony-hooks.yaml",
-        "30-enrollment-policies.yaml",
-        "40-email.yaml",
-    ] {
-        std::fs::copy(root().join("examples/org").join(f), manifests.join(f)).unwrap();
-    }
+    copy_example_org(&manifests, &[]);
     std::fs::write(
         tmp.path().join("tokens.yaml"),
         format!("tokens:\n  - {{name: acme-idp, token: {ACME}, orgs: [acme]}}\n  - {{name: other-idp, token: {OTHER}, orgs: [other]}}\n  - {{name: all-idp, token: {ALL}, orgs: [\"*\"]}}\n"),
@@ -89,7 +82,6 @@ fn reloads_keeps_last_good_and_persists_status() {
         "InsecureHttp",
         "status says the hook runs over http://"
     );
-    let first_transition = cond(&primary, "Ready")["lastTransitionTime"].clone();
 
     // Tokens from the file, bound to orgs.
     assert_eq!(http_get(&run.url("/v1/orgs/acme/config"), None).0, 401);
@@ -135,11 +127,16 @@ fn reloads_keeps_last_good_and_persists_status() {
             .unwrap()
             .contains("spec.timeout")
     );
+    // Ready is False (the current generation is not in effect, as kubectl
+    // wait must see), Stalled says why, and the last valid version serves.
     assert_eq!(
-        cond(&bad, "Ready")["status"],
-        "True",
-        "the last valid version serves"
+        (
+            cond(&bad, "Ready")["status"].as_str(),
+            cond(&bad, "Ready")["reason"].as_str()
+        ),
+        (Some("False"), Some("LastValidVersionInUse")),
     );
+    assert_eq!(cond(&bad, "Stalled")["reason"], "Invalid");
     assert_eq!(
         config()["config"]["hooks"]["primary"]["timeoutMillis"],
         4000
@@ -162,9 +159,10 @@ fn reloads_keeps_last_good_and_persists_status() {
 
     // Status survives a restart: transition times are kept.
     std::fs::write(&path, &original).unwrap();
-    wait_for("valid again", Duration::from_secs(20), || {
-        object(&run, "TelephonyHook", "primary").filter(|o| cond(o, "Accepted")["status"] == "True")
+    let valid = wait_for("valid again", Duration::from_secs(20), || {
+        object(&run, "TelephonyHook", "primary").filter(|o| cond(o, "Ready")["status"] == "True")
     });
+    let first_transition = cond(&valid, "Ready")["lastTransitionTime"].clone();
     drop(run);
     let run = start(tmp.path(), &manifests, "run2.log");
     let again = wait_for("primary after restart", Duration::from_secs(30), || {

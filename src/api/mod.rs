@@ -4,6 +4,7 @@
 //! index's newest snapshot; none calls the apiserver for configuration.
 
 pub mod auth;
+pub mod objects;
 pub mod openapi;
 pub mod server;
 pub mod starting;

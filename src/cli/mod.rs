@@ -1,6 +1,7 @@
 //! The `idplane` command line. Parsing and printing live here; every
 //! decision is made by the library modules.
 
+pub mod diff;
 pub mod explain;
 pub mod preview;
 pub mod serve;
@@ -64,6 +65,10 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Show what applying manifests would change: a unified diff per object
+    /// against the cluster (or a running `idplane run`). Exit status 0 when
+    /// nothing differs, 1 when something does, 2 on errors.
+    Diff(diff::DiffArgs),
     /// Run without a cluster from a directory of manifests and Secrets: the
     /// same validator, index, status and runtime API as the operator,
     /// reloading when a file changes.

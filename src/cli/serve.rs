@@ -521,11 +521,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     };
     let ctx = start_core(settings.options.clone(), store, stop).await?;
     status_writer::preload(&ctx.store, &ctx.written).await?;
+    // What the directory held at its last read, for `idplane diff --server`.
+    let (loaded, loaded_rx) = watch::channel(Arc::new(Vec::new()));
     tokio::spawn(crate::source::directory::watch_directory(
         settings.manifests.clone(),
         settings.options.clone(),
         ctx.changes.clone(),
         settings.poll,
+        loaded,
     ));
     // One writer of status: the only process on a SQLite file; among the
     // processes sharing a PostgreSQL database, the one holding its lock.
@@ -547,7 +550,11 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         ctx.written.clone(),
         ctx.metrics.clone(),
     ));
-    let routes = start_modules(&ctx, &settings.modules).await?;
+    let mut routes = start_modules(&ctx, &settings.modules).await?;
+    routes.push(crate::api::objects::routes(
+        loaded_rx,
+        settings.options.default_namespace.clone(),
+    ));
     let shared = ctx.store.is_shared();
     let server = serve_api(&ctx, auth, shared, routes, early, settings.listen, http).await?;
     // Keep the leader channel's sender alive for the life of the process.
@@ -583,6 +590,7 @@ mod tests {
         operations.extend(crate::enrollment::operations());
         operations.extend(crate::telephony::operations());
         operations.extend(crate::email::operations());
+        operations.extend(crate::api::objects::operations());
         let doc = crate::api::openapi::document(operations);
         let mut ids = std::collections::BTreeSet::new();
         for (path, item) in doc["paths"].as_object().unwrap() {

@@ -363,7 +363,7 @@ fn publish(module_fields: &ModuleFields, row: &DomainRow) {
     module_fields.set(
         &key,
         "conditions",
-        verified_condition(row.status == VERIFIED, &row.reason, &row.message),
+        verified_condition(row.status == VERIFIED, &row.reason, &row.message, None),
     );
 }
 

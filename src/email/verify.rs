@@ -28,14 +28,25 @@ struct Subject {
     generation: Option<i64>,
 }
 
-/// The `Verified` condition as a status extra.
-pub fn verified_condition(ok: bool, reason: &str, message: &str) -> serde_json::Value {
-    json!([{
+/// The `Verified` condition as a status extra, with the generation it was
+/// found for when known: the status then tells a verification of an
+/// earlier generation from one of the current spec.
+pub fn verified_condition(
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> serde_json::Value {
+    let mut condition = json!({
         "type": "Verified",
         "status": if ok { "True" } else { "False" },
         "reason": reason,
         "message": message,
-    }])
+    });
+    if let Some(g) = generation {
+        condition["observedGeneration"] = json!(g);
+    }
+    json!([condition])
 }
 
 /// Watches snapshots until the channel closes.
@@ -124,7 +135,8 @@ pub async fn run(
                     tracing::warn!(error = %e, "cannot log the verification");
                 }
                 if still_current() {
-                    module_fields.set(&key, "conditions", verified_condition(ok, reason, &message));
+                    let condition = verified_condition(ok, reason, &message, subject.generation);
+                    module_fields.set(&key, "conditions", condition);
                 }
             });
         }

@@ -82,6 +82,12 @@ pub mod condition_type {
     /// Whether the policy's org has an active default policy; False means
     /// users in none of the org's groups get an error at sign-in.
     pub const DEFAULT_POLICY: &str = "DefaultPolicy";
+    /// kstatus: present (True) only while work is under way that needs no
+    /// change by the user: a Secret to appear, a verification to finish.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: present (True) only while nothing moves without a change by
+    /// the user: an invalid spec, a lost conflict, a failed verification.
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Condition reasons used across resources.
@@ -94,6 +100,15 @@ pub mod reason {
     pub const ACTIVATED: &str = "Activated";
     pub const INSECURE_HTTP: &str = "InsecureHttp";
     pub const READY: &str = "Ready";
+    /// `Ready` True for a hook with `active: false`: valid, its Secrets
+    /// resolved, able to serve as a fallback or to take over.
+    pub const STANDBY: &str = "Standby";
+    /// `Ready` False, `Reconciling` True: the SMTP server or the DNS record
+    /// has not been checked for this generation yet.
+    pub const VERIFYING: &str = "Verifying";
+    /// `Ready` False, `Stalled` True: the current generation is invalid and
+    /// the last valid one stays in service.
+    pub const LAST_VALID_VERSION_IN_USE: &str = "LastValidVersionInUse";
     /// `DefaultPolicy` True: the org has an active default policy.
     pub const DEFAULT_POLICY_ACTIVE: &str = "DefaultPolicyActive";
     /// `DefaultPolicy` False: the org has policies but no active default.

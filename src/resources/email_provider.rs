@@ -176,7 +176,8 @@ pub struct EmailProviderStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted`, `Verified` and `Ready`.
+    /// `Accepted`, `Verified`, `Ready`, and `Reconciling` or `Stalled`
+    /// while True (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Delivery numbers.
@@ -324,7 +325,8 @@ pub struct EmailDomainStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` and `Ready`.
+    /// `Accepted`, `Verified` (the DNS record), `Ready`, and `Reconciling`
+    /// or `Stalled` while True (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

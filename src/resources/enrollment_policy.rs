@@ -342,7 +342,8 @@ pub struct EnrollmentPolicyStatus {
     pub observed_generation: Option<i64>,
     /// `Accepted`, `Ready`, `Shadowed` when the policy can never apply, and
     /// `DefaultPolicy` (False when the org has no active default policy:
-    /// users no policy covers are then refused enrollment answers).
+    /// users no policy covers are then refused enrollment answers), and
+    /// `Stalled` while True (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// One line, for example `required: email, phone; optional: webauthn`.

@@ -204,7 +204,8 @@ pub struct TelephonyHookStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted`, `Active` and `Ready`.
+    /// `Accepted`, `Active`, `Ready`, and `Reconciling` or `Stalled` while
+    /// True (kstatus).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Execution numbers over a rolling window.

@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
 
-use super::located::{locate, tally};
+use tokio::sync::{mpsc, watch};
+
+use super::located::{locate, report_tally};
 use super::manifest::{is_manifest_file, read_paths};
 use crate::index::Change;
 use crate::validate::{Options, validate};
@@ -43,9 +45,19 @@ pub fn fingerprint(root: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Reads the directory, prints what it found, and sends the objects.
-/// Returns false when the files could not be read (nothing sent).
-pub async fn load_once(root: &Path, options: &Options, changes: &mpsc::Sender<Change>) -> bool {
+/// Every document of the last successful read, as read: what `GET
+/// /v1/orgs/{org}/objects` serves (`api::objects`).
+pub type Loaded = watch::Sender<Arc<Vec<serde_json::Value>>>;
+
+/// Reads the directory, prints what it found, publishes the documents on
+/// `loaded` and sends the objects. Returns false when the files could not
+/// be read (nothing sent, nothing published).
+pub async fn load_once(
+    root: &Path,
+    options: &Options,
+    changes: &mpsc::Sender<Change>,
+    loaded: &Loaded,
+) -> bool {
     let documents = match read_paths(&[root.to_path_buf()]) {
         Ok(d) => d,
         Err(e) => {
@@ -59,25 +71,15 @@ pub async fn load_once(root: &Path, options: &Options, changes: &mpsc::Sender<Ch
         eprintln!("{located}");
     }
     let ours = report.checked.iter().filter(|c| c.typed.is_some()).count();
-    let (problems, warnings) = counts(&report);
     eprintln!(
         "loaded {} from {}: {} objects and Secrets accepted, {}",
         documents.len(),
         root.display(),
         ours,
-        tally(problems, warnings)
+        report_tally(&report)
     );
+    loaded.send_replace(Arc::new(values.clone()));
     changes.send(Change::ReplaceAll(values)).await.is_ok()
-}
-
-/// (errors, warnings) among the findings.
-fn counts(report: &crate::validate::Report) -> (usize, usize) {
-    let warnings = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == crate::validate::Severity::Warning)
-        .count();
-    (report.findings.len() - warnings, warnings)
 }
 
 /// Loads the directory, then reloads it whenever a file changes.
@@ -86,9 +88,10 @@ pub async fn watch_directory(
     options: Options,
     changes: mpsc::Sender<Change>,
     every: Duration,
+    loaded: Loaded,
 ) {
     let mut last = fingerprint(&root);
-    load_once(&root, &options, &changes).await;
+    load_once(&root, &options, &changes, &loaded).await;
     loop {
         tokio::time::sleep(every).await;
         let now = fingerprint(&root);
@@ -98,7 +101,7 @@ pub async fn watch_directory(
             if changes.is_closed() {
                 return;
             }
-            load_once(&root, &options, &changes).await;
+            load_once(&root, &options, &changes, &loaded).await;
         }
     }
 }

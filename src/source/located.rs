@@ -49,6 +49,16 @@ pub fn tally(problems: usize, warnings: usize) -> String {
     }
 }
 
+/// [`tally`] of a report: its errors as problems, and its warnings.
+pub fn report_tally(report: &Report) -> String {
+    let warnings = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    tally(report.findings.len() - warnings, warnings)
+}
+
 /// Places findings in the documents they came from.
 pub fn locate<'a>(documents: &'a [Document], report: &'a Report) -> Vec<Located<'a>> {
     report

@@ -259,6 +259,28 @@ fn schemas() -> &'static BTreeMap<Kind, Value> {
     })
 }
 
+/// The schema of a kind's `spec`.
+fn spec_schema(schema: &Value) -> Value {
+    schema
+        .pointer("/properties/spec")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Fills in the defaults of the object's CRD schema, as the apiserver does
+/// when it stores the object (`idplane diff` compares manifests with what
+/// is stored). A value not of one of [`Kind::ALL`] is left as it is; the
+/// schema's complaints are the validator's business, not this function's.
+pub fn apply_defaults(value: &mut Value) {
+    let kind = str_at(value, &["kind"]).and_then(Kind::parse);
+    let Some(schema) = kind.and_then(|k| schemas().get(&k)) else {
+        return;
+    };
+    if let Some(spec) = value.get_mut("spec") {
+        let _ = schema::check(&spec_schema(schema), spec, "spec", enum_hint);
+    }
+}
+
 /// Checks one idplane object on its own: metadata, schema (filling in
 /// defaults), CEL rules, typed decode. `value` must be of one of [`Kind::ALL`].
 pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
@@ -276,13 +298,9 @@ pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
     if let Some(map) = object.as_object_mut() {
         map.remove("status");
     }
-    let spec_schema = schema
-        .pointer("/properties/spec")
-        .cloned()
-        .unwrap_or(Value::Null);
     match object.get_mut("spec") {
         None => errors.push(FieldError::new("spec", "required field is missing")),
-        Some(spec) => errors.extend(schema::check(&spec_schema, spec, "spec", enum_hint)),
+        Some(spec) => errors.extend(schema::check(&spec_schema(schema), spec, "spec", enum_hint)),
     }
     if !errors.is_empty() {
         return Err(errors);

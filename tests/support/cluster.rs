@@ -4,10 +4,10 @@
 //! Every wait is bounded.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use super::process::{Idplane, root, text};
+use super::process::{Idplane, output_with_stdin, root, text};
 
 /// The kubeconfig of the test cluster (`eval "$(scripts/test-cluster.sh up)"`
 /// sets IDPLANE_TEST_KUBECONFIG; any other cluster works too); panics with
@@ -46,23 +46,11 @@ pub fn kubectl(args: &[&str]) -> Output {
 }
 
 pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(kubectl_path())
-        .args(args)
+    let mut cmd = Command::new(kubectl_path());
+    cmd.args(args)
         .env("KUBECONFIG", kubeconfig())
-        .current_dir(root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .current_dir(root());
+    output_with_stdin(cmd, input)
 }
 
 /// Runs kubectl and panics with its output unless it succeeds.

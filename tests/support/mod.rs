@@ -11,6 +11,7 @@
 //!   the Python scripts in `tests/support/python/` (the Helm driver and the
 //!   SMTP test server).
 //! - [`fixtures`]: the invalid manifests under `tests/fixtures/invalid`.
+//! - [`argocd`]: idplane's Argo CD health check, run as Argo CD runs it.
 //! - [`postgres`]: a fresh PostgreSQL database per test, or a server of
 //!   the test's own to restart.
 //! - [`admission`]: the admission webhook's certificate directory, an
@@ -28,6 +29,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod argocd;
 pub mod cluster;
 pub mod email;
 pub mod fixtures;
