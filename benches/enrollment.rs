@@ -11,6 +11,8 @@
 //! Run: `cargo bench --bench enrollment` (optionally `-- SECONDS` per run,
 //! default 3).
 
+mod support;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -373,17 +375,5 @@ fn main() {
         "{}",
         hot_run.line("1,000 users in 1-50 groups, requests in cache")
     );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "load average during the run: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    print!("{out}");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bench-results");
-    std::fs::create_dir_all(dir).expect("create bench-results");
-    std::fs::write(format!("{dir}/enrollment.txt"), out).expect("write results");
+    support::write_results("enrollment.txt", out);
 }

@@ -80,5 +80,10 @@ if [ -n "$oldest_env" ]; then
     -- --test-threads "$threads")
 fi
 
+if [ -n "$oldest_env" ]; then
+  log "cargo test, the admission webhook against Kubernetes $oldest"
+  (eval "$oldest_env" && cargo test --test admission -- --test-threads "$threads")
+fi
+
 log "cargo test, everything against Kubernetes ${newest:-at $IDPLANE_TEST_KUBECONFIG}"
 cargo test -- --test-threads "$threads"

@@ -161,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             status_concurrency,
             modules,
             webhook_certificates,
+            webhook,
         } => {
             let identity = identity.unwrap_or_else(|| {
                 let host =
@@ -185,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 modules,
                 webhook_certificates,
+                webhook,
             };
             serve(idplane::cli::serve::operator(settings))
         }

@@ -16,6 +16,8 @@ use std::time::Duration;
 mod tests_support;
 
 #[allow(unused_imports)]
+pub use tests_support::admission;
+#[allow(unused_imports)]
 pub use tests_support::postgres::{OwnServer, fresh_database_on};
 #[allow(unused_imports)]
 pub use tests_support::{Killed, free_port, kubeconfig, kubectl_ok, root, test_tool};
@@ -77,4 +79,18 @@ pub fn run_idplane(dir: &Path, manifests: &Path, token: &str, extra: &[&str]) ->
         .recv_timeout(Duration::from_secs(60))
         .expect("idplane listens");
     (Killed(child), format!("http://{addr}"))
+}
+
+/// Ends a benchmark's report with the machine's load average (the
+/// machine is shared: a busy one explains slow figures), prints it and
+/// writes it to `bench-results/FILE`.
+pub fn write_results(file: &str, mut report: String) {
+    use std::fmt::Write as _;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let _ = writeln!(report, "load average during the run: {}", load.join(" "));
+    print!("{report}");
+    let dir = root().join("bench-results");
+    std::fs::create_dir_all(&dir).expect("create bench-results");
+    std::fs::write(dir.join(file), report).expect("write the results");
 }

@@ -159,5 +159,8 @@ pub enum Command {
         // The webhook's certificate managed in a Secret (issue 18).
         #[command(flatten)]
         webhook_certificates: crate::controller::webhook::self_managed::SelfManagedSettings,
+        /// The admission webhook (served when a certificate source is given).
+        #[command(flatten)]
+        webhook: crate::controller::webhook::WebhookSettings,
     },
 }

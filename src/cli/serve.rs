@@ -359,6 +359,41 @@ pub struct OperatorSettings {
     pub modules: ModuleSettings,
     /// The webhook's certificate managed in a Secret (`--webhook-secret`).
     pub webhook_certificates: crate::controller::webhook::self_managed::SelfManagedSettings,
+    pub webhook: crate::controller::webhook::WebhookSettings,
+}
+
+/// Starts the admission webhook when a certificate source is given (files
+/// that cert-management writes, or `managed`: the Secret idplane keeps
+/// itself): it answers from the index's snapshots, on its own port.
+async fn start_webhook(
+    ctx: &Context,
+    client: &kube::Client,
+    settings: &OperatorSettings,
+    managed: Option<crate::controller::webhook::tls::CertWatch>,
+) -> anyhow::Result<()> {
+    use crate::controller::webhook::{cert_files, server, tls};
+    let cert = match (&settings.webhook.webhook_cert_dir, managed) {
+        (None, None) => return Ok(()),
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--webhook-cert-dir and --webhook-secret name two sources of the webhook's certificate: give one"
+        ),
+        (None, Some(cert)) => cert,
+        (Some(dir), None) => {
+            let (slot, cert) = tls::cert_slot();
+            let poll = cert_files::watch(dir.clone(), settings.webhook.webhook_cert_poll, slot)
+                .context("--webhook-cert-dir")?;
+            tokio::spawn(poll);
+            cert
+        }
+    };
+    let webhook = server::Webhook {
+        snapshots: ctx.snapshots.clone(),
+        namespaces: settings.namespaces.clone(),
+        client: Some(client.clone()),
+        metrics: server::WebhookMetrics::register(&ctx.metrics),
+    };
+    server::start(settings.webhook.webhook_listen, webhook, cert).await?;
+    Ok(())
 }
 
 /// Runs the operator until stopped (SIGTERM, SIGINT).
@@ -374,7 +409,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
     // The webhook's certificate from a Secret idplane manages itself: every
     // replica keeps it current and serves it from the slot.
-    let _webhook_certificate = self_managed.map(|managed| {
+    let managed_certificate = self_managed.map(|managed| {
         let (slot, certificate) = crate::controller::webhook::tls::cert_slot();
         tokio::spawn(crate::controller::webhook::self_managed::run(
             client.clone(),
@@ -424,6 +459,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         ctx.written.clone(),
         ctx.metrics.clone(),
     ));
+    start_webhook(&ctx, &client, &settings, managed_certificate).await?;
     let routes = start_modules(&ctx, &settings.modules).await?;
     let auth = Authenticator::kube(client);
     let server = serve_api(&ctx, auth, false, routes, early, settings.listen, http).await?;

@@ -34,7 +34,7 @@ mod telephony_hook;
 pub use email_domain::DomainConfig;
 pub use email_provider::ProviderConfig;
 pub use enrollment_policy::policy_summary;
-pub use snapshot::{Change, ObjectView, ObjectViews, Referenced, Snapshot};
+pub use snapshot::{Change, ObjectView, ObjectViews, OrgSources, Referenced, Snapshot};
 pub use snapshot_writer::IndexWriter;
 pub use telephony_hook::{HeaderConfig, HeaderValue, HookConfig};
 

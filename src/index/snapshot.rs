@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{ObjectState, OrgConfig};
 use crate::resources::{Kind, ObjectKey};
-use crate::validate::SecretData;
+use crate::validate::{Checked, SecretData};
 
 /// One change to the world the index describes.
 #[derive(Clone, Debug)]
@@ -58,6 +58,22 @@ pub struct Snapshot {
     pub orgs: BTreeMap<String, Arc<OrgConfig>>,
     /// Every idplane object's view.
     pub objects: ObjectViews,
+    /// What each org was built from, by namespace (see [`OrgSources`]).
+    pub sources: BTreeMap<String, Arc<OrgSources>>,
+}
+
+/// What one org's configuration was built from: read by the admission
+/// webhook, which checks a candidate object against the live org with the
+/// same cross-object rules.
+#[derive(Clone, Debug, Default)]
+pub struct OrgSources {
+    /// Every object of the org as validated, in key order; an object whose
+    /// current version is invalid appears as its last valid version, as
+    /// the build uses it.
+    pub objects: Vec<Arc<Checked>>,
+    /// The org's Secrets that idplane holds (those its objects reference
+    /// and that exist), by name, with their key names: never their values.
+    pub secret_keys: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Object views by org, shared between snapshots: publishing a snapshot

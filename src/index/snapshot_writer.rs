@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::snapshot::{Change, ObjectView, Referenced, Snapshot};
+use super::snapshot::{Change, ObjectView, OrgSources, Referenced, Snapshot};
 use super::{ObjectState, OrgConfig, Secrets, build};
 use crate::resources::ObjectKey;
 use crate::resources::reason;
@@ -43,8 +43,12 @@ pub fn hash_of(value: Option<&Value>) -> u64 {
     h.finish()
 }
 
-/// One org's configuration and object views, as last built.
-type BuiltOrg = (Arc<OrgConfig>, Arc<BTreeMap<ObjectKey, ObjectView>>);
+/// One org's configuration, object views and sources, as last built.
+type BuiltOrg = (
+    Arc<OrgConfig>,
+    Arc<BTreeMap<ObjectKey, ObjectView>>,
+    Arc<OrgSources>,
+);
 
 /// State owned by the writer task.
 pub struct IndexWriter {
@@ -242,9 +246,10 @@ impl IndexWriter {
             synced: self.synced,
             ..Default::default()
         };
-        for (ns, (config, views)) in &self.built {
+        for (ns, (config, views, sources)) in &self.built {
             snapshot.orgs.insert(ns.clone(), config.clone());
             snapshot.objects.insert_org(ns.clone(), views.clone());
+            snapshot.sources.insert(ns.clone(), sources.clone());
         }
         snapshot
     }
@@ -274,28 +279,36 @@ fn with_file_generation(mut value: Value, before: Option<(Option<i64>, u64)>) ->
 }
 
 fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> BuiltOrg {
-    let mut checked = Vec::with_capacity(org.len());
+    let mut used = Vec::with_capacity(org.len());
     let mut own = Vec::with_capacity(org.len());
     let mut substituted = BTreeMap::new();
     for (key, entry) in org {
         match (&entry.checked.typed, &entry.last_good) {
             (None, Some(good)) => {
                 substituted.insert(key.clone(), &entry.own);
-                checked.push((**good).clone());
+                used.push(good.clone());
                 own.push(Vec::new());
             }
             _ => {
-                checked.push((*entry.checked).clone());
+                used.push(entry.checked.clone());
                 own.push(entry.own.clone());
             }
         }
     }
+    let checked = used.iter().map(|c| (**c).clone()).collect();
     let report = finish(checked, own);
     let secrets_here: Secrets = secrets
         .range((ns.to_string(), String::new())..)
         .take_while(|((n, _), _)| n == ns)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let sources = OrgSources {
+        objects: used,
+        secret_keys: secrets_here
+            .iter()
+            .map(|((_, name), data)| (name.clone(), data.keys.keys().cloned().collect()))
+            .collect(),
+    };
     let (mut config, states) = build(&report, &secrets_here);
     let org_config = config.remove(ns).unwrap_or_default();
     let mut views = BTreeMap::new();
@@ -324,7 +337,7 @@ fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> B
             },
         );
     }
-    (Arc::new(org_config), Arc::new(views))
+    (Arc::new(org_config), Arc::new(views), Arc::new(sources))
 }
 
 /// Runs the writer: applies changes as they come (in batches), publishes a
@@ -435,6 +448,19 @@ mod tests {
             view.state.message
         );
         assert_eq!(view.generation, Some(2));
+        // What the admission webhook reads: the object as the build used
+        // it, and the Secrets' key names, never their values.
+        let sources = &s.sources["acme"];
+        match &sources.objects[..] {
+            [only] => match &only.typed {
+                Some(Typed::TelephonyHook(h)) => assert_eq!(h.spec.url, "https://one.example"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sources.secret_keys["s"], BTreeSet::from(["k".to_string()]));
+        w.apply(Change::Delete(key("a")));
+        assert!(!w.publish().sources.contains_key("acme"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! then name) wins and every other one gets a `Conflict` finding naming the
 //! winner: the same choice the controller makes on live objects.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Checked, Finding, ObjectKey, Rule, SecretData, Severity, Typed};
@@ -96,12 +97,14 @@ fn candidate<'a>(input: usize, checked: &'a Checked) -> Candidate<'a> {
     }
 }
 
-/// All cross-object findings for the checked objects.
-pub fn check(checked: &[Checked]) -> Vec<Finding> {
+/// All cross-object findings for the checked objects, owned or borrowed
+/// (the admission webhook checks the index's objects without copying them).
+pub fn check<C: Borrow<Checked>>(checked: &[C]) -> Vec<Finding> {
+    let checked: Vec<&Checked> = checked.iter().map(Borrow::borrow).collect();
     let mut findings = Vec::new();
     let mut seen: HashMap<&ObjectKey, usize> = HashMap::new();
     let mut orgs: BTreeMap<&str, Org> = BTreeMap::new();
-    for (input, c) in checked.iter().enumerate() {
+    for (input, &c) in checked.iter().enumerate() {
         let is_hook = c.key.is(crate::resources::Kind::TelephonyHook);
         if c.typed.is_none() && !is_hook {
             continue;
@@ -146,7 +149,7 @@ pub fn check(checked: &[Checked]) -> Vec<Finding> {
         }
     }
     for (namespace, org) in &orgs {
-        check_org(namespace, org, checked, &mut findings);
+        check_org(namespace, org, &checked, &mut findings);
     }
     findings
 }
@@ -165,7 +168,7 @@ fn error(input: usize, c: &Checked, field: &str, message: String, rule: Rule) ->
 /// Reports every candidate but the winner as a conflict.
 fn one_per_org(
     candidates: &[Candidate],
-    checked: &[Checked],
+    checked: &[&Checked],
     field: &str,
     what: &str,
     findings: &mut Vec<Finding>,
@@ -176,7 +179,7 @@ fn one_per_org(
     for c in candidates.iter().filter(|c| c.input != win.input) {
         findings.push(error(
             c.input,
-            &checked[c.input],
+            checked[c.input],
             field,
             format!(
                 "{what} {} wins (the oldest, then by name); this one is not used",
@@ -189,7 +192,7 @@ fn one_per_org(
     }
 }
 
-fn check_org(namespace: &str, org: &Org, checked: &[Checked], findings: &mut Vec<Finding>) {
+fn check_org(namespace: &str, org: &Org, checked: &[&Checked], findings: &mut Vec<Finding>) {
     let active: Vec<Candidate> = org
         .hooks
         .iter()
@@ -364,7 +367,7 @@ fn check_fallbacks(namespace: &str, org: &Org, findings: &mut Vec<Finding>) {
 
 /// A Secret key that a hook or provider names must exist when the Secret
 /// is at hand (a missing Secret is the index's `SecretNotFound`).
-fn check_secret_refs(org: &Org, checked: &[Checked], findings: &mut Vec<Finding>) {
+fn check_secret_refs(org: &Org, checked: &[&Checked], findings: &mut Vec<Finding>) {
     let hooks = org
         .hooks
         .iter()
@@ -384,7 +387,7 @@ fn check_secret_refs(org: &Org, checked: &[Checked], findings: &mut Vec<Finding>
             let keys: Vec<&str> = secret.keys.keys().map(String::as_str).collect();
             findings.push(error(
                 input,
-                &checked[input],
+                checked[input],
                 &format!("{field}.key"),
                 format!(
                     "Secret {} has no key \"{}\" (it has: {})",

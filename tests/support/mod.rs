@@ -14,6 +14,9 @@
 //! - [`argocd`]: idplane's Argo CD health check, run as Argo CD runs it.
 //! - [`postgres`]: a fresh PostgreSQL database per test, or a server of
 //!   the test's own to restart.
+//! - [`admission`]: the admission webhook's certificate directory, an
+//!   operator serving it, and a ValidatingWebhookConfiguration of the
+//!   test's own (used by its module path).
 //! - [`email`] and [`telephony`]: the servers, manifests and API calls of
 //!   the email and telephony tests.
 //!
@@ -24,6 +27,7 @@
 // Each test file uses part of the tree: the rest is unused there.
 #![allow(dead_code)]
 
+pub mod admission;
 pub mod api;
 pub mod argocd;
 pub mod cluster;
