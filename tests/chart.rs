@@ -997,20 +997,37 @@ fn dry_run_without_cert_manager(objects: &[Value]) {
     dry_run(&list.to_string());
 }
 
-/// The one webhook of the release's configuration.
-fn the_webhook(objects: &[Value]) -> &Value {
+/// The webhooks of the release's configuration: the one that checks
+/// creates and updates, and the one that only warns on deletes.
+fn webhooks(objects: &[Value]) -> (&Value, &Value) {
     let configuration = find(objects, "ValidatingWebhookConfiguration", "rel");
     let webhooks = configuration["webhooks"].as_array().unwrap();
-    assert_eq!(webhooks.len(), 1, "{configuration:#}");
-    &webhooks[0]
+    assert_eq!(webhooks.len(), 2, "{configuration:#}");
+    (&webhooks[0], &webhooks[1])
+}
+
+/// The webhook that checks creates and updates.
+fn the_webhook(objects: &[Value]) -> &Value {
+    webhooks(objects).0
 }
 
 #[test]
 fn the_webhook_is_installed_with_its_own_service_and_a_self_managed_certificate() {
     let (yaml, objects) = render(json!({}));
     let webhook = the_webhook(&objects);
-    assert_eq!(webhook["name"], "validate.idplane.dev");
+    // The apiserver prints the name and the path when idplane is down:
+    // they are the recovery hint (docs/admission.md).
+    assert_eq!(webhook["name"], "idplane-must-be-running.idplane.dev");
     assert_eq!(webhook["failurePolicy"], "Fail");
+    let (_, deletes) = webhooks(&objects);
+    assert_eq!(deletes["name"], "delete-warnings.idplane.dev");
+    assert_eq!(
+        deletes["failurePolicy"], "Ignore",
+        "a down idplane never blocks a delete"
+    );
+    assert_eq!(deletes["rules"][0]["operations"], json!(["DELETE"]));
+    assert_eq!(deletes["namespaceSelector"], webhook["namespaceSelector"]);
+    assert_eq!(deletes["clientConfig"], webhook["clientConfig"]);
     assert_eq!(
         webhook["sideEffects"], "None",
         "kubectl diff and --dry-run=server"
@@ -1042,7 +1059,7 @@ fn the_webhook_is_installed_with_its_own_service_and_a_self_managed_certificate(
     );
     assert_eq!(
         webhook["clientConfig"],
-        json!({"service": {"name": "rel-webhook", "namespace": "idplane-system", "path": "/validate", "port": 443}}),
+        json!({"service": {"name": "rel-webhook", "namespace": "idplane-system", "path": "/validate-or-kubectl-delete-validatingwebhookconfiguration-idplane", "port": 443}}),
         "no caBundle: idplane writes it, and Helm leaves it alone"
     );
     let configuration = find(&objects, "ValidatingWebhookConfiguration", "rel");

@@ -42,6 +42,12 @@ fn operator(ns: &str, tmp: &Path, identity: &str, configuration: &str, extra: &[
         "--webhook-configuration",
         configuration,
     ];
+    // Each operator serves the webhook on a loopback port of its own,
+    // unless the test names the one the configuration calls.
+    let own = format!("127.0.0.1:{}", free_port());
+    if !extra.contains(&"--webhook-listen") {
+        args.extend_from_slice(&["--webhook-listen", &own]);
+    }
     args.extend_from_slice(extra);
     Idplane::operator(
         ns,
@@ -153,17 +159,20 @@ fn assert_no_key_in_log(idplane: &Idplane, secret: &Value) {
 
 /// A fresh namespace, a directory, and a webhook configuration of the
 /// test's own with the webhooks `names` (aimed at a loopback port).
-fn setup(names: &[&str]) -> (String, tempfile::TempDir, TestWebhookConfiguration) {
+fn setup(names: &[&str]) -> (String, tempfile::TempDir, TestWebhookConfiguration, u16) {
     install_crds();
     let ns = temp_namespace("whcert");
-    let url = format!("https://127.0.0.1:{}/validate", free_port());
+    let port = free_port();
+    let url = format!(
+        "https://127.0.0.1:{port}/validate-or-kubectl-delete-validatingwebhookconfiguration-idplane"
+    );
     let configuration = TestWebhookConfiguration::create(&ns, &url, names);
-    (ns, tempfile::tempdir().unwrap(), configuration)
+    (ns, tempfile::tempdir().unwrap(), configuration, port)
 }
 
 #[test]
 fn the_operator_creates_its_secret_and_writes_the_ca_into_every_webhook() {
-    let (ns, tmp, configuration) = setup(&["validate.idplane.dev", "second.idplane.dev"]);
+    let (ns, tmp, configuration, port) = setup(&["validate.idplane.dev", "second.idplane.dev"]);
     assert_eq!(bundles(&configuration.get()), ["", ""]);
     let mut idplane = operator(&ns, tmp.path(), "a", &configuration.name, &[]);
 
@@ -235,18 +244,59 @@ fn the_operator_creates_its_secret_and_writes_the_ca_into_every_webhook() {
     idplane.stop(T);
     assert_no_key_in_log(&idplane, &secret);
     drop(idplane);
-    let idplane = operator(&ns, tmp.path(), "a2", &configuration.name, &[]);
+    // This time on the port the configuration calls: the apiserver reaches
+    // the webhook through the certificate idplane made, trusted by the
+    // bundle idplane wrote, and idplane's rules refuse a second active hook.
+    let listen = format!("127.0.0.1:{port}");
+    let idplane = operator(
+        &ns,
+        tmp.path(),
+        "a2",
+        &configuration.name,
+        &["--webhook-listen", &listen],
+    );
     wait_for("the same certificate served after a restart", T, || {
         (served_serial(&idplane)? == serial(&data["tls.crt"])).then_some(())
     });
     let again = get_json(&ns, &format!("secret/{SECRET}")).unwrap();
     assert_eq!(again["metadata"]["resourceVersion"], version);
+    let hook = |name: &str| {
+        format!(
+            "apiVersion: idplane.dev/v1alpha1\nkind: TelephonyHook\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{url: 'https://sms.example.com/{name}', active: true,\n\
+             auth: {{header: X-Api-Key, secretRef: {{name: sms, key: token}}}}}}\n"
+        )
+    };
+    kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sms",
+        "-n",
+        &ns,
+        "--from-literal=token=t0ken",
+    ]);
+    let first = wait_for("the first active hook admitted", T, || {
+        let out = kubectl_stdin(&["apply", "-f", "-"], &hook("first"));
+        out.status.success().then_some(out)
+    });
+    assert!(first.status.success());
+    let second = wait_for("the second active hook refused by idplane", T, || {
+        let out = kubectl_stdin(&["apply", "-f", "-"], &hook("second"));
+        let err = text(&out.stderr);
+        (!out.status.success() && err.contains("first")).then_some(err)
+    });
+    assert!(second.contains("spec.active"), "{second}");
+    assert!(
+        get_json(&ns, "telephonyhook/second").is_none(),
+        "a refused hook is not stored"
+    );
     assert_no_key_in_log(&idplane, &again);
 }
 
 #[test]
 fn two_operators_started_at_once_serve_one_secret() {
-    let (ns, tmp, configuration) = setup(&["validate.idplane.dev"]);
+    let (ns, tmp, configuration, _) = setup(&["validate.idplane.dev"]);
     let (a, b) = std::thread::scope(|s| {
         let start = |identity: &'static str| {
             let (ns, tmp, name) = (&ns, tmp.path(), &configuration.name);
@@ -297,7 +347,7 @@ fn trusted_and_served(ns: &str, configuration: &str) -> (String, BTreeMap<String
 
 #[test]
 fn short_lived_certificates_rotate_and_stay_trusted_throughout() {
-    let (ns, tmp, configuration) = setup(&["validate.idplane.dev"]);
+    let (ns, tmp, configuration, _) = setup(&["validate.idplane.dev"]);
     // The serving certificate is renewed about every 25 s, the CA after
     // about 80 s; the serving certificate moves to the new CA 4 s after
     // the configuration trusts it.

@@ -5,10 +5,10 @@
 //! certificate comes into a [`tls::CertSlot`] from files ([`cert_files`])
 //! or from the Secret idplane manages itself.
 
-pub mod certificate;
-pub mod self_managed;
 pub mod cert_files;
+pub mod certificate;
 pub mod review;
+pub mod self_managed;
 pub mod server;
 pub mod tls;
 
