@@ -252,15 +252,21 @@ impl<'a> Review<'a> {
             .map(|f| format!("{}: {}", f.field, f.message))
             .collect();
         warnings.extend(secret_warnings(candidate, live));
-        warnings.extend(consequences(&before, &after, key));
+        warnings.extend(consequences(&before, &after, key, false));
 
-        let errors: Vec<&Finding> = mine
+        let mut errors: Vec<&Finding> = mine
             .into_iter()
             .filter(|f| f.severity == Severity::Error)
             .collect();
-        if errors.is_empty() {
+        // A change that would win a conflict (an older hook made active, an
+        // older policy given a taken priority) breaks the rule as surely as
+        // one that would lose it: it is refused too, naming the object it
+        // would displace.
+        let displaced = displaced(&before, &after, key);
+        if errors.is_empty() && displaced.is_empty() {
             return Decision::allow(warnings);
         }
+        errors.extend(displaced.iter().copied());
         if self.spec_unchanged() {
             // Labels, annotations, finalizers: never refused, so that an
             // object admitted before the webhook existed can be managed.
@@ -277,7 +283,14 @@ impl<'a> Review<'a> {
                 .into_iter()
                 .map(|f| Cause {
                     field: f.field.clone(),
-                    message: with_hint(f),
+                    message: if f.object == *key {
+                        with_hint(f)
+                    } else {
+                        format!(
+                            "this change would displace {}: {}; change {} first",
+                            f.object, f.message, f.object
+                        )
+                    },
                 })
                 .collect(),
         );
@@ -308,7 +321,7 @@ impl<'a> Review<'a> {
         let secrets = secret_objects(&key.namespace, live);
         let before = cross(&live_objects(live.org, None), None, &secrets);
         let after = cross(&live_objects(live.org, Some(&key)), None, &secrets);
-        Decision::allow(consequences(&before, &after, &key))
+        Decision::allow(consequences(&before, &after, &key, true))
     }
 }
 
@@ -434,23 +447,48 @@ impl CrossReport<'_> {
     }
 }
 
-/// What a change does to the rest of the org: findings on other objects
-/// that it brings, and the org's active hook or provider that it takes away.
+/// The errors a change brings to other objects of the org (a conflict it
+/// would win): the reasons to refuse it.
+fn displaced<'a>(
+    before: &CrossReport<'_>,
+    after: &'a CrossReport<'a>,
+    changed: &ObjectKey,
+) -> Vec<&'a Finding> {
+    brought(before, after, changed)
+        .filter(|f| f.severity == Severity::Error)
+        .collect()
+}
+
+/// The findings on other objects than `changed` that are in `after` and
+/// not in `before`.
+fn brought<'a>(
+    before: &CrossReport<'_>,
+    after: &'a CrossReport<'a>,
+    changed: &ObjectKey,
+) -> impl Iterator<Item = &'a Finding> {
+    let had: BTreeSet<(ObjectKey, String, String)> = before
+        .findings
+        .iter()
+        .map(|f| (f.object.clone(), f.field.clone(), f.message.clone()))
+        .collect();
+    let changed = changed.clone();
+    after.findings.iter().filter(move |f| {
+        f.object != changed
+            && !had.contains(&(f.object.clone(), f.field.clone(), f.message.clone()))
+    })
+}
+
+/// What a change does to the rest of the org: warnings on other objects
+/// that it brings, and the org's active hook or provider that it takes
+/// away. (Errors it brings are refusals on a create or update: [`displaced`].)
 fn consequences(
     before: &CrossReport<'_>,
     after: &CrossReport<'_>,
     changed: &ObjectKey,
+    errors_too: bool,
 ) -> Vec<String> {
-    let had: BTreeSet<(&ObjectKey, &str, &str)> = before
-        .findings
-        .iter()
-        .map(|f| (&f.object, f.field.as_str(), f.message.as_str()))
-        .collect();
-    let mut out: Vec<String> = after
-        .findings
-        .iter()
-        .filter(|f| f.object != *changed)
-        .filter(|f| !had.contains(&(&f.object, f.field.as_str(), f.message.as_str())))
+    let mut out: Vec<String> = brought(before, after, changed)
+        .filter(|f| errors_too || f.severity != Severity::Error)
         .map(|f| {
             format!(
                 "after this change, {}: {}: {}",
@@ -768,10 +806,11 @@ mod tests {
         );
     }
 
-    /// The oldest wins: an update of the older hook to active wins over the
-    /// younger active one; that one's loss is a warning, not a refusal.
+    /// An older hook made active would win over the younger active one
+    /// (oldest wins): that is a second active hook all the same, refused
+    /// with the hook it would displace named.
     #[test]
-    fn an_older_candidate_wins_and_the_loser_is_warned_about() {
+    fn an_older_candidate_that_would_win_is_refused_too() {
         let old_version = hook("elder", false, OLD, None);
         let org = org(&[old_version.clone(), hook("younger", true, NEW, None)]);
         let elder = hook("elder", true, OLD, None);
@@ -779,12 +818,18 @@ mod tests {
             request(Operation::Update, Some(&elder), Some(&old_version)),
             &org,
         );
-        assert!(d.allowed(), "{d:?}");
+        let message = d.refusal.expect("refused").message;
         assert!(
-            d.warnings.iter().any(|w| w.starts_with(
-                "after this change, TelephonyHook acme/younger: spec.active: only one TelephonyHook may be active"
-            )),
-            "{:?}",
+            message.starts_with(
+                "spec.active: this change would displace TelephonyHook acme/younger: only one TelephonyHook may be active"
+            ),
+            "{message}"
+        );
+        assert!(
+            !d.warnings
+                .iter()
+                .any(|w| w.contains("acme/younger: spec.active")),
+            "the refusal is not repeated as a warning: {:?}",
             d.warnings
         );
     }
