@@ -229,7 +229,7 @@ fn against_the_cluster() {
     assert_eq!(text(&out.stdout), "", "{}", shown(&out));
     let stderr = text(&out.stderr);
     let warning = stderr
-        .find("examples/org/20-telephony-hooks.yaml:11:3: warning: TelephonyHook")
+        .find("examples/org/20-telephony-hooks.yaml:29:3: warning: TelephonyHook")
         .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
     let summary = stderr
         .find("0 changed, 0 would be created, 0 would be deleted, 11 unchanged")
