@@ -327,8 +327,17 @@ fn build_org(ns: &str, org: &BTreeMap<ObjectKey, Entry>, secrets: &Secrets) -> B
     (Arc::new(org_config), Arc::new(views))
 }
 
+/// The least time between two snapshots. Every reader makes a pass over a
+/// new snapshot (the status writer, the runtime modules' status fields) and
+/// the writer rebuilds each changed org: during a large apply, with the
+/// echoes of status writes, one snapshot per few changes made that work
+/// grow with the square of the objects. An isolated change is published at
+/// once; under a burst, changes gather for this long.
+const MIN_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs the writer: applies changes as they come (in batches), publishes a
-/// snapshot after each batch, and reports which Secrets are referenced.
+/// snapshot after each batch (at most one per [`MIN_PUBLISH_INTERVAL`]),
+/// and reports which Secrets are referenced.
 pub async fn run(
     mut writer: IndexWriter,
     mut changes: mpsc::Receiver<Change>,
@@ -336,7 +345,17 @@ pub async fn run(
     referenced: watch::Sender<Referenced>,
     metrics: Arc<crate::telemetry::Metrics>,
 ) {
+    let mut last_publish: Option<tokio::time::Instant> = None;
     while let Some(first) = changes.recv().await {
+        let mut applied = 1;
+        writer.apply(first);
+        if let Some(last) = last_publish {
+            let until = last + MIN_PUBLISH_INTERVAL;
+            while let Ok(Some(next)) = tokio::time::timeout_at(until, changes.recv()).await {
+                writer.apply(next);
+                applied += 1;
+            }
+        }
         let started = Instant::now();
         // One span per batch: the changes waiting are applied together.
         let span = tracing::info_span!(
@@ -346,8 +365,6 @@ pub async fn run(
             version = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let mut applied = 1;
-        writer.apply(first);
         while let Ok(next) = changes.try_recv() {
             writer.apply(next);
             applied += 1;
@@ -375,6 +392,7 @@ pub async fn run(
             }
         });
         snapshots.send_replace(Arc::new(snapshot));
+        last_publish = Some(tokio::time::Instant::now());
     }
 }
 
