@@ -159,6 +159,16 @@ impl IndexWriter {
             // Only status or bookkeeping changed: keep the validation result.
             entry.status = value.get("status").cloned().map(Arc::new);
             entry.uid = meta_str(&value, "uid");
+            // Nothing to rebuild (the echo of each status write comes this
+            // way): the org's built view takes the status as it is.
+            if !self.dirty.contains(&key.namespace)
+                && let Some((_, views)) = self.built.get_mut(&key.namespace)
+                && let Some(view) = Arc::make_mut(views).get_mut(&key)
+            {
+                view.observed_status = entry.status.clone();
+                view.uid = entry.uid.clone();
+                return;
+            }
             self.dirty.insert(key.namespace);
             return;
         }
@@ -453,6 +463,28 @@ mod tests {
             view.state.message
         );
         assert_eq!(view.generation, Some(2));
+    }
+
+    #[test]
+    fn a_status_only_change_reaches_the_view_without_a_rebuild() {
+        let mut w = IndexWriter::new(Options::default());
+        w.apply(secret());
+        let created = "2024-01-01T00:00:00Z";
+        w.apply(Change::Upsert(hook("a", 1, "https://one.example", created)));
+        let before = w.publish();
+        let mut echoed = hook("a", 1, "https://one.example", created);
+        echoed["status"] = json!({"observedGeneration": 1});
+        w.apply(Change::Upsert(echoed));
+        let after = w.publish();
+        let view = &after.objects[&key("a")];
+        assert_eq!(view.observed_status.as_deref(), Some(&json!({"observedGeneration": 1})));
+        assert_eq!(view.state, before.objects[&key("a")].state);
+        assert!(
+            Arc::ptr_eq(&before.orgs["acme"], &after.orgs["acme"]),
+            "the org's configuration was rebuilt"
+        );
+        // The snapshot before keeps what it showed.
+        assert_eq!(before.objects[&key("a")].observed_status, None);
     }
 
     #[test]
