@@ -161,7 +161,12 @@ mod tests {
     fn secret_missing() -> Value {
         status(&[
             VALID,
-            ("Ready", "False", "SecretNotFound", "Secret sms has no key token"),
+            (
+                "Ready",
+                "False",
+                "SecretNotFound",
+                "Secret sms has no key token",
+            ),
         ])
     }
 
@@ -206,7 +211,12 @@ mod tests {
                 None,
             ),
             ("a new standby hook", None, hook_standby(), None),
-            ("recovery from a missing Secret", Some(secret_missing()), ready(), None),
+            (
+                "recovery from a missing Secret",
+                Some(secret_missing()),
+                ready(),
+                None,
+            ),
             (
                 "recovery from invalid",
                 Some(invalid("spec.port: at most 65535")),

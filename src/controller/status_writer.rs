@@ -1124,12 +1124,19 @@ mod tests {
         // (from 0) no sooner than (k + 1 - burst) / rate seconds.
         for (k, w) in writes.iter().enumerate() {
             let earliest = Duration::from_millis(500 * (k as u64 + 1).saturating_sub(2));
-            assert!(w.at - start >= earliest, "write {k} after {:?}", w.at - start);
+            assert!(
+                w.at - start >= earliest,
+                "write {k} after {:?}",
+                w.at - start
+            );
         }
         // And not slower than the bucket: the last after two seconds, not
         // much more.
         let last = writes.last().unwrap().at - start;
-        assert!(last < Duration::from_millis(2200), "the last after {last:?}");
+        assert!(
+            last < Duration::from_millis(2200),
+            "the last after {last:?}"
+        );
     }
 
     #[test]
@@ -1187,18 +1194,24 @@ mod tests {
         assert_eq!(retry_after_failure(30), s(60));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_throttled_write_pauses_every_write_for_its_retry_after() {
+    /// The writer, leading, one write at a time, against a sink that
+    /// throttles its first `times` writes with `retry_after`.
+    fn throttling(times: usize, retry_after: Option<Duration>) -> Harness {
         let sink = RecordingSink {
-            retry_after: Some(Duration::from_secs(5)),
+            retry_after,
             ..Default::default()
         };
-        sink.throttles_left.store(1, Ordering::SeqCst);
+        sink.throttles_left.store(times, Ordering::SeqCst);
         let settings = WriterSettings {
             concurrency: 1,
             ..WriterSettings::default()
         };
-        let mut h = Harness::start(sink, settings, true);
+        Harness::start(sink, settings, true)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_write_pauses_every_write_for_its_retry_after() {
+        let mut h = throttling(1, Some(Duration::from_secs(5)));
         let start = Instant::now();
         h.upsert((1..=3).map(|n| policy(n, 1)));
         run_for(4).await;
@@ -1208,7 +1221,11 @@ mod tests {
             "no write before the Retry-After"
         );
         let throttled = r#"idplane_status_writes_total{result="throttled"} 1"#;
-        assert!(h.metrics.encode().contains(throttled), "{}", h.metrics.encode());
+        assert!(
+            h.metrics.encode().contains(throttled),
+            "{}",
+            h.metrics.encode()
+        );
         run_for(3).await;
         let writes = h.sink.writes();
         assert_eq!(h.sink.names_written(), ["p1", "p2", "p3"]);
@@ -1217,13 +1234,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttled_without_retry_after_it_backs_off_doubling() {
-        let sink = RecordingSink::default();
-        sink.throttles_left.store(3, Ordering::SeqCst);
-        let settings = WriterSettings {
-            concurrency: 1,
-            ..WriterSettings::default()
-        };
-        let mut h = Harness::start(sink, settings, true);
+        let mut h = throttling(3, None);
         let start = Instant::now();
         h.upsert([policy(1, 1)]);
         run_for(20).await;
@@ -1253,7 +1264,12 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         let (object, reason, writes_before) = &events[0];
         assert_eq!((object, reason.as_str()), (&key(2), "Conflict"));
-        let p2_written = h.sink.writes().iter().position(|w| w.key == key(2)).unwrap();
+        let p2_written = h
+            .sink
+            .writes()
+            .iter()
+            .position(|w| w.key == key(2))
+            .unwrap();
         assert!(*writes_before > p2_written, "the event before its write");
     }
 
@@ -1262,7 +1278,10 @@ mod tests {
         let mut h = Harness::start(RecordingSink::default(), WriterSettings::default(), true);
         let events = |h: &Harness| -> Vec<(String, String)> {
             let events = h.sink.events.lock().unwrap();
-            events.iter().map(|(k, r, _)| (k.name.clone(), r.clone())).collect()
+            events
+                .iter()
+                .map(|(k, r, _)| (k.name.clone(), r.clone()))
+                .collect()
         };
         // New valid objects: noise.
         h.upsert([policy(1, 1), policy(2, 1)]);
