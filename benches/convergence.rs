@@ -1,35 +1,52 @@
-//! Convergence benchmark against the real test cluster (run
-//! `eval "$(scripts/test-cluster.sh up)"` first, or set IDPLANE_TEST_KUBECONFIG).
+//! How fast `idplane operator`, with its default settings, gives freshly
+//! created objects their status, against the floor of the same apiserver
+//! in the same run. Needs the test cluster (`eval "$(scripts/test-cluster.sh
+//! env)"`, or IDPLANE_TEST_KUBECONFIG).
 //!
-//! 1. Starts the operator (release build) on a fresh namespace set and
-//!    records its resident memory while idle.
-//! 2. Applies 1,000 mixed objects (hooks, policies, providers, domains) and
-//!    times until every one carries its current observedGeneration and its
-//!    final Ready condition.
-//! 3. In the same run, times 1,000 status patches written by a bare client
-//!    loop (server-side apply of status, one after the other) and reports
-//!    the ratio.
-//! 4. Grows to 10,000 objects and records resident memory again.
-//!
-//! Results go to bench-results/convergence.txt.
+//! For each size (1,000 and 5,000 mixed objects in 10 namespaces;
+//! IDPLANE_BENCH_SIZES=1000,5000) and each repetition (3;
+//! IDPLANE_BENCH_REPETITIONS), the floor and the operator alternate which
+//! goes first, each on fresh namespaces:
+//! - floor: 16 concurrent creates, then 16 concurrent status patches, one
+//!   per object (a JSON merge patch of the status idplane's library computes
+//!   for it); the sum of the two phases.
+//! - operator: a fresh `idplane operator` (release build, default
+//!   settings), idle and holding its Lease; the same 16 concurrent creates;
+//!   from the first create until the last object shows its final `Ready`
+//!   (the one the library computes) for its current generation, with
+//!   `status.observedGeneration`, as seen through a watch.
+//! The same watch (one per kind, by label) is open during both, so both
+//! carry its load. Also read: the operator's status writes and Events per
+//! object, its CPU time, and its resident memory idle and after the largest
+//! size. Results go to bench-results/convergence.txt.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::ApiResource;
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Client, Config};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use idplane::resources::{EmailDomain, EmailProvider, EnrollmentPolicy, TelephonyHook};
+use idplane::controller::conditions::desired_status;
+use idplane::index::{Change, IndexWriter};
+use idplane::resources::{Kind, ObjectKey, api_resource};
+use idplane::validate::SecretData;
 
 mod support;
-use support::{Killed, kubeconfig, kubectl_ok};
+use support::{Idplane, kubeconfig, kubectl_ok};
 
-const NAMESPACES: usize = 20;
+/// Namespaces (orgs) of each measurement.
+const NAMESPACES: usize = 10;
+/// Requests in flight for every client: the benchmark's and the operator's.
+const CONCURRENCY: usize = 16;
+/// The label that marks one measurement's objects (for the watch).
+const LABEL: &str = "idplane.dev/bench";
+/// Longest wait for one measurement.
+const LIMIT: Duration = Duration::from_secs(900);
 
 async fn client() -> Client {
     let kc = Kubeconfig::read_from(kubeconfig()).expect("kubeconfig");
@@ -39,100 +56,306 @@ async fn client() -> Client {
     Client::try_from(config).unwrap()
 }
 
-fn kinds() -> [(&'static str, ApiResource); 4] {
-    [
-        ("TelephonyHook", ApiResource::erase::<TelephonyHook>(&())),
-        (
-            "EnrollmentPolicy",
-            ApiResource::erase::<EnrollmentPolicy>(&()),
-        ),
-        ("EmailProvider", ApiResource::erase::<EmailProvider>(&())),
-        ("EmailDomain", ApiResource::erase::<EmailDomain>(&())),
-    ]
+/// One measurement's objects: `size` mixed objects in its own namespaces.
+struct Set {
+    id: String,
+    namespaces: Vec<String>,
+    size: usize,
 }
 
-/// Object number `i` of a mixed set: a quarter of each kind.
-fn object(i: usize, prefix: &str) -> (usize, String, serde_json::Value) {
-    let kind = i % 4;
-    let ns = format!("{prefix}-{}", i % NAMESPACES);
-    let name = format!("o{i}");
-    let spec = match kind {
-        0 => json!({"url": format!("https://sms.example.com/{i}"), "active": false,
-                     "auth": {"header": "X-Key", "secretRef": {"name": "sms", "key": "token"}}}),
-        1 => json!({"priority": i + 1, "groups": [format!("g{i}")],
+impl Set {
+    /// Object number `i`: a quarter of each kind, spread over the namespaces.
+    fn object(&self, i: usize) -> (Kind, String, Value) {
+        let kind = Kind::ALL[i % 4];
+        let ns = self.namespaces[i % NAMESPACES].clone();
+        let spec = match kind {
+            Kind::TelephonyHook => {
+                json!({"url": format!("https://sms.example.com/{i}"), "active": false,
+                       "auth": {"header": "X-Key", "secretRef": {"name": "sms", "key": "token"}}})
+            }
+            Kind::EnrollmentPolicy => json!({"priority": i + 1, "groups": [format!("g{i}")],
                      "authenticators": [{"key": "okta_email", "enroll": "REQUIRED"}]}),
-        2 => json!({"host": "smtp.example.com", "port": 587, "username": "u",
+            Kind::EmailProvider => json!({"host": "smtp.example.com", "port": 587, "username": "u",
                      "passwordSecretRef": {"name": "smtp", "key": "password"}}),
-        _ => {
-            json!({"brand": format!("b{i}"), "domain": "example.com", "userName": "no", "displayName": "N"})
+            Kind::EmailDomain => {
+                json!({"brand": format!("b{i}"), "domain": "example.com", "userName": "no", "displayName": "N"})
+            }
+        };
+        let body = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": kind.as_str(),
+            "metadata": {"name": format!("o{i}"), "namespace": ns, "labels": {LABEL: self.id}},
+            "spec": spec});
+        (kind, ns, body)
+    }
+
+    /// Creates the namespaces and the Secrets the objects reference.
+    fn prepare(&self) {
+        for ns in &self.namespaces {
+            kubectl_ok(&["create", "namespace", ns]);
+            for (name, key, value) in [("sms", "token", "t"), ("smtp", "password", "p")] {
+                kubectl_ok(&[
+                    "create",
+                    "secret",
+                    "generic",
+                    name,
+                    "-n",
+                    ns,
+                    &format!("--from-literal={key}={value}"),
+                ]);
+            }
         }
-    };
-    let (k, _) = &kinds()[kind];
-    let body = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": k, "metadata": {"name": name, "namespace": ns}, "spec": spec});
-    (kind, ns, body)
+    }
+
+    /// The Secrets of [`Set::prepare`], as the index takes them.
+    fn secrets(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            for (name, key, value) in [("sms", "token", "t"), ("smtp", "password", "p")] {
+                out.push(Change::Secret {
+                    namespace: ns.clone(),
+                    name: name.into(),
+                    data: Some(SecretData {
+                        keys: BTreeMap::from([(key.to_string(), value.as_bytes().to_vec())]),
+                        version: "1".into(),
+                    }),
+                });
+            }
+        }
+        out
+    }
+
+    /// Deletes the objects and their Events (namespaces stay: the test
+    /// cluster has no namespace controller).
+    async fn clean(&self, client: &Client) {
+        let labels = ListParams::default().labels(&format!("{LABEL}={}", self.id));
+        for ns in &self.namespaces {
+            for kind in Kind::ALL {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(client.clone(), ns, &api_resource(kind));
+                api.delete_collection(&DeleteParams::default(), &labels)
+                    .await
+                    .expect("delete objects");
+            }
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(client.clone(), ns);
+            events
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await
+                .expect("delete events");
+        }
+    }
 }
 
-async fn apply_range(client: &Client, prefix: &str, range: std::ops::Range<usize>) {
-    let kinds = kinds();
-    futures::stream::iter(range)
+/// Creates every object of the set, 16 at a time; how long it took and the
+/// objects as the apiserver returned them.
+async fn create(client: &Client, set: &Set) -> (Duration, Vec<Value>) {
+    let start = Instant::now();
+    let created = futures::stream::iter(0..set.size)
         .map(|i| {
-            let (kind, ns, body) = object(i, prefix);
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &kinds[kind].1);
+            let (kind, ns, body) = set.object(i);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns, &api_resource(kind));
             async move {
-                let name = body["metadata"]["name"].as_str().unwrap().to_string();
-                api.patch(
-                    &name,
-                    &PatchParams::apply("bench").force(),
-                    &Patch::Apply(body),
-                )
-                .await
-                .expect("apply");
+                let object: DynamicObject = serde_json::from_value(body).unwrap();
+                let created = api
+                    .create(&PostParams::default(), &object)
+                    .await
+                    .expect("create");
+                let mut value = serde_json::to_value(created).unwrap();
+                value["apiVersion"] = json!("idplane.dev/v1alpha1");
+                value["kind"] = json!(kind.as_str());
+                value
             }
         })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
+        .buffer_unordered(CONCURRENCY)
+        .collect()
         .await;
+    (start.elapsed(), created)
 }
 
-/// Counts objects whose status is current and has its final Ready condition.
-async fn converged(client: &Client, prefix: &str) -> usize {
-    let mut n = 0;
-    for (ns, (_, ar)) in (0..NAMESPACES).flat_map(|i| {
-        kinds()
-            .into_iter()
-            .map(move |k| (format!("{prefix}-{i}"), k))
-    }) {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        let list = api.list(&ListParams::default()).await.unwrap();
-        for o in list.items {
-            let generation = o.metadata.generation;
-            let status = &o.data["status"];
-            let current = status["observedGeneration"].as_i64() == generation;
-            let ready = status["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["observedGeneration"].as_i64() == generation)
-            });
-            if current && ready {
-                n += 1;
-            }
-        }
+/// The status idplane writes for each created object, from its own index
+/// and conditions (no runtime module fields).
+fn expected_statuses(set: &Set, created: &[Value]) -> HashMap<ObjectKey, Value> {
+    let mut index = IndexWriter::new(Default::default());
+    for change in set.secrets() {
+        index.apply(change);
     }
-    n
+    for object in created {
+        index.apply(Change::Upsert(object.clone()));
+    }
+    index.apply(Change::Synced);
+    let snapshot = index.publish();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    snapshot
+        .objects
+        .iter()
+        .map(|(key, view)| (key.clone(), desired_status(key, view, None, None, &now)))
+        .collect()
 }
 
-async fn wait_converged(client: &Client, prefix: &str, want: usize, limit: Duration) -> Duration {
+/// The floor's second phase: one JSON merge patch of each status, 16 at a
+/// time.
+async fn patch_statuses(client: &Client, statuses: &HashMap<ObjectKey, Value>) -> Duration {
     let start = Instant::now();
-    loop {
-        let n = converged(client, prefix).await;
-        if n >= want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "only {n}/{want} converged after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    futures::stream::iter(statuses)
+        .map(|(key, status)| {
+            let kind = key.owned_kind().unwrap();
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &key.namespace, &api_resource(kind));
+            let body = json!({"status": status});
+            async move {
+                api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(body))
+                    .await
+                    .expect("status patch");
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    start.elapsed()
+}
+
+/// What the watch last saw of an object: its Ready condition when it is
+/// for the current generation (and `status.observedGeneration` too), and
+/// when that last changed.
+#[derive(Clone, Debug)]
+struct Seen {
+    ready: Option<Value>,
+    since: Instant,
+}
+
+/// `Ready` without its transition time, when the status is for the current
+/// generation.
+fn current_ready(object: &Value) -> Option<Value> {
+    let generation = object["metadata"]["generation"].as_i64()?;
+    let status = &object["status"];
+    if status["observedGeneration"].as_i64() != Some(generation) {
+        return None;
     }
+    let ready = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["observedGeneration"].as_i64() == Some(generation))?;
+    Some(json!([ready["status"], ready["reason"], ready["message"]]))
+}
+
+/// One watch per kind on a measurement's objects (by label), recording what
+/// each object last showed.
+struct Observer {
+    seen: Arc<Mutex<HashMap<ObjectKey, Seen>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Observer {
+    /// Starts the watches; returns once each has listed.
+    async fn start(client: &Client, set: &Set) -> Observer {
+        let seen: Arc<Mutex<HashMap<ObjectKey, Seen>>> = Arc::default();
+        let (listed_tx, mut listed_rx) = tokio::sync::mpsc::channel(4);
+        let mut tasks = Vec::new();
+        for kind in Kind::ALL {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &api_resource(kind));
+            let config = watcher::Config::default().labels(&format!("{LABEL}={}", set.id));
+            let seen = seen.clone();
+            let listed = listed_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stream = watcher(api, config).boxed();
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                            let key = ObjectKey::new(
+                                kind,
+                                o.metadata.namespace.clone().unwrap_or_default(),
+                                o.metadata.name.clone().unwrap_or_default(),
+                            );
+                            let ready = current_ready(&serde_json::to_value(&o).unwrap());
+                            let mut seen = seen.lock().unwrap();
+                            let changed = seen.get(&key).is_none_or(|s| s.ready != ready);
+                            if changed {
+                                let since = Instant::now();
+                                seen.insert(key, Seen { ready, since });
+                            }
+                        }
+                        Ok(Event::InitDone) => {
+                            let _ = listed.send(()).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("bench watch: {e}"),
+                    }
+                }
+            }));
+        }
+        for _ in Kind::ALL {
+            listed_rx.recv().await.expect("the watch lists");
+        }
+        Observer { seen, tasks }
+    }
+
+    /// Waits until every object shows its expected Ready; returns when the
+    /// last one reached it.
+    async fn converged(&self, expected: &HashMap<ObjectKey, Value>) -> Instant {
+        let want: HashMap<&ObjectKey, Option<Value>> = expected
+            .iter()
+            .map(|(k, status)| {
+                let object = json!({"metadata": {"generation": status["observedGeneration"]}, "status": status});
+                (k, current_ready(&object))
+            })
+            .collect();
+        let start = Instant::now();
+        loop {
+            let (done, last) = {
+                let seen = self.seen.lock().unwrap();
+                let mut last = None;
+                let mut done = 0;
+                for (key, ready) in &want {
+                    if let Some(s) = seen.get(*key).filter(|s| &s.ready == ready) {
+                        done += 1;
+                        last = last.max(Some(s.since));
+                    }
+                }
+                (done, last)
+            };
+            if done == want.len() {
+                return last.unwrap_or_else(Instant::now);
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "only {done}/{} converged after {LIMIT:?}",
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One floor measurement.
+struct Floor {
+    create: Duration,
+    patch: Duration,
+}
+
+impl Floor {
+    fn total(&self) -> Duration {
+        self.create + self.patch
+    }
+}
+
+/// One operator measurement.
+struct Converged {
+    create: Duration,
+    total: Duration,
+    writes: f64,
+    unchanged: f64,
+    events: usize,
+    cpu: f64,
+    rss_idle_kib: u64,
+    rss_kib: u64,
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -145,142 +368,239 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() {
+/// CPU seconds (user + system) a process used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): utime is the 14th
+    // field of the line, stime the 15th.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+struct Bench {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    run: String,
+    sets: usize,
+    tmp: tempfile::TempDir,
+}
+
+impl Bench {
+    /// A fresh set of namespaces with their Secrets.
+    fn set(&mut self, size: usize) -> Set {
+        self.sets += 1;
+        let id = format!("{}-{}", self.run, self.sets);
+        let set = Set {
+            namespaces: (0..NAMESPACES).map(|n| format!("{id}-{n}")).collect(),
+            id,
+            size,
+        };
+        set.prepare();
+        set
+    }
+
+    fn floor(&mut self, size: usize) -> Floor {
+        let set = self.set(size);
+        let client = self.client.clone();
+        self.rt.block_on(async {
+            let observer = Observer::start(&client, &set).await;
+            let (create_time, created) = create(&client, &set).await;
+            let statuses = expected_statuses(&set, &created);
+            let patch = patch_statuses(&client, &statuses).await;
+            observer.converged(&statuses).await;
+            drop(observer);
+            set.clean(&client).await;
+            Floor {
+                create: create_time,
+                patch,
+            }
+        })
+    }
+
+    fn operator(&mut self, size: usize) -> Converged {
+        let set = self.set(size);
+        let db = self.tmp.path().join(format!("{}.db", set.id));
+        let log = self.tmp.path().join(format!("{}.log", set.id));
+        let mut op = Idplane::start(
+            &[
+                "operator",
+                "--namespaces",
+                &set.namespaces.join(","),
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                db.to_str().unwrap(),
+                "--lease-namespace",
+                &set.namespaces[0],
+            ],
+            &[("KUBECONFIG", kubeconfig().to_str().unwrap())],
+            &log,
+        );
+        op.wait_ready(Duration::from_secs(60));
+        support::wait_for("the operator to lead", Duration::from_secs(60), || {
+            (op.metric("idplane_leader") == 1.0).then_some(())
+        });
+        let pid = op.child.id();
+        let rss_idle_kib = rss_kib(pid);
+        let cpu_before = cpu_seconds(pid);
+        let client = self.client.clone();
+        let (create_time, total) = self.rt.block_on(async {
+            let observer = Observer::start(&client, &set).await;
+            let start = Instant::now();
+            let (create_time, created) = create(&client, &set).await;
+            let statuses = expected_statuses(&set, &created);
+            let last = observer.converged(&statuses).await;
+            (create_time, last - start)
+        });
+        let cpu = cpu_seconds(pid) - cpu_before;
+        let rss_kib = rss_kib(pid);
+        let writes = op.metric("idplane_status_writes_total{result=\"ok\"}");
+        let unchanged = op.metric("idplane_status_writes_total{result=\"unchanged\"}");
+        drop(op);
+        let events = self.rt.block_on(async {
+            let mut n = 0;
+            for ns in &set.namespaces {
+                let api: Api<k8s_openapi::api::events::v1::Event> =
+                    Api::namespaced(client.clone(), ns);
+                n += api.list(&ListParams::default()).await.unwrap().items.len();
+            }
+            set.clean(&client).await;
+            n
+        });
+        Converged {
+            create: create_time,
+            total,
+            writes,
+            unchanged,
+            events,
+            cpu,
+            rss_idle_kib,
+            rss_kib,
+        }
+    }
+}
+
+/// The middle value (the lower middle of an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2]
+}
+
+fn spread(values: &[f64]) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` probes; the bench needs a cluster
     }
     let root = env!("CARGO_MANIFEST_DIR");
     std::env::set_current_dir(root).unwrap();
+    let sizes = env_list("IDPLANE_BENCH_SIZES", "1000,5000");
+    let repetitions = env_list("IDPLANE_BENCH_REPETITIONS", "3")
+        .first()
+        .copied()
+        .unwrap_or(3)
+        .max(1);
     kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
-    let client = client().await;
-    let run = format!("bench{:x}", std::process::id());
-    let namespaces: Vec<String> = (0..NAMESPACES).map(|n| format!("{run}-{n}")).collect();
-    for ns in &namespaces {
-        kubectl_ok(&["create", "namespace", ns]);
-        kubectl_ok(&[
-            "create",
-            "secret",
-            "generic",
-            "sms",
-            "-n",
-            ns,
-            "--from-literal=token=t",
-        ]);
-        kubectl_ok(&[
-            "create",
-            "secret",
-            "generic",
-            "smtp",
-            "-n",
-            ns,
-            "--from-literal=password=p",
-        ]);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_idplane"))
-        .args([
-            "operator",
-            "--namespaces",
-            &namespaces.join(","),
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            tmp.path().join("db").to_str().unwrap(),
-            "--lease-namespace",
-            &namespaces[0],
-            "--lease-seconds",
-            "6",
-        ])
-        .env("KUBECONFIG", kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("operator");
-    let stderr = operator.stderr.take().unwrap();
-    let operator = Killed(operator);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("listening on ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("operator listening");
-    tokio::time::sleep(Duration::from_secs(8)).await; // lease acquired, idle
-    let idle_kib = rss_kib(operator.0.id());
-
-    // 1,000 mixed objects: apply and wait for convergence.
-    let start = Instant::now();
-    apply_range(&client, &run, 0..1000).await;
-    let applied = start.elapsed();
-    wait_converged(&client, &run, 1000, Duration::from_secs(300)).await;
-    let convergence = start.elapsed();
-
-    // The bare loop: 1,000 status patches, one after the other.
-    let kinds = kinds();
-    let bare_start = Instant::now();
-    for i in 0..1000 {
-        let (kind, ns, body) = object(i, &run);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &kinds[kind].1);
-        let name = body["metadata"]["name"].as_str().unwrap().to_string();
-        let status = json!({"apiVersion": "idplane.dev/v1alpha1", "kind": kinds[kind].0,
-            "status": {"observedGeneration": 1, "conditions": [{"type": "Bench", "status": "True", "reason": "Bench", "message": "bare loop", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
-        api.patch_status(
-            &name,
-            &PatchParams::apply("bench-bare").force(),
-            &Patch::Apply(status),
-        )
-        .await
-        .expect("status patch");
-    }
-    let bare = bare_start.elapsed();
-
-    // Grow to 10,000 objects for the memory reading.
-    let big_start = Instant::now();
-    apply_range(&client, &run, 1000..10_000).await;
-    wait_converged(&client, &run, 10_000, Duration::from_secs(900)).await;
-    let big = big_start.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let loaded_kib = rss_kib(operator.0.id());
-    drop(operator);
-    // Leave the cluster as we found it (namespaces stay: no namespace controller).
-    for ns in &namespaces {
-        kubectl_ok(&[
-            "delete",
-            "telephonyhooks,enrollmentpolicies,emailproviders,emaildomains",
-            "--all",
-            "-n",
-            ns,
-            "--wait=false",
-        ]);
-    }
-
-    let ratio = convergence.as_secs_f64() / bare.as_secs_f64();
-    let server = client
-        .apiserver_version()
-        .await
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(client());
+    let server = rt
+        .block_on(client.apiserver_version())
         .map(|v| v.git_version)
         .unwrap_or_else(|e| format!("unknown ({e})"));
+    let mut bench = Bench {
+        rt,
+        client,
+        run: format!("conv{:x}", std::process::id()),
+        sets: 0,
+        tmp: tempfile::tempdir().unwrap(),
+    };
+
+    let mut rows = String::new();
+    let mut summary = String::new();
+    let mut memory = String::new();
+    for &size in &sizes {
+        let mut floors = Vec::new();
+        let mut operators = Vec::new();
+        for rep in 0..repetitions {
+            // Alternate which goes first, so that a drift of the machine's
+            // load does not favour one.
+            let (floor, operator) = if rep % 2 == 0 {
+                let f = bench.floor(size);
+                (f, bench.operator(size))
+            } else {
+                let o = bench.operator(size);
+                (bench.floor(size), o)
+            };
+            let ratio = operator.total.as_secs_f64() / floor.total().as_secs_f64();
+            let row = format!(
+                "{size:>7} {rep:>4} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>7.2} {ratio:>6.2} {:>7.2} {:>7.3} {:>6.1}\n",
+                floor.total().as_secs_f64(),
+                floor.create.as_secs_f64(),
+                floor.patch.as_secs_f64(),
+                operator.total.as_secs_f64(),
+                operator.create.as_secs_f64(),
+                operator.writes / size as f64,
+                operator.events as f64 / size as f64,
+                operator.cpu,
+                rep = rep + 1,
+            );
+            print!("{row}");
+            rows.push_str(&row);
+            memory = format!(
+                "operator RSS idle: {:.1} MB; after converging {size} objects: {:.1} MB ({} unchanged skips)\n",
+                operator.rss_idle_kib as f64 / 1024.0,
+                operator.rss_kib as f64 / 1024.0,
+                operator.unchanged,
+            );
+            floors.push(floor.total().as_secs_f64());
+            operators.push(operator.total.as_secs_f64());
+        }
+        let ratios: Vec<f64> = operators.iter().zip(&floors).map(|(o, f)| o / f).collect();
+        summary.push_str(&format!(
+            "{size} objects: ratio of medians {:.2} (aim <= 1.2); per repetition {}; floor {:.2} s ({} s), operator {:.2} s ({} s)\n",
+            median(&operators) / median(&floors),
+            spread(&ratios),
+            median(&floors),
+            spread(&floors),
+            median(&operators),
+            spread(&operators),
+        ));
+    }
+
     let report = format!(
         "# idplane convergence benchmark ({date}, {cores} cores, Kubernetes {server} test apiserver)\n\
          command: cargo bench --bench convergence\n\
-         objects: 1000 mixed (hooks, policies, providers, domains) in {NAMESPACES} namespaces\n\
-         apply (16 concurrent server-side applies): {applied:.2?}\n\
-         convergence (apply start -> every object has current observedGeneration and Ready): {convergence:.2?}\n\
-         bare client loop, 1000 sequential status patches: {bare:.2?}\n\
-         ratio convergence / bare loop: {ratio:.2} (aim <= 1.5)\n\
-         10,000 objects converged in: {big:.2?}\n\
-         operator RSS idle: {idle:.1} MB (aim <= 40 MB)\n\
-         operator RSS with 10,000 objects: {loaded:.1} MB (aim <= 150 MB)\n",
+         objects: a quarter each of TelephonyHook, EnrollmentPolicy, EmailProvider, EmailDomain in {NAMESPACES} namespaces; every client {CONCURRENCY} requests in flight\n\
+         floor: creates, then one JSON merge patch of /status per object (the status idplane's library computes)\n\
+         operator: idplane operator with its default settings, from the first create until every object shows its final Ready for its generation (through a watch)\n\
+         {repetitions} repetitions, floor and operator alternating first; seconds\n\
+         objects  rep    floor  create  patch  operator  create  ratio  writes/obj events/obj cpu s\n\
+         {rows}{summary}{memory}",
         date = chrono::Utc::now().format("%Y-%m-%d"),
         cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        idle = idle_kib as f64 / 1024.0,
-        loaded = loaded_kib as f64 / 1024.0,
     );
     std::fs::create_dir_all("bench-results").unwrap();
     std::fs::write("bench-results/convergence.txt", &report).unwrap();

@@ -158,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             identity,
             lease_seconds,
             status_writes_per_second,
+            status_write_burst,
             status_concurrency,
             modules,
             webhook_certificates,
@@ -181,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 writer: idplane::controller::status_writer::WriterSettings {
                     writes_per_second: status_writes_per_second.max(1),
+                    burst: status_write_burst.max(1),
                     concurrency: status_concurrency.max(1),
                     ..Default::default()
                 },

@@ -108,7 +108,7 @@ impl Metrics {
         );
         registry.register(
             "status_writes",
-            "Status writes by result: ok, error, unchanged (skipped), gone (object deleted meanwhile)",
+            "Status writes by result: ok, error, unchanged (skipped), gone (object deleted meanwhile), throttled (the apiserver shed load: every write paused)",
             status_writes.clone(),
         );
         registry.register(
@@ -127,7 +127,7 @@ impl Metrics {
             leader.clone(),
         );
         // Publish the usual series from the start, at zero.
-        for result in ["ok", "unchanged", "error", "gone"] {
+        for result in ["ok", "unchanged", "error", "gone", "throttled"] {
             let _ = status_writes.get_or_create(&ResultLabel {
                 result: result.into(),
             });

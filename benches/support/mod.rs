@@ -20,7 +20,9 @@ pub use tests_support::admission;
 #[allow(unused_imports)]
 pub use tests_support::postgres::{OwnServer, fresh_database_on};
 #[allow(unused_imports)]
-pub use tests_support::{Killed, free_port, kubeconfig, kubectl_ok, root, test_tool};
+pub use tests_support::{
+    Idplane, Killed, free_port, kubeconfig, kubectl_ok, root, test_tool, wait_for,
+};
 
 /// The store backends a benchmark measures, in order:
 /// IDPLANE_BENCH_BACKENDS (`sqlite,postgres` by default).

@@ -148,11 +148,19 @@ pub enum Command {
         /// Lease duration in seconds: a dead leader is replaced within it.
         #[arg(long, default_value_t = 15)]
         lease_seconds: u64,
-        /// Status writes per second at most.
-        #[arg(long, default_value_t = 200)]
+        /// Status writes per second, sustained: the refill of a token
+        /// bucket that caps a write storm (two controllers fighting over a
+        /// status) without slowing a large apply (see --status-write-burst).
+        #[arg(long, default_value_t = crate::controller::status_writer::WriterSettings::DEFAULT_WRITES_PER_SECOND)]
         status_writes_per_second: u32,
-        /// Status writes in flight at once.
-        #[arg(long, default_value_t = 8)]
+        /// Status writes allowed at once above the sustained rate: the
+        /// bucket's size, full at start and after a quiet time.
+        #[arg(long, default_value_t = crate::controller::status_writer::WriterSettings::DEFAULT_BURST)]
+        status_write_burst: u32,
+        /// Status writes in flight at once. Whatever the rate, idplane never
+        /// has more requests open for status; when the apiserver sheds load
+        /// (429 or Retry-After, API Priority and Fairness) every write pauses.
+        #[arg(long, default_value_t = crate::controller::status_writer::WriterSettings::DEFAULT_CONCURRENCY)]
         status_concurrency: usize,
         #[command(flatten)]
         modules: serve::ModuleSettings,

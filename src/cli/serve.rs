@@ -450,11 +450,20 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
         leader_tx,
         ctx.stop.requested.clone(),
     ));
+    // The status writer's own client, without kube's retries: when the
+    // apiserver sheds load the writer pauses every write, not one request.
+    let status_client = {
+        let mut config = kube::Config::infer()
+            .await
+            .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
+        config.default_retry = false;
+        kube::Client::try_from(config).context("the status writer's client")?
+    };
     tokio::spawn(status_writer::run(
         ctx.snapshots.clone(),
         ctx.module_fields.clone(),
         leader_rx,
-        StatusSink::kube(client.clone(), &settings.lease.identity),
+        StatusSink::kube(status_client, &settings.lease.identity),
         settings.writer.clone(),
         ctx.written.clone(),
         ctx.metrics.clone(),

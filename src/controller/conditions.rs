@@ -333,34 +333,6 @@ fn extra_condition(c: &Value) -> Option<Desired> {
     })
 }
 
-/// The one-line summary of what changed between two states, for Events;
-/// `None` when nothing worth an Event changed.
-pub fn transition(
-    before: Option<&ObjectView>,
-    after: &ObjectView,
-) -> Option<(String, String, bool)> {
-    let a = &after.state;
-    let changed = match before {
-        None => true,
-        Some(b) => {
-            b.state.accepted != a.accepted
-                || b.state.ready != a.ready
-                || b.state.active != a.active
-                || b.state.reason != a.reason
-        }
-    };
-    if !changed {
-        return None;
-    }
-    let warning = !a.accepted || (!a.ready && a.reason != reason::DEACTIVATED);
-    let reason = if !a.accepted {
-        reason::INVALID.to_string()
-    } else {
-        a.reason.clone()
-    };
-    Some((reason, a.message.clone(), warning))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! transitions, and the Lease that decides which replica writes.
 
 pub mod conditions;
+pub mod events;
 pub mod lease;
 pub mod module_fields;
 pub mod status_writer;

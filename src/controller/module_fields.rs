@@ -29,10 +29,16 @@ impl ModuleFields {
     /// Setting the same value again changes nothing.
     pub fn set(&self, key: &ObjectKey, field: &str, value: Value) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let map = inner.fields.entry(key.clone()).or_default();
-        if map.get(field) == Some(&value) {
+        // Modules set every field again at each snapshot: the same value
+        // costs a lookup, not a copy of the key.
+        if inner
+            .fields
+            .get(key)
+            .is_some_and(|map| map.get(field) == Some(&value))
+        {
             return;
         }
+        let map = inner.fields.entry(key.clone()).or_default();
         map.insert(field.to_string(), value);
         inner.dirty.insert(key.clone());
         drop(inner);

@@ -1,14 +1,23 @@
-//! The status writer: one task that turns snapshots into status writes. It
-//! writes only what changed, in batches, at a bounded rate, and only while
-//! this replica leads (see [`super::lease`]). Transitions become Events.
+//! The status writer: one task that turns snapshots into status writes,
+//! only while this replica leads (see [`super::lease`]). Each object whose
+//! status changed joins a queue as soon as a snapshot shows it, and up to
+//! `concurrency` writes are in flight at once: the pipeline never waits for
+//! a whole batch, so status converges at the apiserver's own speed. A token
+//! bucket (a sustained rate with a large burst) caps write storms, and when
+//! the apiserver sheds load (429, or any answer with `Retry-After`, as API
+//! Priority and Fairness sends) every write pauses for the time it asks, or
+//! a doubling backoff. Transitions that deserve it become Events
+//! ([`super::events`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use http_body_util::BodyExt;
 use kube::Client;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, watch};
@@ -16,7 +25,8 @@ use tracing::Instrument;
 // Tokio's clock, as the loop's timers use: tests can pause it.
 use tokio::time::Instant;
 
-use super::conditions::{desired_status, transition};
+use super::conditions::desired_status;
+use super::events::{Notice, Severity, notice};
 use super::module_fields::ModuleFields;
 use crate::index::{ObjectView, Snapshot};
 use crate::resources::API_VERSION;
@@ -26,6 +36,11 @@ use crate::telemetry::Metrics;
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "idplane";
+
+/// The longest pause after the apiserver shed load, whatever it asks.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+/// The longest wait before writing again an object whose write failed.
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Errors writing status.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +52,18 @@ pub enum WriteError {
     /// Only idplane's kinds have a status idplane writes.
     #[error("{0}: not a kind idplane owns")]
     NotOwned(ObjectKey),
+    /// The apiserver sheds load: 429, or an answer with `Retry-After`.
+    #[error("the apiserver asks to slow down (HTTP {code}{})", after_text(.retry_after))]
+    Throttled {
+        code: u16,
+        retry_after: Option<Duration>,
+    },
+}
+
+fn after_text(retry_after: &Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {d:?}"))
+        .unwrap_or_default()
 }
 
 /// The API resource to write `key`'s status through: only idplane's kinds
@@ -47,10 +74,58 @@ fn api_resource_of(key: &ObjectKey) -> Result<kube::core::ApiResource, WriteErro
         .ok_or_else(|| WriteError::NotOwned(key.clone()))
 }
 
+/// Patches one object's status with a server-side apply, reading the answer
+/// itself so that a `Retry-After` header is not lost (kube's typed calls
+/// keep only the body).
+async fn apply_status(client: &Client, key: &ObjectKey, status: &Value) -> Result<(), WriteError> {
+    let ar = api_resource_of(key)?;
+    let collection = format!(
+        "/apis/{}/namespaces/{}/{}",
+        ar.api_version, key.namespace, ar.plural
+    );
+    let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});
+    let request = kube::core::Request::new(collection)
+        .patch_subresource(
+            "status",
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    let response = client.send(request.map(kube::client::Body::from)).await?;
+    let code = response.status();
+    let header = response
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if code.is_success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let status = serde_json::from_str::<kube::core::Status>(&text)
+        .unwrap_or_else(|_| kube::core::Status::failure(text.trim(), "").with_code(code.as_u16()));
+    let retry_after = header.or_else(|| {
+        let seconds = status.details.as_ref()?.retry_after_seconds;
+        (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)))
+    });
+    if code == hyper::StatusCode::TOO_MANY_REQUESTS || retry_after.is_some() {
+        return Err(WriteError::Throttled {
+            code: code.as_u16(),
+            retry_after,
+        });
+    }
+    Err(WriteError::Kube(kube::Error::Api(Box::new(status))))
+}
+
 /// Where statuses and transition events go.
 #[derive(Clone)]
 pub enum StatusSink {
     /// The status subresource (server-side apply) and `events.k8s.io/v1`.
+    /// The client should not retry by itself (`Config::default_retry`
+    /// off): the writer pauses every write when one is throttled.
     Kube {
         client: Client,
         recorder: Box<Recorder>,
@@ -88,34 +163,17 @@ impl StatusSink {
 
     async fn write(&self, key: &ObjectKey, status: &Value, now: &str) -> Result<(), WriteError> {
         match self {
-            Self::Kube { client, .. } => {
-                let ar = api_resource_of(key)?;
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(client.clone(), &key.namespace, &ar);
-                let body = json!({"apiVersion": API_VERSION, "kind": key.kind, "status": status});
-                api.patch_status(
-                    &key.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(body),
-                )
-                .await?;
-                Ok(())
-            }
+            Self::Kube { client, .. } => apply_status(client, key, status).await,
             Self::Store(store) => Ok(store.save_status(key, status, now).await?),
             #[cfg(test)]
             Self::Recording(sink) => sink.write(key, status),
         }
     }
 
-    async fn event(
-        &self,
-        key: &ObjectKey,
-        view: &ObjectView,
-        reason: &str,
-        message: &str,
-        warning: bool,
-        now: &str,
-    ) {
+    /// Publishes an Event (run mode: a line of the org's system log). An
+    /// Event that cannot be published is logged and dropped, never retried.
+    async fn event(&self, key: &ObjectKey, view: &ObjectView, notice: &Notice, now: &str) {
+        let warning = notice.severity == Severity::Warning;
         match self {
             Self::Kube { recorder, .. } => {
                 let reference = k8s_openapi::api::core::v1::ObjectReference {
@@ -132,8 +190,8 @@ impl StatusSink {
                     } else {
                         EventType::Normal
                     },
-                    reason: reason.to_string(),
-                    note: Some(message.chars().take(1000).collect()),
+                    reason: notice.reason.clone(),
+                    note: Some(notice.message.chars().take(1000).collect()),
                     action: "Reconcile".into(),
                     secondary: None,
                 };
@@ -148,14 +206,14 @@ impl StatusSink {
                     outcome: if warning { "WARNING" } else { "INFO" }.into(),
                     time: now.to_string(),
                     subject: format!("{}/{}", key.kind, key.name),
-                    detail: json!({"reason": reason, "message": message, "kind": key.kind, "name": key.name}),
+                    detail: json!({"reason": notice.reason, "message": notice.message, "kind": key.kind, "name": key.name}),
                 };
                 if let Err(e) = store.log(&entry).await {
                     tracing::warn!(object = %key, error = %e, "cannot log event");
                 }
             }
             #[cfg(test)]
-            Self::Recording(sink) => sink.event(key, reason),
+            Self::Recording(sink) => sink.event(key, &notice.reason),
         }
     }
 }
@@ -163,27 +221,395 @@ impl StatusSink {
 /// Settings of the writer.
 #[derive(Clone, Debug)]
 pub struct WriterSettings {
-    /// Status writes per second at most.
+    /// Sustained status writes per second (the token bucket's refill).
     pub writes_per_second: u32,
+    /// Writes allowed at once above the sustained rate (the bucket's size;
+    /// it starts full).
+    pub burst: u32,
     /// Writes in flight at once.
     pub concurrency: usize,
-    /// How long to gather changes before writing.
+    /// How long to gather snapshots before looking at what changed.
     pub batch_window: Duration,
+}
+
+impl WriterSettings {
+    /// The defaults of `idplane operator` and `run`.
+    pub const DEFAULT_WRITES_PER_SECOND: u32 = 200;
+    pub const DEFAULT_BURST: u32 = 10_000;
+    pub const DEFAULT_CONCURRENCY: usize = 16;
 }
 
 impl Default for WriterSettings {
     fn default() -> Self {
         Self {
-            writes_per_second: 200,
-            concurrency: 8,
-            batch_window: Duration::from_millis(50),
+            writes_per_second: Self::DEFAULT_WRITES_PER_SECOND,
+            burst: Self::DEFAULT_BURST,
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            batch_window: Duration::from_millis(20),
         }
     }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` kept; full at
+/// the start.
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            tokens: burst,
+            rate: f64::from(rate.max(1)),
+            burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token, or tells when the next one comes.
+    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// How long every write waits after the apiserver shed load for the
+/// `in_a_row`-th time (1 for the first) without a success between: the
+/// `Retry-After` it gave, else one second doubling each time; at most
+/// [`MAX_PAUSE`].
+fn pause_after(retry_after: Option<Duration>, in_a_row: u32) -> Duration {
+    let backoff = || Duration::from_secs(1u64 << in_a_row.saturating_sub(1).min(6));
+    retry_after.unwrap_or_else(backoff).min(MAX_PAUSE)
+}
+
+/// How long to wait before writing again an object whose write failed for
+/// the `failures`-th time in a row: one second doubling, at most
+/// [`MAX_RETRY`].
+fn retry_after_failure(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(MAX_RETRY)
 }
 
 /// Statuses as last written by this process in run mode, readable by the
 /// API (in a cluster the objects carry them).
 pub type WrittenStatuses = Arc<RwLock<HashMap<ObjectKey, Value>>>;
+
+/// One org's object views, as a snapshot shares them.
+type OrgViews = Arc<BTreeMap<ObjectKey, ObjectView>>;
+
+/// A write that finished.
+struct Done {
+    key: ObjectKey,
+    view: ObjectView,
+    desired: Value,
+    result: Result<(), WriteError>,
+}
+
+/// Writes one status, then its Event if it has one.
+async fn write_one(
+    sink: StatusSink,
+    key: ObjectKey,
+    view: ObjectView,
+    desired: Value,
+    notice: Option<Notice>,
+    now: String,
+) -> Done {
+    // One span per write (and its Event): the object's key.
+    let span = tracing::info_span!("status_write", object = %key);
+    async move {
+        let result = sink.write(&key, &desired, &now).await;
+        if result.is_ok()
+            && let Some(notice) = &notice
+        {
+            sink.event(&key, &view, notice, &now).await;
+        }
+        Done {
+            key,
+            view,
+            desired,
+            result,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The writer's state between two turns of its loop.
+struct Writer {
+    sink: StatusSink,
+    settings: WriterSettings,
+    module_fields: Arc<ModuleFields>,
+    written: WrittenStatuses,
+    metrics: Arc<Metrics>,
+    leading: bool,
+    /// Each org's views as last looked at: an org still sharing them is
+    /// skipped.
+    seen_orgs: HashMap<String, OrgViews>,
+    /// Each object's view when its status was last written or found right.
+    last_views: HashMap<ObjectKey, ObjectView>,
+    /// What this process last wrote, as a hash (memory stays small).
+    written_hash: HashMap<ObjectKey, u64>,
+    /// Objects to look at, oldest first, each once.
+    queue: VecDeque<ObjectKey>,
+    queued: HashSet<ObjectKey>,
+    /// Objects being written; one changed meanwhile goes to `again`.
+    in_flight: HashSet<ObjectKey>,
+    again: HashSet<ObjectKey>,
+    /// Objects whose write failed: failures in a row, and when to retry.
+    failed: HashMap<ObjectKey, (u32, Instant)>,
+    bucket: Bucket,
+    /// No write starts before this (the apiserver shed load).
+    paused_until: Option<Instant>,
+    throttled_in_a_row: u32,
+}
+
+impl Writer {
+    fn enqueue(&mut self, key: ObjectKey) {
+        if self.queued.insert(key.clone()) {
+            self.queue.push_back(key);
+        }
+    }
+
+    /// Leading again (or for the first time): another replica may have
+    /// written meanwhile, so everything is compared with what the objects
+    /// show.
+    async fn start_term(&mut self) {
+        self.leading = true;
+        self.seen_orgs.clear();
+        self.last_views.clear();
+        self.written_hash.clear();
+        if !self.sink.keeps_written() {
+            self.written.write().await.clear();
+        }
+    }
+
+    fn end_term(&mut self) {
+        self.leading = false;
+        self.queue.clear();
+        self.queued.clear();
+        self.again.clear();
+        self.failed.clear();
+    }
+
+    /// Queues every object whose view changed since it was last written or
+    /// found right, and those whose runtime module fields changed; forgets
+    /// deleted objects.
+    async fn scan(&mut self, snapshot: &Snapshot) {
+        if !snapshot.synced {
+            return;
+        }
+        let mut gone = Vec::new();
+        let mut orgs = HashSet::new();
+        for (org, views) in snapshot.objects.orgs() {
+            orgs.insert(org.as_str());
+            let before = self.seen_orgs.get(org);
+            if before.is_some_and(|b| Arc::ptr_eq(b, views)) {
+                continue;
+            }
+            if let Some(before) = before {
+                gone.extend(before.keys().filter(|k| !views.contains_key(*k)).cloned());
+            }
+            for (key, view) in views.iter() {
+                if self.last_views.get(key) != Some(view) {
+                    self.enqueue(key.clone());
+                }
+            }
+            self.seen_orgs.insert(org.clone(), views.clone());
+        }
+        let orgs_gone: Vec<String> = self
+            .seen_orgs
+            .keys()
+            .filter(|o| !orgs.contains(o.as_str()))
+            .cloned()
+            .collect();
+        for org in orgs_gone {
+            if let Some(views) = self.seen_orgs.remove(&org) {
+                gone.extend(views.keys().cloned());
+            }
+        }
+        for key in self.module_fields.take_dirty() {
+            if snapshot.objects.contains_key(&key) {
+                self.enqueue(key);
+            }
+        }
+        if !gone.is_empty() {
+            let mut written = self.written.write().await;
+            for key in &gone {
+                self.last_views.remove(key);
+                self.written_hash.remove(key);
+                self.failed.remove(key);
+                written.remove(key);
+            }
+        }
+    }
+
+    /// Starts writes from the queue while there is room, no pause and a
+    /// token; returns when the next token comes if it ran out.
+    async fn dispatch(
+        &mut self,
+        snapshot: &Snapshot,
+        in_flight: &mut FuturesUnordered<futures::future::BoxFuture<'static, Done>>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        self.paused_until = None;
+        let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        while in_flight.len() < self.settings.concurrency.max(1) {
+            let Some(key) = self.queue.pop_front() else {
+                return None;
+            };
+            self.queued.remove(&key);
+            if self.in_flight.contains(&key) {
+                self.again.insert(key);
+                continue;
+            }
+            if self.failed.get(&key).is_some_and(|(_, at)| *at > now) {
+                continue; // its retry time puts it back
+            }
+            let Some(view) = snapshot.objects.get(&key) else {
+                continue; // deleted
+            };
+            // In a cluster the object's own status is the record; only run
+            // mode (no status on files) needs the full written status.
+            let mine = if self.sink.keeps_written() {
+                self.written.read().await.get(&key).cloned()
+            } else {
+                None
+            };
+            let previous = mine
+                .clone()
+                .or_else(|| view.observed_status.as_deref().cloned());
+            let desired = desired_status(
+                &key,
+                view,
+                self.module_fields.get(&key).as_ref(),
+                previous.as_ref(),
+                &stamp,
+            );
+            // The cluster is the truth: skip when it already shows the
+            // status, or when we wrote it and nobody changed it since (the
+            // echo of our write may still be on its way).
+            let observed = view.observed_status.as_deref();
+            let observed_agrees = observed == Some(&desired);
+            let observed_seen = self
+                .last_views
+                .get(&key)
+                .is_some_and(|v| v.observed_status.as_deref() == observed);
+            let mine_agrees = mine.as_ref() == Some(&desired)
+                || self.written_hash.get(&key).copied()
+                    == Some(crate::index::snapshot_writer::hash_of(Some(&desired)));
+            if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
+                self.metrics.status_write("unchanged");
+                self.last_views.insert(key, view.clone());
+                continue;
+            }
+            if let Err(next) = self.bucket.take(now) {
+                self.queued.insert(key.clone());
+                self.queue.push_front(key);
+                return Some(next);
+            }
+            let notice = notice(previous.as_ref(), &desired);
+            self.in_flight.insert(key.clone());
+            in_flight.push(Box::pin(write_one(
+                self.sink.clone(),
+                key,
+                view.clone(),
+                desired,
+                notice,
+                stamp.clone(),
+            )));
+        }
+        None
+    }
+
+    /// Records a finished write: a success, a deletion, a throttle (every
+    /// write pauses) or a failure (this object is retried later).
+    async fn finish(&mut self, done: Done) {
+        let Done {
+            key,
+            view,
+            desired,
+            result,
+        } = done;
+        self.in_flight.remove(&key);
+        if self.again.remove(&key) {
+            self.enqueue(key.clone());
+        }
+        match result {
+            Ok(()) => {
+                self.metrics.status_write("ok");
+                self.throttled_in_a_row = 0;
+                self.failed.remove(&key);
+                self.written_hash.insert(
+                    key.clone(),
+                    crate::index::snapshot_writer::hash_of(Some(&desired)),
+                );
+                if self.sink.keeps_written() {
+                    self.written.write().await.insert(key.clone(), desired);
+                }
+                self.last_views.insert(key, view);
+            }
+            Err(WriteError::Kube(kube::Error::Api(e))) if e.code == 404 => {
+                // Deleted meanwhile; the watch will tell the index.
+                self.metrics.status_write("gone");
+            }
+            Err(WriteError::Throttled { retry_after, .. }) => {
+                self.metrics.status_write("throttled");
+                self.throttled_in_a_row += 1;
+                let pause = pause_after(retry_after, self.throttled_in_a_row);
+                let until = Instant::now() + pause;
+                if self.paused_until.is_none_or(|p| p < until) {
+                    tracing::warn!(object = %key, pause = ?pause, "the apiserver sheds load; status writes pause");
+                    self.paused_until = Some(until);
+                }
+                if self.queued.insert(key.clone()) {
+                    self.queue.push_front(key);
+                }
+            }
+            Err(e) => {
+                self.metrics.status_write("error");
+                self.metrics.error("status_write");
+                let failures = self.failed.get(&key).map_or(0, |(n, _)| *n) + 1;
+                let wait = retry_after_failure(failures);
+                tracing::warn!(object = %key, error = %e, retry_in = ?wait, "status write failed; will retry");
+                self.failed
+                    .insert(key.clone(), (failures, Instant::now() + wait));
+            }
+        }
+    }
+
+    /// Queues the failed writes whose time has come; returns the next such
+    /// time.
+    fn release_retries(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<ObjectKey> = self
+            .failed
+            .iter()
+            .filter(|(k, (_, at))| *at <= now && !self.queued.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.enqueue(key);
+        }
+        self.failed
+            .values()
+            .map(|(_, at)| *at)
+            .filter(|at| *at > now)
+            .min()
+    }
+}
 
 /// Runs the writer until the snapshot channel closes.
 pub async fn run(
@@ -195,155 +621,90 @@ pub async fn run(
     written: WrittenStatuses,
     metrics: Arc<Metrics>,
 ) {
-    let mut last_views: HashMap<ObjectKey, ObjectView> = HashMap::new();
-    // What this process last wrote, as a hash (memory stays small).
-    let mut written_hash: HashMap<ObjectKey, u64> = HashMap::new();
-    let mut pending: BTreeSet<ObjectKey> = BTreeSet::new();
-    let mut was_leader = false;
-    let mut window_start = Instant::now();
-    let mut window_writes: u32 = 0;
+    let mut w = Writer {
+        bucket: Bucket::new(settings.writes_per_second, settings.burst, Instant::now()),
+        sink,
+        settings,
+        module_fields: module_fields.clone(),
+        written,
+        metrics,
+        leading: false,
+        seen_orgs: HashMap::new(),
+        last_views: HashMap::new(),
+        written_hash: HashMap::new(),
+        queue: VecDeque::new(),
+        queued: HashSet::new(),
+        in_flight: HashSet::new(),
+        again: HashSet::new(),
+        failed: HashMap::new(),
+        paused_until: None,
+        throttled_in_a_row: 0,
+    };
+    let mut in_flight = FuturesUnordered::new();
+    // When to look at the latest snapshot (the batch window after a change).
+    let mut scan_at: Option<Instant> = None;
+    let mut next_token: Option<Instant> = None;
+    let mut next_retry: Option<Instant> = None;
+    let leads = *leader.borrow_and_update();
+    w.metrics.leader.set(i64::from(leads));
+    if leads {
+        w.start_term().await;
+        scan_at = Some(Instant::now());
+    }
     loop {
+        let waiting = !w.queue.is_empty();
+        let wake = [
+            scan_at,
+            w.paused_until.filter(|_| waiting),
+            next_token.filter(|_| waiting),
+            next_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
-            r = snapshots.changed() => if r.is_err() { return },
-            _ = module_fields.changed.notified() => {},
-            r = leader.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !pending.is_empty() => {},
+            r = snapshots.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                snapshots.borrow_and_update();
+                if w.leading {
+                    scan_at.get_or_insert(Instant::now() + w.settings.batch_window);
+                }
+            }
+            () = module_fields.changed.notified() => {
+                if w.leading {
+                    scan_at.get_or_insert(Instant::now() + w.settings.batch_window);
+                }
+            }
+            r = leader.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let leads = *leader.borrow_and_update();
+                w.metrics.leader.set(i64::from(leads));
+                if leads && !w.leading {
+                    w.start_term().await;
+                    scan_at = Some(Instant::now());
+                } else if !leads && w.leading {
+                    w.end_term();
+                    scan_at = None;
+                }
+            }
+            Some(done) = in_flight.next() => w.finish(done).await,
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
         }
-        tokio::time::sleep(settings.batch_window).await;
-        let is_leader = *leader.borrow();
-        metrics.leader.set(i64::from(is_leader));
-        if !is_leader {
-            was_leader = false;
+        if !w.leading {
             continue;
         }
-        if !was_leader {
-            // Another replica may have written meanwhile: compare everything
-            // against what the cluster shows.
-            last_views.clear();
-            written_hash.clear();
-            if !sink.keeps_written() {
-                written.write().await.clear();
-            }
-            was_leader = true;
+        let now = Instant::now();
+        let snapshot = snapshots.borrow().clone();
+        if scan_at.is_some_and(|at| at <= now) {
+            scan_at = None;
+            w.scan(&snapshot).await;
         }
-        let snapshot = snapshots.borrow_and_update().clone();
-        if !snapshot.synced {
-            continue;
-        }
-        let dirty_extras = module_fields.take_dirty();
-        for (key, view) in snapshot.objects.iter() {
-            let before = last_views.get(key);
-            if before == Some(view) && !dirty_extras.contains(key) {
-                continue;
-            }
-            pending.insert(key.clone());
-        }
-        last_views.retain(|k, _| snapshot.objects.contains_key(k));
-        written_hash.retain(|k, _| snapshot.objects.contains_key(k));
-        written
-            .write()
-            .await
-            .retain(|k, _| snapshot.objects.contains_key(k));
-        pending.retain(|k| snapshot.objects.contains_key(k));
-
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mut batch = Vec::new();
-        for key in std::mem::take(&mut pending) {
-            let view = &snapshot.objects[&key];
-            // In a cluster the object's own status is the record; only run
-            // mode (no status on files) needs the full written status.
-            let mine = if sink.keeps_written() {
-                written.read().await.get(&key).cloned()
-            } else {
-                None
-            };
-            let mine_hash = written_hash.get(&key).copied();
-            let previous = mine
-                .clone()
-                .or_else(|| view.observed_status.as_deref().cloned());
-            let desired = desired_status(
-                &key,
-                view,
-                module_fields.get(&key).as_ref(),
-                previous.as_ref(),
-                &now,
-            );
-            let event = transition(last_views.get(&key), view);
-            // The cluster is the truth: skip when it already shows the
-            // status, or when we wrote it and nobody changed it since (the
-            // echo of our write may still be on its way).
-            let observed = view.observed_status.as_deref();
-            let observed_agrees = observed == Some(&desired);
-            let observed_seen = last_views
-                .get(&key)
-                .is_some_and(|v| v.observed_status.as_deref() == observed);
-            let mine_agrees = mine.as_ref() == Some(&desired)
-                || mine_hash == Some(crate::index::snapshot_writer::hash_of(Some(&desired)));
-            if observed_agrees || (mine_agrees && (observed.is_none() || observed_seen)) {
-                metrics.status_write("unchanged");
-                last_views.insert(key.clone(), view.clone());
-                continue;
-            }
-            batch.push((key, view.clone(), desired, event));
-        }
-        // Rate limit: at most writes_per_second in each one-second window.
-        if window_start.elapsed() >= Duration::from_secs(1) {
-            window_start = Instant::now();
-            window_writes = 0;
-        }
-        let room = settings.writes_per_second.saturating_sub(window_writes) as usize;
-        if batch.len() > room {
-            for (key, ..) in batch.drain(room..) {
-                pending.insert(key);
-            }
-        }
-        window_writes += batch.len() as u32;
-        let results: Vec<_> = futures::stream::iter(batch)
-            .map(|(key, view, desired, event)| {
-                let sink = sink.clone();
-                let now = now.clone();
-                // One span per write (and its Event): the object's key.
-                let span = tracing::info_span!("status_write", object = %key);
-                async move {
-                    let result = sink.write(&key, &desired, &now).await;
-                    if result.is_ok()
-                        && let Some((reason, message, warning)) = &event
-                    {
-                        sink.event(&key, &view, reason, message, *warning, &now)
-                            .await;
-                    }
-                    (key, view, desired, result)
-                }
-                .instrument(span)
-            })
-            .buffer_unordered(settings.concurrency.max(1))
-            .collect()
-            .await;
-        for (key, view, desired, result) in results {
-            match result {
-                Ok(()) => {
-                    metrics.status_write("ok");
-                    written_hash.insert(
-                        key.clone(),
-                        crate::index::snapshot_writer::hash_of(Some(&desired)),
-                    );
-                    if sink.keeps_written() {
-                        written.write().await.insert(key.clone(), desired);
-                    }
-                    last_views.insert(key, view);
-                }
-                Err(WriteError::Kube(kube::Error::Api(e))) if e.code == 404 => {
-                    // Deleted meanwhile; the watch will tell the index.
-                    metrics.status_write("gone");
-                }
-                Err(e) => {
-                    metrics.status_write("error");
-                    metrics.error("status_write");
-                    tracing::warn!(object = %key, error = %e, "status write failed; will retry");
-                    pending.insert(key);
-                }
-            }
-        }
+        next_retry = w.release_retries(now);
+        next_token = w.dispatch(&snapshot, &mut in_flight).await;
     }
 }
 
@@ -407,6 +768,12 @@ mod tests {
         /// sink had taken when it came.
         events: Arc<Mutex<Vec<(ObjectKey, String, usize)>>>,
         refusals_left: Arc<AtomicUsize>,
+        /// The next writes answered as the apiserver answers when it sheds
+        /// load, with this Retry-After. Not a real 429: the test apiserver's
+        /// API Priority and Fairness exempts its admin, and making it shed
+        /// load on a shared machine would slow every other test.
+        throttles_left: Arc<AtomicUsize>,
+        retry_after: Option<Duration>,
     }
 
     impl RecordingSink {
@@ -419,6 +786,16 @@ mod tests {
                 return Err(WriteError::Store(crate::store::StoreError::Sql(
                     sqlx::Error::PoolTimedOut,
                 )));
+            }
+            let throttle = self
+                .throttles_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if throttle {
+                return Err(WriteError::Throttled {
+                    code: 429,
+                    retry_after: self.retry_after,
+                });
             }
             self.writes.lock().unwrap().push(Written {
                 key: key.clone(),
@@ -468,6 +845,13 @@ mod tests {
             "spec": {"priority": n, "description": format!("generation {generation}"), "groups": [name(n)],
                      "authenticators": [{"key": "okta_email", "enroll": "REQUIRED"}]}
         })
+    }
+
+    /// [`policy`] with another priority.
+    fn policy_at(n: u32, generation: i64, priority: u32) -> Value {
+        let mut p = policy(n, generation);
+        p["spec"]["priority"] = json!(priority);
+        p
     }
 
     /// The writer running against a recording sink, with the index, the
@@ -722,29 +1106,145 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn keeps_to_its_rate_and_writes_the_rest_later() {
+    async fn keeps_to_its_token_bucket_and_writes_the_rest_later() {
         let settings = WriterSettings {
             writes_per_second: 2,
+            burst: 2,
             ..WriterSettings::default()
         };
         let mut h = Harness::start(RecordingSink::default(), settings, true);
         let start = Instant::now();
-        h.upsert((1..=5).map(|n| policy(n, 1)));
+        h.upsert((1..=6).map(|n| policy(n, 1)));
         run_for(10).await;
         let writes = h.sink.writes();
         let mut names = h.sink.names_written();
         names.sort();
-        assert_eq!(names, ["p1", "p2", "p3", "p4", "p5"], "each once");
-        // At most two in any second.
-        for three in writes.windows(3) {
-            let apart = three[2].at - three[0].at;
-            assert!(apart >= Duration::from_secs(1), "3 writes within {apart:?}");
+        assert_eq!(names, ["p1", "p2", "p3", "p4", "p5", "p6"], "each once");
+        // The burst at once, then one every half second: the k-th write
+        // (from 0) no sooner than (k + 1 - burst) / rate seconds.
+        for (k, w) in writes.iter().enumerate() {
+            let earliest = Duration::from_millis(500 * (k as u64 + 1).saturating_sub(2));
+            assert!(
+                w.at - start >= earliest,
+                "write {k} after {:?}",
+                w.at - start
+            );
         }
-        // Not slower than the rate: three windows of a second.
+        // And not slower than the bucket: the last after two seconds, not
+        // much more.
         let last = writes.last().unwrap().at - start;
         assert!(
-            last < Duration::from_secs(3),
-            "the last write after {last:?}"
+            last < Duration::from_millis(2200),
+            "the last after {last:?}"
+        );
+    }
+
+    #[test]
+    fn the_bucket_gives_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(10, 3, start);
+        let ms = |n| start + Duration::from_millis(n);
+        // (at, taken, or when the next token comes)
+        let table = [
+            (0, Ok(())),
+            (0, Ok(())),
+            (0, Ok(())),
+            (0, Err(ms(100))),
+            (50, Err(ms(100))),
+            (100, Ok(())),
+            (100, Err(ms(200))),
+            // A long idle time refills up to the burst only.
+            (10_000, Ok(())),
+            (10_000, Ok(())),
+            (10_000, Ok(())),
+            (10_000, Err(ms(10_100))),
+        ];
+        for (i, (at, want)) in table.into_iter().enumerate() {
+            let got = bucket.take(ms(at));
+            let close = match (&got, &want) {
+                (Err(g), Err(w)) => g.max(w).duration_since(*g.min(w)) < Duration::from_micros(10),
+                _ => got == want,
+            };
+            assert!(close, "take {i} at {at} ms: {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn pauses_as_the_apiserver_asks_else_doubling() {
+        let s = Duration::from_secs;
+        let table = [
+            (Some(s(3)), 1, s(3)),
+            (Some(s(3)), 5, s(3)),
+            (Some(s(600)), 1, s(60)),
+            (None, 1, s(1)),
+            (None, 2, s(2)),
+            (None, 3, s(4)),
+            (None, 7, s(60)),
+            (None, 40, s(60)),
+        ];
+        for (retry_after, in_a_row, want) in table {
+            assert_eq!(
+                pause_after(retry_after, in_a_row),
+                want,
+                "{retry_after:?}, {in_a_row} in a row"
+            );
+        }
+        assert_eq!(retry_after_failure(1), s(1));
+        assert_eq!(retry_after_failure(3), s(4));
+        assert_eq!(retry_after_failure(30), s(60));
+    }
+
+    /// The writer, leading, one write at a time, against a sink that
+    /// throttles its first `times` writes with `retry_after`.
+    fn throttling(times: usize, retry_after: Option<Duration>) -> Harness {
+        let sink = RecordingSink {
+            retry_after,
+            ..Default::default()
+        };
+        sink.throttles_left.store(times, Ordering::SeqCst);
+        let settings = WriterSettings {
+            concurrency: 1,
+            ..WriterSettings::default()
+        };
+        Harness::start(sink, settings, true)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_write_pauses_every_write_for_its_retry_after() {
+        let mut h = throttling(1, Some(Duration::from_secs(5)));
+        let start = Instant::now();
+        h.upsert((1..=3).map(|n| policy(n, 1)));
+        run_for(4).await;
+        assert_eq!(
+            h.sink.names_written(),
+            Vec::<String>::new(),
+            "no write before the Retry-After"
+        );
+        let throttled = r#"idplane_status_writes_total{result="throttled"} 1"#;
+        assert!(
+            h.metrics.encode().contains(throttled),
+            "{}",
+            h.metrics.encode()
+        );
+        run_for(3).await;
+        let writes = h.sink.writes();
+        assert_eq!(h.sink.names_written(), ["p1", "p2", "p3"]);
+        assert!(writes[0].at - start >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_without_retry_after_it_backs_off_doubling() {
+        let mut h = throttling(3, None);
+        let start = Instant::now();
+        h.upsert([policy(1, 1)]);
+        run_for(20).await;
+        // Paused 1 s, 2 s, then 4 s: written after 7 s.
+        let writes = h.sink.writes();
+        assert_eq!(h.sink.names_written(), ["p1"]);
+        let after = writes[0].at - start;
+        assert!(
+            after >= Duration::from_secs(7) && after < Duration::from_secs(8),
+            "written after {after:?}"
         );
     }
 
@@ -753,13 +1253,64 @@ mod tests {
         let sink = RecordingSink::default();
         sink.refusals_left.store(1, Ordering::SeqCst);
         let mut h = Harness::start(sink, WriterSettings::default(), true);
-        h.upsert([policy(1, 1)]);
+        // p2 takes p1's priority: a Conflict, worth a Warning.
+        h.upsert([policy(1, 1), policy_at(2, 1, 1)]);
         run_for(3).await;
         assert_eq!(h.sink.refusals_left.load(Ordering::SeqCst), 0);
-        assert_eq!(h.sink.names_written(), ["p1"]);
+        let mut names = h.sink.names_written();
+        names.sort();
+        assert_eq!(names, ["p1", "p2"]);
         let events = h.sink.events.lock().unwrap().clone();
         assert_eq!(events.len(), 1, "{events:?}");
-        let (object, _reason, writes_before) = &events[0];
-        assert_eq!((object, *writes_before), (&key(1), 1));
+        let (object, reason, writes_before) = &events[0];
+        assert_eq!((object, reason.as_str()), (&key(2), "Conflict"));
+        let p2_written = h
+            .sink
+            .writes()
+            .iter()
+            .position(|w| w.key == key(2))
+            .unwrap();
+        assert!(*writes_before > p2_written, "the event before its write");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_only_for_transitions_that_deserve_one() {
+        let mut h = Harness::start(RecordingSink::default(), WriterSettings::default(), true);
+        let events = |h: &Harness| -> Vec<(String, String)> {
+            let events = h.sink.events.lock().unwrap();
+            events
+                .iter()
+                .map(|(k, r, _)| (k.name.clone(), r.clone()))
+                .collect()
+        };
+        // New valid objects: noise.
+        h.upsert([policy(1, 1), policy(2, 1)]);
+        run_for(3).await;
+        h.echo();
+        run_for(3).await;
+        assert_eq!(h.sink.names_written().len(), 2);
+        assert_eq!(events(&h), []);
+
+        // p2 takes p1's priority: one Warning, and none for its echo.
+        h.upsert([policy_at(2, 2, 1)]);
+        run_for(3).await;
+        h.echo();
+        run_for(3).await;
+        let conflict = ("p2".to_string(), "Conflict".to_string());
+        assert_eq!(events(&h), [conflict.clone()]);
+
+        // A new Lease holder (this replica again, having forgotten what it
+        // wrote) repeats no Event for what the objects show.
+        h.lead(false);
+        run_for(2).await;
+        h.lead(true);
+        run_for(3).await;
+        assert_eq!(events(&h), [conflict.clone()]);
+
+        // Fixed: a recovery is noise too.
+        h.upsert([policy_at(2, 3, 2)]);
+        run_for(3).await;
+        assert_eq!(events(&h), [conflict]);
+        assert_eq!(h.sink.writes().last().unwrap().key, key(2));
     }
 }

@@ -87,6 +87,12 @@ impl ObjectViews {
         self.0.insert(org, views);
     }
 
+    /// Each org's views. An org that did not change keeps the same `Arc`
+    /// from one snapshot to the next (`Arc::ptr_eq` tells a reader to skip it).
+    pub fn orgs(&self) -> impl Iterator<Item = (&String, &Arc<BTreeMap<ObjectKey, ObjectView>>)> {
+        self.0.iter()
+    }
+
     pub fn get(&self, key: &ObjectKey) -> Option<&ObjectView> {
         self.0.get(&key.namespace)?.get(key)
     }
