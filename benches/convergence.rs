@@ -15,6 +15,7 @@
 //!   from the first create until the last object shows its final `Ready`
 //!   (the one the library computes) for its current generation, with
 //!   `status.observedGeneration`, as seen through a watch.
+//!
 //! The same watch (one per kind, by label) is open during both, so both
 //! carry its load. Also read: the operator's status writes and Events per
 //! object, its CPU time, and its resident memory idle and after the largest

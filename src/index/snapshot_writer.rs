@@ -166,7 +166,7 @@ impl IndexWriter {
             // Nothing to rebuild (the echo of each status write comes this
             // way): the org's built view takes the status as it is.
             if !self.dirty.contains(&key.namespace)
-                && let Some((_, views)) = self.built.get_mut(&key.namespace)
+                && let Some((_, views, _)) = self.built.get_mut(&key.namespace)
                 && let Some(view) = Arc::make_mut(views).get_mut(&key)
             {
                 view.observed_status = entry.status.clone();
