@@ -10,6 +10,7 @@
 //! - `Normal` when a TelephonyHook's `Active` condition flips: `Activated`
 //!   (also a standby hook taking over when the active one goes) or
 //!   `Deactivated`: which hook sends the org's passcodes changed.
+//!
 //! Everything else is noise: the first `Ready` of a valid object, a
 //! recovery, metrics, test results, summaries.
 //!

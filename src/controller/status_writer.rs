@@ -503,9 +503,7 @@ impl Writer {
         self.paused_until = None;
         let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         while in_flight.len() < self.settings.concurrency.max(1) {
-            let Some(key) = self.queue.pop_front() else {
-                return None;
-            };
+            let key = self.queue.pop_front()?;
             self.queued.remove(&key);
             if self.in_flight.contains(&key) {
                 self.again.insert(key);
@@ -1354,7 +1352,7 @@ mod tests {
         h.echo();
         run_for(3).await;
         let conflict = ("p2".to_string(), "Conflict".to_string());
-        assert_eq!(events(&h), [conflict.clone()]);
+        assert_eq!(events(&h), std::slice::from_ref(&conflict));
 
         // A new Lease holder (this replica again, having forgotten what it
         // wrote) repeats no Event for what the objects show.
@@ -1362,7 +1360,7 @@ mod tests {
         run_for(2).await;
         h.lead(true);
         run_for(3).await;
-        assert_eq!(events(&h), [conflict.clone()]);
+        assert_eq!(events(&h), std::slice::from_ref(&conflict));
 
         // Fixed: a recovery is noise too.
         h.upsert([policy_at(2, 3, 2)]);
