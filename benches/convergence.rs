@@ -555,7 +555,7 @@ fn main() {
             };
             let ratio = operator.total.as_secs_f64() / floor.total().as_secs_f64();
             let row = format!(
-                "{size:>7} {rep:>4} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>7.2} {ratio:>6.2} {:>7.2} {:>7.3} {:>6.1}\n",
+                "{size:>7} {rep:>4} {:>8.2} {:>7.2} {:>6.2} {:>9.2} {:>7.2} {ratio:>6.2} {:>10.2} {:>10.3} {:>6.1}\n",
                 floor.total().as_secs_f64(),
                 floor.create.as_secs_f64(),
                 floor.patch.as_secs_f64(),
@@ -596,7 +596,7 @@ fn main() {
          floor: creates, then one JSON merge patch of /status per object (the status idplane's library computes)\n\
          operator: idplane operator with its default settings, from the first create until every object shows its final Ready for its generation (through a watch)\n\
          {repetitions} repetitions, floor and operator alternating first; seconds\n\
-         objects  rep    floor  create  patch  operator  create  ratio  writes/obj events/obj cpu s\n\
+         objects  rep    floor  create  patch  operator  create  ratio writes/obj events/obj  cpu s\n\
          {rows}{summary}{memory}",
         date = chrono::Utc::now().format("%Y-%m-%d"),
         cores = std::thread::available_parallelism()
