@@ -359,15 +359,18 @@ async fn write_one(
     desired: Value,
     notice: Option<Notice>,
     now: String,
+    metrics: Arc<Metrics>,
 ) -> Done {
     // One span per write (and its Event): the object's key.
     let span = tracing::info_span!("status_write", object = %key);
     async move {
         let result = sink.write(&key, &view, &desired, &now).await;
-        if result.is_ok()
-            && let Some(notice) = &notice
-        {
-            sink.event(&key, &view, notice, &now).await;
+        if result.is_ok() {
+            // Counted as it lands, not after its Event.
+            metrics.status_write("ok");
+            if let Some(notice) = &notice {
+                sink.event(&key, &view, notice, &now).await;
+            }
         }
         Done {
             key,
@@ -563,6 +566,7 @@ impl Writer {
                 desired,
                 notice,
                 stamp.clone(),
+                self.metrics.clone(),
             )));
         }
         None
@@ -583,7 +587,6 @@ impl Writer {
         }
         match result {
             Ok(()) => {
-                self.metrics.status_write("ok");
                 self.throttled_in_a_row = 0;
                 self.failed.remove(&key);
                 self.written_hash.insert(

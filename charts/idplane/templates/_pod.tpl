@@ -97,6 +97,7 @@ spec:
         - --lease-name={{ .Release.Name }}-status-writer
         - --lease-seconds={{ int .Values.lease.seconds }}
         - --status-writes-per-second={{ int .Values.status.writesPerSecond }}
+        - --status-write-burst={{ int .Values.status.writeBurst }}
         - --status-concurrency={{ int .Values.status.concurrency }}
         - --shutdown-grace={{ int .Values.shutdownGraceSeconds }}s
         {{- if not $postgres }}
