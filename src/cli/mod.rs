@@ -175,3 +175,30 @@ pub enum Command {
         webhook: crate::controller::webhook::WebhookSettings,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn two_sources_of_the_webhook_certificate_are_refused() {
+        let err = Cli::try_parse_from([
+            "idplane",
+            "operator",
+            "--webhook-cert-dir",
+            "/tls",
+            "--webhook-secret",
+            "idplane-webhook-tls",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--webhook-secret")
+                && err.contains("cannot be used with")
+                && err.contains("--webhook-cert-dir"),
+            "{err}"
+        );
+    }
+}

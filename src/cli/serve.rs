@@ -374,9 +374,8 @@ async fn start_webhook(
     use crate::controller::webhook::{cert_files, server, tls};
     let cert = match (&settings.webhook.webhook_cert_dir, managed) {
         (None, None) => return Ok(()),
-        (Some(_), Some(_)) => anyhow::bail!(
-            "--webhook-cert-dir and --webhook-secret name two sources of the webhook's certificate: give one"
-        ),
+        // Refused by the command line (`conflicts_with`).
+        (Some(_), Some(_)) => unreachable!("--webhook-cert-dir with --webhook-secret"),
         (None, Some(cert)) => cert,
         (Some(dir), None) => {
             let (slot, cert) = tls::cert_slot();

@@ -46,7 +46,9 @@ pub struct SelfManagedSettings {
     /// Manage the webhook's TLS in this Secret (in --webhook-namespace): a
     /// CA and a serving certificate, created when missing and rotated
     /// before they expire. Every replica serves what the Secret holds.
-    #[arg(long = "webhook-secret")]
+    // One source of the certificate: refused with cert-manager's files at
+    // parse time, before anything starts.
+    #[arg(long = "webhook-secret", conflicts_with = "webhook_cert_dir")]
     pub secret: Option<String>,
     /// Namespace of that Secret and of the webhook's Service (the
     /// operator's own).
