@@ -121,6 +121,11 @@ pub enum Command {
         what: explain::ExplainCommand,
     },
     /// Run the operator in a cluster (in-cluster config or KUBECONFIG).
+    // One source of the webhook's certificate: cert-manager's files or the
+    // self-managed Secret, refused together before anything starts.
+    #[command(group(clap::ArgGroup::new("webhook_certificate_source")
+        .args(["webhook_cert_dir", "secret"])
+        .multiple(false)))]
     Operator {
         /// Namespaces (orgs) to watch, comma-separated; all when empty.
         #[arg(long, value_delimiter = ',', env = "IDPLANE_NAMESPACES")]

@@ -47,8 +47,9 @@ pub struct SelfManagedSettings {
     /// CA and a serving certificate, created when missing and rotated
     /// before they expire. Every replica serves what the Secret holds.
     // One source of the certificate: refused with cert-manager's files at
-    // parse time, before anything starts.
-    #[arg(long = "webhook-secret", conflicts_with = "webhook_cert_dir")]
+    // parse time by the `operator` command's group (not here, so this block
+    // parses on its own).
+    #[arg(long = "webhook-secret")]
     pub secret: Option<String>,
     /// Namespace of that Secret and of the webhook's Service (the
     /// operator's own).
