@@ -15,7 +15,8 @@ use std::time::Duration;
 use idplane::controller::webhook::server::{PATH, WEBHOOK_NAME};
 use serde_json::{Value, json};
 use support::admission::{
-    WebhookConfiguration, cert_dir, client_trusting, operator_with_webhook, server_without_cluster,
+    cert_dir, client_trusting, operator_with_webhook, server_without_cluster, wait_effective,
+    webhook_configuration,
 };
 use support::*;
 
@@ -80,7 +81,7 @@ fn each_cross_object_fixture_is_refused_by_kubectl_apply() {
     let certs = cert_dir(tmp.path(), "certs");
     let port = free_port();
     let _op = operator_with_webhook(&namespaces, port, &certs.dir, tmp.path(), "operator");
-    let webhook = WebhookConfiguration::create(port, &certs.ca);
+    let webhook = webhook_configuration(port, &certs.ca);
 
     let mut last = Vec::new();
     for ((path, _, _), ns) in fixtures.iter().zip(&namespaces) {
@@ -97,7 +98,7 @@ fn each_cross_object_fixture_is_refused_by_kubectl_apply() {
         webhook.select(ns);
     }
     for ns in &namespaces {
-        webhook.wait_effective(ns);
+        wait_effective(ns);
     }
     for (((path, field, message), ns), doc) in fixtures.iter().zip(&namespaces).zip(&last) {
         let name = path.file_name().unwrap().to_string_lossy();
@@ -147,7 +148,7 @@ struct WebhookOn {
     port: u16,
     op: Idplane,
     /// Dropped last: the configuration goes when the test ends.
-    _webhook: WebhookConfiguration,
+    _webhook: TestWebhookConfiguration,
 }
 
 fn webhook_on(prefix: &str) -> WebhookOn {
@@ -163,9 +164,9 @@ fn webhook_on(prefix: &str) -> WebhookOn {
         tmp.path(),
         "first",
     );
-    let webhook = WebhookConfiguration::create(port, &certs.ca);
+    let webhook = webhook_configuration(port, &certs.ca);
     webhook.select(&ns);
-    webhook.wait_effective(&ns);
+    wait_effective(&ns);
     WebhookOn {
         ns,
         tmp,
@@ -449,10 +450,10 @@ fn an_apply_while_idplane_starts_is_retried_by_kubectl_until_it_passes() {
     block_on(async {
         let (port, snapshots, metrics) =
             server_without_cluster(&certs.dir, (*synced()).clone()).await;
-        let webhook = Arc::new(WebhookConfiguration::create(port, &certs.ca));
+        let webhook = webhook_configuration(port, &certs.ca);
         webhook.select(&ns);
-        let (probe, probe_ns) = (webhook.clone(), ns.clone());
-        tokio::task::spawn_blocking(move || probe.wait_effective(&probe_ns))
+        let probe_ns = ns.clone();
+        tokio::task::spawn_blocking(move || wait_effective(&probe_ns))
             .await
             .unwrap();
 

@@ -166,7 +166,9 @@ fn setup(names: &[&str]) -> (String, tempfile::TempDir, TestWebhookConfiguration
     let url = format!(
         "https://127.0.0.1:{port}/validate-or-kubectl-delete-validatingwebhookconfiguration-idplane"
     );
-    let configuration = TestWebhookConfiguration::create(&ns, &url, names);
+    let webhooks: Vec<TestWebhook> = names.iter().map(|n| TestWebhook::reviewing(n)).collect();
+    let configuration = TestWebhookConfiguration::create(&ns, &url, None, &webhooks);
+    configuration.select(&ns);
     (ns, tempfile::tempdir().unwrap(), configuration, port)
 }
 

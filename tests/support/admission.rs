@@ -9,14 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idplane::controller::webhook::server::{DELETE_WEBHOOK_NAME, PATH, WEBHOOK_NAME};
-use serde_json::json;
 
-use super::cluster::{kubeconfig, kubectl, kubectl_ok, kubectl_stdin};
+use super::cluster::{TestWebhook, TestWebhookConfiguration, kubeconfig, kubectl_stdin};
 use super::email::certs;
 use super::process::{Idplane, free_port, text, wait_for};
-
-/// The label whose value selects a test's namespaces.
-pub const LABEL: &str = "admission-test.idplane.dev/run";
 
 /// A directory holding `tls.crt` and `tls.key` for 127.0.0.1, and the CA
 /// that signed them.
@@ -79,112 +75,47 @@ pub fn operator_with_webhook(
     op
 }
 
-/// A ValidatingWebhookConfiguration of the test's own: creates and updates
-/// reviewed with `failurePolicy: Fail`, deletes (warnings only) with
-/// `Ignore`, as the chart installs them; deleted on drop.
-pub struct WebhookConfiguration {
-    pub name: String,
-    /// The value of [`LABEL`] that the test's namespaces carry.
-    pub run: String,
+/// A ValidatingWebhookConfiguration of the test's own, as the chart
+/// installs it: creates and updates reviewed with `failurePolicy: Fail`,
+/// deletes (warnings only) with `Ignore`; aimed at
+/// `https://127.0.0.1:PORT` + [`PATH`], trusting the CA in `ca`.
+pub fn webhook_configuration(port: u16, ca: &Path) -> TestWebhookConfiguration {
+    let run = format!(
+        "adm-{:08x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            ^ std::process::id()
+    );
+    TestWebhookConfiguration::create(
+        &run,
+        &format!("https://127.0.0.1:{port}{PATH}"),
+        Some(&std::fs::read(ca).unwrap()),
+        &[
+            TestWebhook::reviewing(WEBHOOK_NAME),
+            TestWebhook::on_delete(DELETE_WEBHOOK_NAME),
+        ],
+    )
 }
 
-impl WebhookConfiguration {
-    /// Aims a new configuration at `https://127.0.0.1:PORT` + [`PATH`],
-    /// trusting the CA in `ca`.
-    pub fn create(port: u16, ca: &Path) -> Self {
-        let run = format!(
-            "{:08x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-                ^ std::process::id()
-        );
-        let name = format!("idplane-admission-test-{run}");
-        let ca_bundle = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(std::fs::read(ca).unwrap())
-        };
-        let webhook = |name: &str, operations: &[&str], failure: &str| {
-            json!({
-                "name": name,
-                "clientConfig": {
-                    "url": format!("https://127.0.0.1:{port}{PATH}"),
-                    "caBundle": ca_bundle,
-                },
-                "failurePolicy": failure,
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 5,
-                "namespaceSelector": {"matchLabels": {LABEL: run}},
-                "rules": [{
-                    "apiGroups": ["idplane.dev"],
-                    "apiVersions": ["*"],
-                    "operations": operations,
-                    "resources": ["telephonyhooks", "enrollmentpolicies", "emailproviders", "emaildomains"],
-                    "scope": "Namespaced",
-                }],
-            })
-        };
-        let configuration = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [
-                webhook(WEBHOOK_NAME, &["CREATE", "UPDATE"], "Fail"),
-                webhook(DELETE_WEBHOOK_NAME, &["DELETE"], "Ignore"),
-            ],
-        });
-        let out = kubectl_stdin(&["create", "-f", "-"], &configuration.to_string());
-        assert!(
-            out.status.success(),
-            "creating the webhook configuration: {}",
-            text(&out.stderr)
-        );
-        Self { name, run }
-    }
-
-    /// Puts `namespace` under the webhook.
-    pub fn select(&self, namespace: &str) {
-        kubectl_ok(&[
-            "label",
-            "namespace",
-            namespace,
-            &format!("{LABEL}={}", self.run),
-            "--overwrite",
-        ]);
-    }
-
-    /// Waits until the apiserver calls the webhook for `namespace` (it
-    /// learns of configurations and namespace labels through its own
-    /// watches): a server-side dry run of a hook that is its own fallback
-    /// is refused by idplane, and by nothing else.
-    pub fn wait_effective(&self, namespace: &str) {
-        let probe = "apiVersion: idplane.dev/v1alpha1\nkind: TelephonyHook\nmetadata:\n  name: admission-probe\nspec:\n  active: false\n  url: https://sms.example.com/probe\n  auth: {header: X-Key, secretRef: {name: probe, key: k}}\n  fallback: {hookRef: admission-probe}\n";
-        wait_for(
-            &format!("the webhook to review objects in {namespace}"),
-            Duration::from_secs(60),
-            || {
-                let out = kubectl_stdin(
-                    &["create", "--dry-run=server", "-n", namespace, "-f", "-"],
-                    probe,
-                );
-                (!out.status.success() && text(&out.stderr).contains("its own fallback"))
-                    .then_some(())
-            },
-        );
-    }
-}
-
-impl Drop for WebhookConfiguration {
-    fn drop(&mut self) {
-        let _ = kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration",
-            &self.name,
-            "--ignore-not-found",
-        ]);
-    }
+/// Waits until the apiserver calls the webhook for `namespace` (it learns
+/// of configurations and namespace labels through its own watches): a
+/// server-side dry run of a hook that is its own fallback is refused by
+/// idplane, and by nothing else.
+pub fn wait_effective(namespace: &str) {
+    let probe = "apiVersion: idplane.dev/v1alpha1\nkind: TelephonyHook\nmetadata:\n  name: admission-probe\nspec:\n  active: false\n  url: https://sms.example.com/probe\n  auth: {header: X-Key, secretRef: {name: probe, key: k}}\n  fallback: {hookRef: admission-probe}\n";
+    wait_for(
+        &format!("the webhook to review objects in {namespace}"),
+        Duration::from_secs(60),
+        || {
+            let out = kubectl_stdin(
+                &["create", "--dry-run=server", "-n", namespace, "-f", "-"],
+                probe,
+            );
+            (!out.status.success() && text(&out.stderr).contains("its own fallback")).then_some(())
+        },
+    );
 }
 
 /// The webhook's server on a free port, without a cluster, serving the

@@ -174,46 +174,85 @@ impl Idplane {
     }
 }
 
-/// A ValidatingWebhookConfiguration of one test: its webhooks (`names`)
-/// call `url` (on loopback) about idplane's four kinds, for the objects
-/// of `namespace` alone (a label only that namespace carries), with an
-/// empty `caBundle`. The shared cluster's other namespaces never meet it;
-/// it is deleted when dropped, however the test ends.
+/// One webhook of a [`TestWebhookConfiguration`]: its name, the
+/// operations it reviews and its `failurePolicy`.
+pub struct TestWebhook<'a> {
+    pub name: &'a str,
+    pub operations: &'a [&'a str],
+    pub failure_policy: &'a str,
+}
+
+impl<'a> TestWebhook<'a> {
+    /// Reviews creates and updates, failing closed (the chart's first).
+    pub fn reviewing(name: &'a str) -> Self {
+        TestWebhook {
+            name,
+            operations: &["CREATE", "UPDATE"],
+            failure_policy: "Fail",
+        }
+    }
+
+    /// Warns on deletes, ignored when down (the chart's second).
+    pub fn on_delete(name: &'a str) -> Self {
+        TestWebhook {
+            name,
+            operations: &["DELETE"],
+            failure_policy: "Ignore",
+        }
+    }
+}
+
+/// A ValidatingWebhookConfiguration of one test: its webhooks call `url`
+/// (on loopback) about idplane's four kinds, for the objects of the
+/// namespaces [`TestWebhookConfiguration::select`]ed alone (a label value
+/// of the test's own). The shared cluster's other namespaces never meet
+/// it; it is deleted when dropped, however the test ends.
 pub struct TestWebhookConfiguration {
     pub name: String,
+    /// The value of [`TestWebhookConfiguration::LABEL`] that selects the
+    /// test's namespaces.
+    pub selector: String,
 }
 
 impl TestWebhookConfiguration {
-    /// The label that selects the test's namespace.
+    /// The label that selects the test's namespaces.
     pub const LABEL: &'static str = "idplane.dev/test-webhook";
 
-    pub fn create(namespace: &str, url: &str, names: &[&str]) -> TestWebhookConfiguration {
-        kubectl_ok(&[
-            "label",
-            "namespace",
-            namespace,
-            &format!("{}={namespace}", Self::LABEL),
-        ]);
+    /// Creates the configuration; its `caBundle` is `ca` (PEM), empty
+    /// when `None` (for idplane to fill in).
+    pub fn create(
+        selector: &str,
+        url: &str,
+        ca: Option<&[u8]>,
+        webhooks: &[TestWebhook],
+    ) -> TestWebhookConfiguration {
         let guard = TestWebhookConfiguration {
-            name: format!("idplane-test-{namespace}"),
+            name: format!("idplane-test-{selector}"),
+            selector: selector.to_string(),
         };
-        let webhooks: Vec<serde_json::Value> = names
+        let mut client_config = serde_json::json!({"url": url});
+        if let Some(ca) = ca {
+            use base64::Engine;
+            client_config["caBundle"] = base64::engine::general_purpose::STANDARD.encode(ca).into();
+        }
+        let webhooks: Vec<serde_json::Value> = webhooks
             .iter()
-            .map(|name| {
+            .map(|webhook| {
                 serde_json::json!({
-                    "name": name,
-                    "clientConfig": {"url": url},
+                    "name": webhook.name,
+                    "clientConfig": client_config,
                     "rules": [{
                         "apiGroups": ["idplane.dev"],
                         "apiVersions": ["*"],
-                        "operations": ["CREATE", "UPDATE"],
+                        "operations": webhook.operations,
                         "resources": ["telephonyhooks", "enrollmentpolicies", "emailproviders", "emaildomains"],
+                        "scope": "Namespaced",
                     }],
-                    "failurePolicy": "Fail",
+                    "failurePolicy": webhook.failure_policy,
                     "sideEffects": "None",
                     "admissionReviewVersions": ["v1"],
                     "timeoutSeconds": 5,
-                    "namespaceSelector": {"matchLabels": {Self::LABEL: namespace}},
+                    "namespaceSelector": {"matchLabels": {Self::LABEL: selector}},
                 })
             })
             .collect();
@@ -233,6 +272,17 @@ impl TestWebhookConfiguration {
         guard
     }
 
+    /// Puts `namespace` under the webhooks.
+    pub fn select(&self, namespace: &str) {
+        kubectl_ok(&[
+            "label",
+            "namespace",
+            namespace,
+            &format!("{}={}", Self::LABEL, self.selector),
+            "--overwrite",
+        ]);
+    }
+
     /// The configuration as stored.
     pub fn get(&self) -> serde_json::Value {
         get_json(
@@ -250,7 +300,6 @@ impl Drop for TestWebhookConfiguration {
             "validatingwebhookconfiguration",
             &self.name,
             "--ignore-not-found",
-            "--wait=false",
         ]);
     }
 }
