@@ -344,6 +344,15 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The rows of one org.
+fn rows_of<'a>(
+    rows: &'a BTreeMap<(String, String), DomainRow>,
+    org: &'a str,
+) -> impl Iterator<Item = (&'a (String, String), &'a DomainRow)> {
+    rows.range((org.to_string(), String::new())..)
+        .take_while(move |((o, _), _)| o == org)
+}
+
 fn domain_key(org: &str, name: &str) -> ObjectKey {
     ObjectKey::new(Kind::EmailDomain, org, name)
 }
@@ -394,10 +403,11 @@ impl DomainWatch {
         }
         let shared = self.queue.is_shared();
         let mut reloaded = now_millis();
+        let mut seen = HashMap::new();
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             if snapshot.synced {
-                self.reconcile(&snapshot, &mut rows).await;
+                self.reconcile(&snapshot, &mut rows, &mut seen).await;
             }
             let now = now_millis();
             if shared && now - reloaded >= millis(SHARED_RELOAD) {
@@ -426,18 +436,47 @@ impl DomainWatch {
         }
     }
 
-    /// Matches the rows with the EmailDomains of the snapshot.
+    /// Matches the rows with the EmailDomains of the snapshot, looking only
+    /// at the orgs whose configuration changed since `seen` (a burst of
+    /// creates publishes a snapshot many times a second; going over every
+    /// domain each time cost a sixth of the operator's CPU). A row is
+    /// published when it is new or its domain is new to this org's last
+    /// configuration here; [`Self::check`] and [`Self::adopt`] publish what
+    /// they change.
     async fn reconcile(
         &self,
         snapshot: &Snapshot,
         rows: &mut BTreeMap<(String, String), DomainRow>,
+        seen: &mut HashMap<String, Arc<OrgConfig>>,
     ) {
         let now = now_millis();
-        let mut present = HashSet::new();
+        let mut gone: Vec<(String, String)> = Vec::new();
+        let orgs_gone: Vec<String> = seen
+            .keys()
+            .filter(|org| !snapshot.orgs.contains_key(*org))
+            .cloned()
+            .collect();
+        for org in orgs_gone {
+            seen.remove(&org);
+            gone.extend(rows_of(rows, &org).map(|(key, _)| key.clone()));
+        }
         for (org, config) in &snapshot.orgs {
+            let before = seen.insert(org.clone(), config.clone());
+            if before.as_ref().is_some_and(|b| Arc::ptr_eq(b, config)) {
+                continue;
+            }
+            let names: HashSet<&str> = config
+                .email_domains
+                .values()
+                .map(|d| d.name.as_str())
+                .collect();
+            gone.extend(
+                rows_of(rows, org)
+                    .filter(|((_, name), _)| !names.contains(name.as_str()))
+                    .map(|(key, _)| key.clone()),
+            );
             for d in config.email_domains.values() {
                 let key = (org.clone(), d.name.clone());
-                present.insert(key.clone());
                 let fresh = match rows.get(&key) {
                     Some(r) if r.domain == d.domain && r.record_name == record_name(d) => None,
                     // A changed domain keeps its token and starts polling again.
@@ -449,6 +488,11 @@ impl DomainWatch {
                         now,
                     )),
                 };
+                let known = before.as_ref().is_some_and(|b| {
+                    b.email_domains
+                        .values()
+                        .any(|old| old.name == d.name && old.domain == d.domain)
+                });
                 if let Some(row) = fresh {
                     // Another replica may have stored this domain first:
                     // its row (and token) is the one.
@@ -459,18 +503,15 @@ impl DomainWatch {
                             row
                         }
                     };
-                    rows.insert(key, row);
+                    rows.insert(key.clone(), row);
+                } else if known {
+                    continue;
                 }
-                let row = &rows[&(org.clone(), d.name.clone())];
+                let row = &rows[&key];
                 self.book.set(row);
                 publish(&self.module_fields, row);
             }
         }
-        let gone: Vec<(String, String)> = rows
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
         for (org, name) in gone {
             rows.remove(&(org.clone(), name.clone()));
             self.book.remove(&org, &name);
@@ -603,6 +644,114 @@ mod tests {
             display_name: "Acme".into(),
             validation_subdomain: "mail".into(),
         }
+    }
+
+    /// A snapshot of org acme with these domains (name, domain).
+    fn snapshot(domains: &[(&str, &str)]) -> Snapshot {
+        let mut config = OrgConfig::default();
+        for (name, d) in domains {
+            config.email_domains.insert(
+                name.to_string(),
+                DomainConfig {
+                    name: name.to_string(),
+                    brand: name.to_string(),
+                    domain: d.to_string(),
+                    ..domain()
+                },
+            );
+        }
+        Snapshot {
+            synced: true,
+            orgs: BTreeMap::from([("acme".to_string(), Arc::new(config))]),
+            ..Default::default()
+        }
+    }
+
+    fn dirty(fields: &ModuleFields) -> Vec<String> {
+        fields.take_dirty().into_iter().map(|k| k.name).collect()
+    }
+
+    #[tokio::test]
+    async fn reconcile_looks_only_at_changed_orgs_and_publishes_only_changed_domains() {
+        let store = crate::store::Store::memory().await.unwrap();
+        let (queue, committer) = Queue::new(store.backend().clone(), None);
+        tokio::spawn(committer.run());
+        let watch = DomainWatch {
+            queue,
+            module_fields: Arc::default(),
+            book: Arc::default(),
+            resolver: Arc::new(
+                resolver(&["127.0.0.1:9".parse().unwrap()], Duration::from_millis(10)).unwrap(),
+            ),
+            timing: timing(),
+        };
+        let (mut rows, mut seen) = (BTreeMap::new(), HashMap::new());
+
+        let first = snapshot(&[("a", "a.example.com"), ("b", "b.example.com")]);
+        watch.reconcile(&first, &mut rows, &mut seen).await;
+        assert_eq!(dirty(&watch.module_fields), ["a", "b"]);
+        let a = watch.module_fields.get(&domain_key("acme", "a")).unwrap();
+        assert_eq!(a["validationStatus"], "POLLING");
+        assert_eq!(
+            a["dnsValidationRecords"][0]["fqdn"],
+            "_idplane.mail.a.example.com"
+        );
+
+        // The same snapshot again, and a new one with the org unchanged.
+        watch.reconcile(&first, &mut rows, &mut seen).await;
+        let same = Snapshot {
+            version: 2,
+            ..first.clone()
+        };
+        watch.reconcile(&same, &mut rows, &mut seen).await;
+        assert!(dirty(&watch.module_fields).is_empty());
+
+        // The org changed: a third domain, and b's domain changed; a is
+        // published again by no one (its fields stay as they were).
+        let second = snapshot(&[
+            ("a", "a.example.com"),
+            ("b", "b2.example.com"),
+            ("c", "c.example.com"),
+        ]);
+        watch.reconcile(&second, &mut rows, &mut seen).await;
+        assert_eq!(dirty(&watch.module_fields), ["b", "c"]);
+        let b = watch.module_fields.get(&domain_key("acme", "b")).unwrap();
+        assert_eq!(
+            b["dnsValidationRecords"][0]["fqdn"],
+            "_idplane.mail.b2.example.com"
+        );
+        assert!(watch.module_fields.get(&domain_key("acme", "a")).is_some());
+
+        // A domain removed, then the whole org.
+        watch
+            .reconcile(&snapshot(&[("c", "c.example.com")]), &mut rows, &mut seen)
+            .await;
+        assert_eq!(
+            rows.keys().map(|(_, n)| n.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert_eq!(
+            watch.book.status(
+                "acme",
+                &DomainConfig {
+                    name: "a".into(),
+                    ..domain()
+                }
+            ),
+            NOT_STARTED
+        );
+        watch
+            .reconcile(
+                &Snapshot {
+                    synced: true,
+                    ..Default::default()
+                },
+                &mut rows,
+                &mut seen,
+            )
+            .await;
+        assert!(rows.is_empty() && seen.is_empty());
+        assert!(watch.queue.domains().await.unwrap().is_empty());
     }
 
     #[test]

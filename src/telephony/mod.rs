@@ -292,6 +292,10 @@ async fn publish_metrics(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reloaded: Option<Instant> = None;
+    // The orgs as last published, and whether every hook is due.
+    let mut seen: std::collections::BTreeMap<String, Arc<crate::index::OrgConfig>> =
+        Default::default();
+    let mut all = true;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(backend) = &shared
@@ -299,19 +303,26 @@ async fn publish_metrics(
         {
             reloaded = Some(Instant::now());
             reload(backend, &snapshot, &hook_stats, &module_fields).await;
+            all = true;
         }
         let today = Utc::now().date_naive();
         for (org, config) in &snapshot.orgs {
+            // A new snapshot brings new hooks only in the orgs it rebuilt;
+            // the numbers move on the ticks.
+            if !all && seen.get(org).is_some_and(|s| Arc::ptr_eq(s, config)) {
+                continue;
+            }
             for hook in config.hooks.keys() {
                 let metrics = hook_stats.metrics(org, hook, today);
                 let key = ObjectKey::new(Kind::TelephonyHook, org.clone(), hook.clone());
                 module_fields.set(&key, "metrics", json!(metrics));
             }
         }
-        tokio::select! {
-            _ = ticker.tick() => {}
-            changed = snapshots.changed() => if changed.is_err() { return },
-        }
+        seen = snapshot.orgs.clone();
+        all = tokio::select! {
+            _ = ticker.tick() => true,
+            changed = snapshots.changed() => if changed.is_err() { return } else { false },
+        };
     }
 }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use kube::CustomResourceExt;
+use kube::core::cel::{CompiledSchema, Validator, compile_schema};
 use serde_json::Value;
 
 use crate::resources::{
@@ -215,8 +216,8 @@ fn check_metadata(value: &Value, errors: &mut Vec<FieldError>) {
             "required field is missing",
         )),
         Some(name) => {
-            let ok = name.len() <= 253
-                && regex::Regex::new(DNS_SUBDOMAIN).is_ok_and(|r| r.is_match(name));
+            let ok =
+                name.len() <= 253 && schema::regex(DNS_SUBDOMAIN).is_some_and(|r| r.is_match(name));
             if !ok {
                 errors.push(FieldError::new(
                     "metadata.name",
@@ -226,7 +227,7 @@ fn check_metadata(value: &Value, errors: &mut Vec<FieldError>) {
         }
     }
     if let Some(ns) = meta.get("namespace").and_then(Value::as_str) {
-        let ok = ns.len() <= 63 && regex::Regex::new(DNS_LABEL).is_ok_and(|r| r.is_match(ns));
+        let ok = ns.len() <= 63 && schema::regex(DNS_LABEL).is_some_and(|r| r.is_match(ns));
         if !ok {
             errors.push(FieldError::new(
                 "metadata.namespace",
@@ -259,12 +260,25 @@ fn schemas() -> &'static BTreeMap<Kind, Value> {
     })
 }
 
+/// The CEL validator and each kind's rules, compiled once: compiling the
+/// rules took nine tenths of checking an object (about 0.5 ms of 0.6).
+fn cel_validator(kind: Kind) -> (&'static Validator, &'static CompiledSchema) {
+    static COMPILED: std::sync::OnceLock<(Validator, BTreeMap<Kind, CompiledSchema>)> =
+        std::sync::OnceLock::new();
+    let (validator, compiled) = COMPILED.get_or_init(|| {
+        let compiled = schemas()
+            .iter()
+            .map(|(kind, schema)| (*kind, compile_schema(schema)))
+            .collect();
+        (Validator::new(), compiled)
+    });
+    (validator, &compiled[&kind])
+}
+
 /// The schema of a kind's `spec`.
-fn spec_schema(schema: &Value) -> Value {
-    schema
-        .pointer("/properties/spec")
-        .cloned()
-        .unwrap_or(Value::Null)
+fn spec_schema(schema: &Value) -> &Value {
+    static NONE: Value = Value::Null;
+    schema.pointer("/properties/spec").unwrap_or(&NONE)
 }
 
 /// Fills in the defaults of the object's CRD schema, as the apiserver does
@@ -277,7 +291,7 @@ pub fn apply_defaults(value: &mut Value) {
         return;
     };
     if let Some(spec) = value.get_mut("spec") {
-        let _ = schema::check(&spec_schema(schema), spec, "spec", enum_hint);
+        let _ = schema::check(spec_schema(schema), spec, "spec", enum_hint);
     }
 }
 
@@ -300,12 +314,13 @@ pub fn check_object(value: &Value) -> Result<Typed, Vec<FieldError>> {
     }
     match object.get_mut("spec") {
         None => errors.push(FieldError::new("spec", "required field is missing")),
-        Some(spec) => errors.extend(schema::check(&spec_schema(schema), spec, "spec", enum_hint)),
+        Some(spec) => errors.extend(schema::check(spec_schema(schema), spec, "spec", enum_hint)),
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    if let Err(cel) = kube::core::cel::Validator::new().validate(schema, &object, None) {
+    let (validator, compiled) = cel_validator(kind);
+    if let Err(cel) = validator.validate_compiled(compiled, &object, None) {
         return Err(cel
             .into_vec()
             .into_iter()

@@ -71,10 +71,15 @@ fn show(value: &Value) -> String {
     }
 }
 
-fn regex(pattern: &str) -> Option<Regex> {
+/// A compiled pattern, from a cache: compiling one costs more than
+/// checking a whole object.
+pub(crate) fn regex(pattern: &str) -> Option<Regex> {
     static CACHE: OnceLock<Mutex<HashMap<String, Option<Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(compiled) = cache.get(pattern) {
+        return compiled.clone();
+    }
     cache
         .entry(pattern.to_string())
         .or_insert_with(|| Regex::new(pattern).ok())
