@@ -20,7 +20,7 @@ use kube::Client;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::{RwLock, mpsc, watch};
 use tracing::Instrument;
 // Tokio's clock, as the loop's timers use: tests can pause it.
 use tokio::time::Instant;
@@ -207,7 +207,7 @@ impl StatusSink {
 
     /// Publishes an Event (run mode: a line of the org's system log). An
     /// Event that cannot be published is logged and dropped, never retried.
-    async fn event(&self, key: &ObjectKey, view: &ObjectView, notice: &Notice, now: &str) {
+    async fn event(&self, key: &ObjectKey, uid: Option<String>, notice: &Notice, now: &str) {
         let warning = notice.severity == Severity::Warning;
         match self {
             Self::Kube { recorder, .. } => {
@@ -216,7 +216,7 @@ impl StatusSink {
                     kind: Some(key.kind.clone()),
                     name: Some(key.name.clone()),
                     namespace: Some(key.namespace.clone()),
-                    uid: view.uid.clone(),
+                    uid,
                     ..Default::default()
                 };
                 let event = KubeEvent {
@@ -352,6 +352,35 @@ struct Done {
 }
 
 /// Writes one status, then its Event if it has one.
+/// An Event to publish once its status is written.
+struct PendingEvent {
+    key: ObjectKey,
+    uid: Option<String>,
+    notice: Notice,
+    now: String,
+}
+
+/// Publishes Events one at a time, in the order their statuses landed.
+/// Their own task, behind the status writes: under a burst the statuses
+/// (what `kubectl wait`, Argo CD and Flux read) are not held up by Events
+/// sharing their slots, and the apiserver meets Events one by one instead
+/// of up to a slot each. The channel is unbounded: an Event follows a
+/// status write, and those are bounded by the token bucket.
+async fn publish_events(sink: StatusSink, mut pending: mpsc::UnboundedReceiver<PendingEvent>) {
+    while let Some(e) = pending.recv().await {
+        let span = tracing::info_span!("event", object = %e.key, reason = %e.notice.reason);
+        sink.event(&e.key, e.uid, &e.notice, &e.now)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Where a landed write is told: its count, and its Event.
+struct Reports {
+    metrics: Arc<Metrics>,
+    events: mpsc::UnboundedSender<PendingEvent>,
+}
+
 async fn write_one(
     sink: StatusSink,
     key: ObjectKey,
@@ -359,17 +388,22 @@ async fn write_one(
     desired: Value,
     notice: Option<Notice>,
     now: String,
-    metrics: Arc<Metrics>,
+    reports: Reports,
 ) -> Done {
-    // One span per write (and its Event): the object's key.
+    // One span per write: the object's key.
     let span = tracing::info_span!("status_write", object = %key);
     async move {
         let result = sink.write(&key, &view, &desired, &now).await;
         if result.is_ok() {
-            // Counted as it lands, not after its Event.
-            metrics.status_write("ok");
-            if let Some(notice) = &notice {
-                sink.event(&key, &view, notice, &now).await;
+            reports.metrics.status_write("ok");
+            if let Some(notice) = notice {
+                // Gone only when the writer itself is.
+                let _ = reports.events.send(PendingEvent {
+                    key: key.clone(),
+                    uid: view.uid.clone(),
+                    notice,
+                    now,
+                });
             }
         }
         Done {
@@ -386,6 +420,8 @@ async fn write_one(
 /// The writer's state between two turns of its loop.
 struct Writer {
     sink: StatusSink,
+    /// To [`publish_events`].
+    events: mpsc::UnboundedSender<PendingEvent>,
     settings: WriterSettings,
     module_fields: Arc<ModuleFields>,
     written: WrittenStatuses,
@@ -566,7 +602,10 @@ impl Writer {
                 desired,
                 notice,
                 stamp.clone(),
-                self.metrics.clone(),
+                Reports {
+                    metrics: self.metrics.clone(),
+                    events: self.events.clone(),
+                },
             )));
         }
         None
@@ -657,8 +696,11 @@ pub async fn run(
     written: WrittenStatuses,
     metrics: Arc<Metrics>,
 ) {
+    let (events, pending) = mpsc::unbounded_channel();
+    tokio::spawn(publish_events(sink.clone(), pending));
     let mut w = Writer {
         bucket: Bucket::new(settings.writes_per_second, settings.burst, Instant::now()),
+        events,
         sink,
         settings,
         module_fields: module_fields.clone(),
