@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use super::review::{Decision, Live, Operation, Request as ReviewRequest, Review, SecretLookup};
 use super::tls::{CertWatch, server_config};
@@ -197,48 +198,53 @@ async fn review(
         dry_run = request.dry_run,
         outcome = tracing::field::Empty,
     );
-    let _entered = span.enter();
-    let object = request.object.as_ref().map(|o| as_value(o, &request));
-    let old_object = request.old_object.as_ref().map(|o| as_value(o, &request));
-    let operation = operation(&request);
-    let review = Review::new(ReviewRequest {
-        operation,
-        kind: &request.kind.kind,
-        namespace: &namespace,
-        subresource: request.sub_resource.as_deref(),
-        object: object.as_ref(),
-        old_object: old_object.as_ref(),
-    });
-    let snapshot = webhook.snapshots.borrow().clone();
-    let org = snapshot.sources.get(&namespace).map(|o| o.as_ref());
-    let unseen = review.unseen_secrets(org);
-    let looked_up = match (&webhook.client, unseen.is_empty()) {
-        (Some(client), false) => {
-            look_up(client, &namespace, unseen.into_iter().collect(), budget).await
+    // The span is entered only while this review runs: the Secret look-up
+    // below awaits, and an entered guard would stay on the worker thread.
+    async {
+        let object = request.object.as_ref().map(|o| as_value(o, &request));
+        let old_object = request.old_object.as_ref().map(|o| as_value(o, &request));
+        let operation = operation(&request);
+        let review = Review::new(ReviewRequest {
+            operation,
+            kind: &request.kind.kind,
+            namespace: &namespace,
+            subresource: request.sub_resource.as_deref(),
+            object: object.as_ref(),
+            old_object: old_object.as_ref(),
+        });
+        let snapshot = webhook.snapshots.borrow().clone();
+        let org = snapshot.sources.get(&namespace).map(|o| o.as_ref());
+        let unseen = review.unseen_secrets(org);
+        let looked_up = match (&webhook.client, unseen.is_empty()) {
+            (Some(client), false) => {
+                look_up(client, &namespace, unseen.into_iter().collect(), budget).await
+            }
+            _ => BTreeMap::new(),
+        };
+        let decision = review.decide(&Live {
+            synced: snapshot.synced,
+            watched: webhook.namespaces.is_empty() || webhook.namespaces.contains(&namespace),
+            org,
+            looked_up: &looked_up,
+        });
+        let outcome = decision.outcome();
+        span.record("outcome", outcome);
+        match &decision.refusal {
+            Some(r) => tracing::info!(message = %r.message, "admission refused"),
+            None => tracing::debug!(warnings = decision.warnings.len(), "admission allowed"),
         }
-        _ => BTreeMap::new(),
-    };
-    let decision = review.decide(&Live {
-        synced: snapshot.synced,
-        watched: webhook.namespaces.is_empty() || webhook.namespaces.contains(&namespace),
-        org,
-        looked_up: &looked_up,
-    });
-    let outcome = decision.outcome();
-    span.record("outcome", outcome);
-    match &decision.refusal {
-        Some(r) => tracing::info!(message = %r.message, "admission refused"),
-        None => tracing::debug!(warnings = decision.warnings.len(), "admission allowed"),
+        webhook
+            .metrics
+            .count(&request.kind.kind, operation.as_str(), outcome);
+        let answer = answer(&request, decision).into_review();
+        webhook
+            .metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        axum::Json(answer).into_response()
     }
-    webhook
-        .metrics
-        .count(&request.kind.kind, operation.as_str(), outcome);
-    let answer = answer(&request, decision).into_review();
-    webhook
-        .metrics
-        .duration
-        .observe(started.elapsed().as_secs_f64());
-    axum::Json(answer).into_response()
+    .instrument(span.clone())
+    .await
 }
 
 /// The object as the validator reads it, with apiVersion and kind.
