@@ -35,7 +35,7 @@ use crate::cli::validate::load;
 use crate::diff::{Comparable, Entry, LineKind, Tally};
 use crate::resources::{API_VERSION, Kind, ObjectKey};
 use crate::source::located::{locate, report_tally};
-use crate::validate::{Options, Report, Typed};
+use crate::validate::{Options, Report};
 
 /// How long one call to the apiserver or to idplane may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +212,13 @@ impl Live {
         match self {
             Live::Cluster { client, .. } => {
                 let salt: [u8; 32] = rand::random();
-                let mut values: Vec<Value> = futures::stream::iter(keys.iter().copied())
+                // With --prune the lists below bring idplane's objects:
+                // only the Secrets need reading one by one.
+                let one_by_one = keys
+                    .iter()
+                    .copied()
+                    .filter(|key| !prune || key.owned_kind().is_none());
+                let mut values: Vec<Value> = futures::stream::iter(one_by_one)
                     .map(|key| get_object(client, key))
                     .buffered(READS_IN_FLIGHT)
                     .try_filter_map(|v| async move { Ok(v) })
@@ -413,8 +419,8 @@ fn compared_documents(report: &Report) -> Vec<usize> {
     let mut compared = Vec::new();
     let mut skipped = BTreeSet::new();
     for (i, checked) in report.checked.iter().enumerate() {
-        let ours = checked.key.owned_kind().is_some() && checked.typed.is_some();
-        if ours || matches!(checked.typed, Some(Typed::Secret(_))) {
+        // Only idplane's kinds and v1 Secrets are typed, and only when valid.
+        if checked.typed.is_some() {
             compared.push(i);
         } else {
             skipped.insert(checked.key.kind.as_str());

@@ -374,7 +374,8 @@ async fn start_webhook(
     use crate::controller::webhook::{cert_files, server, tls};
     let cert = match (&settings.webhook.webhook_cert_dir, managed) {
         (None, None) => return Ok(()),
-        // Refused by the command line (`conflicts_with`).
+        // Refused by the command line (the `operator` command's
+        // `webhook_certificate_source` group).
         (Some(_), Some(_)) => unreachable!("--webhook-cert-dir with --webhook-secret"),
         (None, Some(cert)) => cert,
         (Some(dir), None) => {
@@ -403,8 +404,10 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     let stop = Stop::default();
     stop_on_signals(&stop)?;
     let self_managed = settings.webhook_certificates.resolve()?;
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
+    let client = kube::Client::try_from(config.clone())
         .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
     // The webhook's certificate from a Secret idplane manages itself: every
     // replica keeps it current and serves it from the slot.
@@ -452,9 +455,7 @@ pub async fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
     // The status writer's own client, without kube's retries: when the
     // apiserver sheds load the writer pauses every write, not one request.
     let status_client = {
-        let mut config = kube::Config::infer()
-            .await
-            .context("cannot reach a cluster (in-cluster config or KUBECONFIG)")?;
+        let mut config = config;
         config.default_retry = false;
         kube::Client::try_from(config).context("the status writer's client")?
     };

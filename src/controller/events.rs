@@ -76,8 +76,9 @@ fn active(status: &Value) -> Option<(bool, &str)> {
 /// it showed; `None` for a new object) to `after`.
 pub fn notice(before: Option<&Value>, after: &Value) -> Option<Notice> {
     let was = before.and_then(problem);
-    if let Some((reason, message)) = problem(after)
-        && was != Some((reason, message))
+    let now = problem(after);
+    if let Some((reason, message)) = now
+        && was != now
     {
         return Some(Notice {
             severity: Severity::Warning,
@@ -94,7 +95,7 @@ pub fn notice(before: Option<&Value>, after: &Value) -> Option<Notice> {
         }),
         // A hook that stopped being active for a problem got its Warning
         // above; one switched off by its spec (`active: false`) gets this.
-        Some((false, message)) if was_active && problem(after).is_none() => Some(Notice {
+        Some((false, message)) if was_active && now.is_none() => Some(Notice {
             severity: Severity::Normal,
             reason: reason::DEACTIVATED.into(),
             message: message.to_string(),

@@ -351,7 +351,6 @@ struct Done {
     result: Result<(), WriteError>,
 }
 
-/// Writes one status, then its Event if it has one.
 /// An Event to publish once its status is written.
 struct PendingEvent {
     key: ObjectKey,
@@ -381,6 +380,8 @@ struct Reports {
     events: mpsc::UnboundedSender<PendingEvent>,
 }
 
+/// Writes one status, then hands its Event, if it has one, to
+/// [`publish_events`].
 async fn write_one(
     sink: StatusSink,
     key: ObjectKey,

@@ -108,12 +108,7 @@ pub fn strip_server_fields(value: &mut Value, namespace: &str) {
 pub fn comparable(value: &Value, default_namespace: &str, salt: &[u8]) -> Comparable {
     let key = object_key(value, default_namespace);
     let mut shown = value.clone();
-    let secret = is_secret(value).then(|| {
-        let keys = check_secret(value).map(|s| s.keys).unwrap_or_default();
-        keys.iter()
-            .map(|(k, v)| (k.clone(), digest(salt, v)))
-            .collect()
-    });
+    let secret = secret_digests(value, salt);
     if let Some(object) = shown.as_object_mut()
         && secret.is_some()
     {
@@ -123,6 +118,17 @@ pub fn comparable(value: &Value, default_namespace: &str, salt: &[u8]) -> Compar
     strip_server_fields(&mut shown, &key.namespace);
     apply_defaults(&mut shown);
     Comparable { key, shown, secret }
+}
+
+/// A Secret's values as their [`digest`]s under `salt`, by key; `None`
+/// for anything but a Secret.
+fn secret_digests(value: &Value, salt: &[u8]) -> Option<BTreeMap<String, String>> {
+    is_secret(value).then(|| {
+        let keys = check_secret(value).map(|s| s.keys).unwrap_or_default();
+        keys.iter()
+            .map(|(k, v)| (k.clone(), digest(salt, v)))
+            .collect()
+    })
 }
 
 /// The objects of `org` among those `idplane run` loaded, as `GET
@@ -142,9 +148,10 @@ pub fn served(loaded: &[Value], org: &str, default_namespace: &str, salt: &[u8])
             if key.namespace != org || !(ours || is_secret(value)) {
                 return None;
             }
-            let compared = comparable(value, default_namespace, salt);
             let mut out = value.clone();
-            if let (Some(digests), Some(object)) = (&compared.secret, out.as_object_mut()) {
+            if let (Some(digests), Some(object)) =
+                (secret_digests(value, salt), out.as_object_mut())
+            {
                 object.remove("stringData");
                 let data: Map<String, Value> = digests
                     .iter()

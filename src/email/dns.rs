@@ -475,6 +475,12 @@ impl DomainWatch {
                     .filter(|((_, name), _)| !names.contains(name.as_str()))
                     .map(|(key, _)| key.clone()),
             );
+            // Each domain of the org's last configuration here, by name.
+            let known_before: HashMap<&str, &str> = before
+                .iter()
+                .flat_map(|b| b.email_domains.values())
+                .map(|d| (d.name.as_str(), d.domain.as_str()))
+                .collect();
             for d in config.email_domains.values() {
                 let key = (org.clone(), d.name.clone());
                 let fresh = match rows.get(&key) {
@@ -488,11 +494,7 @@ impl DomainWatch {
                         now,
                     )),
                 };
-                let known = before.as_ref().is_some_and(|b| {
-                    b.email_domains
-                        .values()
-                        .any(|old| old.name == d.name && old.domain == d.domain)
-                });
+                let known = known_before.get(d.name.as_str()) == Some(&d.domain.as_str());
                 if let Some(row) = fresh {
                     // Another replica may have stored this domain first:
                     // its row (and token) is the one.

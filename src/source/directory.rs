@@ -78,7 +78,7 @@ pub async fn load_once(
         ours,
         report_tally(&report)
     );
-    loaded.send_replace(Arc::new(values.clone()));
+    loaded.send_replace(Arc::new(documents.into_iter().map(|d| d.value).collect()));
     changes.send(Change::ReplaceAll(values)).await.is_ok()
 }
 
